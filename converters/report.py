@@ -1,0 +1,242 @@
+"""The compression report: image -> recipe R@1 / medR on the val split through every stage.
+
+Stages: teacher (MALM image tower) -> student (float, eager) -> student quantized (the PT2E
+int8 model, converted, run eagerly) -> every exported file through its runtime (ONNX Runtime,
+ExecuTorch; CoreML only on macOS). Each row also gives the size (MB: parameters for eager stages,
+the file for exports) and the median single-image latency on this machine. Written into the
+bundle as report.md, report.json and report.png (a pillow bar chart; matplotlib is not needed).
+These files are not referenced by the manifest, so they do not change its checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from malm_edge.converters.evaluation import (ValPairs, image_to_recipe, load_val_pairs, module_bytes,
+                                             torch_latency_ms)
+from malm_edge.edge.bundle import EncoderEntry, read_bundle
+
+REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
+logger = logging.getLogger(__name__)
+
+
+class ReportError(ValueError):
+    """The report cannot be measured (no val photos, teacher run missing)."""
+
+
+@dataclass
+class StageRow:
+    """One line of the report."""
+
+    stage: str
+    detail: str
+    size_mb: float | None
+    r1: float | None
+    medr: float | None
+    latency_ms: float | None
+    n_val: int
+
+
+def _eager_rows(val: ValPairs, recipe_emb: np.ndarray, student: Any, teacher: Any,
+                calibration: torch.Tensor | None) -> list[StageRow]:
+    from malm_edge.converters.verify import eager_embeddings
+    from malm_edge.training.models.student import prepare_for_export
+
+    rows = []
+    if teacher is not None:
+        pixels = val.pixels(teacher.preprocessing)
+        with torch.inference_mode():
+            emb = teacher.model.encode_images(pixels).float().numpy()
+        tower = module_bytes(teacher.model.image_encoder) + module_bytes(teacher.model.image_head)
+        rows.append(_row("teacher", "MALM image tower (fp32, eager)", tower, emb, recipe_emb,
+                         torch_latency_ms(teacher.model.encode_images, pixels[:1]), len(val.photos)))
+    if student is None:
+        return rows
+    pixels = val.pixels(student.preprocessing)
+    float_model = prepare_for_export(student.model)
+    rows.append(_row("student", "float (fp32, eager)", module_bytes(float_model),
+                     eager_embeddings(student.model, pixels), recipe_emb,
+                     torch_latency_ms(float_model, pixels[:1]), len(val.photos)))
+    if calibration is not None:
+        from malm_edge.converters.export_executorch import pt2e_quantize
+
+        quantized = pt2e_quantize(float_model, calibration[:1], calibration)
+        with torch.inference_mode():
+            emb = torch.cat([quantized(pixels[i:i + 1]) for i in range(len(pixels))]).numpy()
+        rows.append(_row("student quantized", "PT2E int8 (XNNPACK quantizer), eager",
+                         _graph_bytes(quantized), emb, recipe_emb,
+                         torch_latency_ms(quantized, pixels[:1]), len(val.photos)))
+    return rows
+
+
+def _graph_bytes(graph_module: torch.nn.Module) -> int:
+    """Bytes of a PT2E graph's constants (int8 weights are frozen attributes, not parameters)."""
+    seen, total = set(), 0
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(graph_module, node.target, None)
+            if isinstance(value, torch.Tensor) and id(value) not in seen:
+                seen.add(id(value))
+                total += value.numel() * value.element_size()
+    return total + module_bytes(graph_module)
+
+
+def _row(stage: str, detail: str, size_bytes: int | None, image_emb: np.ndarray | None,
+         recipe_emb: np.ndarray, latency: float | None, n_val: int) -> StageRow:
+    metrics = image_to_recipe(image_emb, recipe_emb) if image_emb is not None else {}
+    return StageRow(stage, detail, None if size_bytes is None else size_bytes / 1e6,
+                    metrics.get("r1"), metrics.get("medr"), latency, n_val)
+
+
+def _export_rows(bundle_dir: Path, entries: list[EncoderEntry], val: ValPairs, recipe_emb: np.ndarray,
+                 prep: Any) -> list[StageRow]:
+    from malm_edge.converters.verify import open_backend, run_backend, single_image_latency_ms
+
+    rows = []
+    for entry in entries:
+        detail = f"{entry.file} ({entry.target}, {entry.quantization})"
+        if entry.target == "coreml" and platform.system() != "Darwin":
+            rows.append(StageRow("exported", detail + " - runs on macOS only", entry.size_bytes / 1e6,
+                                 None, None, None, 0))
+            continue
+        pixels = val.pixels(prep).numpy() if entry.pixel_input == "normalized" else val.raw_rgb(prep)
+        backend = open_backend(bundle_dir / entry.file, entry.target)
+        emb = run_backend(backend, pixels)
+        rows.append(_row("exported", detail, entry.size_bytes, emb, recipe_emb,
+                         single_image_latency_ms(backend, pixels), len(val.photos)))
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_markdown(rows: list[StageRow], title: str) -> str:
+    """The markdown table of the report."""
+    lines = [f"# {title}", "",
+             "Image -> recipe retrieval on the val split (one bag of all val pairs, or bags of 1000).",
+             "", "| stage | model | size (MB) | R@1 | medR | latency (ms, 1 image) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.stage} | {row.detail} | {_fmt(row.size_mb, '.3f')} | "
+                     f"{_fmt(row.r1, '.3f')} | {_fmt(row.medr, '.1f')} | {_fmt(row.latency_ms, '.2f')} |")
+    n = max((row.n_val for row in rows), default=0)
+    lines += ["", f"{n} val photos. Latency: median of 10 runs after a warm-up on this machine "
+              f"({platform.machine()}, {os.cpu_count()} CPUs); eager stages in PyTorch."]
+    return "\n".join(lines) + "\n"
+
+
+def render_png(rows: list[StageRow], path: Path) -> None:
+    """A horizontal bar chart of R@1 per stage, drawn with pillow."""
+    from PIL import Image, ImageDraw
+
+    bar_h, pad, label_w, chart_w = 26, 12, 420, 360
+    height = pad * 3 + 20 + len(rows) * (bar_h + 8)
+    image = Image.new("RGB", (label_w + chart_w + 3 * pad + 60, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((pad, pad), "Image -> recipe R@1 on val, per stage", fill="black")
+    colours = {"teacher": (70, 110, 180), "student": (90, 160, 90), "student quantized": (220, 150, 50),
+               "exported": (180, 80, 80)}
+    for i, row in enumerate(rows):
+        top = pad * 2 + 20 + i * (bar_h + 8)
+        draw.text((pad, top + 7), f"{row.stage}: {row.detail}"[:64], fill="black")
+        width = int(chart_w * (row.r1 or 0.0))
+        left = label_w + pad
+        draw.rectangle([left, top, left + chart_w, top + bar_h], outline=(200, 200, 200))
+        if row.r1 is not None:
+            draw.rectangle([left, top, left + width, top + bar_h], fill=colours.get(row.stage, (120, 120, 120)))
+        draw.text((left + chart_w + 6, top + 7), _fmt(row.r1, ".3f"), fill="black")
+    image.save(path)
+
+
+def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any = None, teacher: Any = None,
+                 calibration: torch.Tensor | None = None, recipe_emb: np.ndarray | None = None,
+                 title: str | None = None) -> Path:
+    """Measure every stage and write report.md / report.json / report.png into `bundle_dir`.
+
+    Args:
+        bundle_dir: A bundle folder with a valid manifest (or its staging folder).
+        val: The val pairs.
+        student: A LoadedStudent-like (`.model`, `.preprocessing`), or None to skip eager rows.
+        teacher: A LoadedTeacher; needed for recipe embeddings unless `recipe_emb` is given.
+        calibration: Calibration photos for the PT2E quantized stage (None skips it).
+        recipe_emb: (N, D) teacher recipe embeddings of `val.recipes`.
+        title: Markdown title (default from the folder name).
+
+    Returns:
+        The report.md path.
+    """
+    from malm_edge.converters.index import embed_recipes
+
+    bundle_dir = Path(bundle_dir)
+    bundle = read_bundle(bundle_dir, verify_checksums=False)
+    if recipe_emb is None:
+        if teacher is None:
+            raise ReportError("the report needs the teacher (recipe embeddings of the val recipes)")
+        recipe_emb = embed_recipes(teacher, val.recipes)
+    prep = student.preprocessing if student is not None else _manifest_prep(bundle.manifest)
+    rows = _eager_rows(val, recipe_emb, student, teacher, calibration)
+    rows += _export_rows(bundle_dir, bundle.manifest.encoders, val, recipe_emb, prep)
+    (bundle_dir / REPORT_MD).write_text(render_markdown(rows, title or f"Compression report: {bundle_dir.name}"),
+                                        encoding="utf-8")
+    (bundle_dir / REPORT_JSON).write_text(json.dumps([asdict(r) for r in rows], indent=2), encoding="utf-8")
+    render_png(rows, bundle_dir / REPORT_PNG)
+    return bundle_dir / REPORT_MD
+
+
+def _manifest_prep(manifest: Any) -> dict[str, Any]:
+    pre = manifest.preprocessing
+    return {"input_size": pre.input_size, "resize_size": pre.resize_size, "mean": list(pre.mean),
+            "std": list(pre.std)}
+
+
+def build_report(bundle_dir: str | os.PathLike, data: str | os.PathLike | None = None,
+                 val_limit: int = 1000) -> Path:
+    """`malm-edge report`: reload the runs named in the manifest's provenance when present.
+
+    The teacher run is required (its recipe tower embeds the val recipes); the student run adds
+    the eager float and PT2E rows. Calibration for the PT2E row: the dataset's train photos.
+
+    Raises:
+        ReportError: no val photos, or the teacher run is missing.
+    """
+    from malm_edge.converters.calibration import CalibrationError, calibration_pixels, to_training_preprocessing
+    from malm_edge.training.teacher import load_teacher
+
+    bundle = read_bundle(bundle_dir)
+    provenance = bundle.manifest.provenance
+    data = Path(data or provenance.get("recipes") or "")
+    val = load_val_pairs(data, val_limit) if data.is_dir() else None
+    if val is None:
+        raise ReportError(f"{data}: no val photos to measure retrieval on (pass --data DATASET)")
+    teacher_run = Path(provenance.get("teacher_run") or "")
+    if not (teacher_run / "config.json").is_file():
+        raise ReportError(f"{teacher_run}: the teacher run named in the manifest is missing")
+    teacher = load_teacher(teacher_run)
+    student, calibration = _load_student_if_present(provenance.get("student_run")), None
+    if student is not None:
+        try:
+            calibration, _ = calibration_pixels(data, to_training_preprocessing(student.preprocessing), 64)
+        except CalibrationError:
+            calibration = None
+    return write_report(bundle_dir, val=val, student=student, teacher=teacher, calibration=calibration)
+
+
+def _load_student_if_present(run: str | None) -> Any:
+    if not run or not (Path(run) / "config.json").is_file():
+        return None
+    try:
+        from malm_edge.training.student_run import load_student
+    except ImportError:
+        logger.warning("malm_edge.training.student_run is missing; student rows skipped")
+        return None
+    return load_student(Path(run))

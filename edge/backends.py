@@ -1,0 +1,232 @@
+"""Image-encoder backends behind one interface: ONNX Runtime, ExecuTorch, CoreML.
+
+Each runtime is imported lazily inside its backend, so importing this module needs only numpy.
+
+Torch: ONNX Runtime and CoreML need no torch. The ExecuTorch *pip wheel* (executorch 1.5.1) does:
+`executorch.runtime` imports `executorch.extension.pybindings.portable_lib`, which runs
+`import torch` first and whose `_C` extension links libtorch.so / libtorch_python.so; inputs and
+outputs of `Method.execute` are torch tensors (numpy arrays are refused). So `ExecuTorchBackend`
+is optional and imports torch when constructed; the torch-free guarantee of edge/ is the ONNX
+(and CoreML) path. On the phone, the ExecuTorch C++/Swift/Kotlin runtime has no such dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from malm_edge.edge.bundle import Bundle, EncoderEntry
+
+BACKENDS = ("executorch", "onnx", "coreml")
+
+
+class BackendError(RuntimeError):
+    """A backend is unavailable or cannot run the encoder; the message says which and why."""
+
+
+def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation. embeddings: (N, D) -> (N, D) float32."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)  # (N, 1)
+    return embeddings / np.maximum(norms, eps)
+
+
+class EncoderBackend(ABC):
+    """An image encoder: (N, 3, S, S) float32 pixels -> (N, D) float32 L2-normalised embeddings."""
+
+    name: str = "base"
+    encoder: str | None = None  # the manifest encoder name, set by load_backend
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.threads = threads
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed a batch of preprocessed images.
+
+        Args:
+            pixels: (N, 3, S, S) float32, as `preprocess_image` returns (concatenated).
+
+        Returns:
+            (N, D) float32, L2-normalised.
+        """
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4:
+            raise BackendError(f"{self.path}: expected (N, 3, S, S) pixels, got {pixels.shape}")
+        return l2_normalize(self._run(pixels))
+
+    @abstractmethod
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw encoder output for (N, 3, S, S) pixels -> (N, D)."""
+
+
+def _static_batch(shape: list) -> int | None:
+    """The fixed batch size of an input shape, or None when it is symbolic."""
+    first = shape[0] if shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+class OnnxBackend(EncoderBackend):
+    """ONNX Runtime on CPU; `threads` sets intra_op_num_threads (None: the runtime's default)."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__(path, threads)
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise BackendError("the onnx backend needs onnxruntime (pip install onnxruntime)") from err
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or 0)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise BackendError(f"{self.path}: onnxruntime cannot load the model: {err}") from err
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        self._batch = _static_batch(list(model_input.shape))
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        if self._batch is None or self._batch == len(pixels):
+            return self._session.run(None, {self._input_name: pixels})[0]  # (N, D)
+        rows = [self._session.run(None, {self._input_name: pixels[i:i + 1]})[0]
+                for i in range(len(pixels))]
+        return np.concatenate(rows)
+
+
+class ExecuTorchBackend(EncoderBackend):
+    """ExecuTorch's Python runtime (`executorch.runtime`), XNNPACK delegate included.
+
+    Needs torch at runtime (see the module docstring). `threads` resizes ExecuTorch's shared
+    threadpool (process-wide: the last backend created wins).
+    """
+
+    name = "executorch"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__(path, threads)
+        try:
+            import torch
+            from executorch.runtime import Runtime, Verification
+        except ImportError as err:
+            raise BackendError("the executorch backend needs the executorch pip package, whose "
+                               f"Python runtime also imports torch ({err})") from err
+        self._torch = torch
+        runtime = Runtime.get()
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(int(threads))
+        try:
+            program = runtime.load_program(self.path, verification=Verification.InternalConsistency)
+            self._method = program.load_method("forward")
+        except Exception as err:  # the pybindings raise RuntimeError/ValueError variously
+            raise BackendError(f"{self.path}: executorch cannot load method 'forward': {err}") from err
+        sizes = list(self._method.metadata.input_tensor_meta(0).sizes())
+        self._batch = _static_batch(sizes)
+
+    def _execute(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = self._method.execute([self._torch.from_numpy(pixels)])
+        return outputs[0].detach().cpu().numpy()  # (n, D)
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        if self._batch is None or self._batch == len(pixels):
+            return self._execute(pixels)
+        return np.concatenate([self._execute(pixels[i:i + 1]) for i in range(len(pixels))])
+
+
+class CoreMLBackend(EncoderBackend):
+    """CoreML through coremltools' predict (macOS only); `threads` is ignored (Core ML decides)."""
+
+    name = "coreml"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 input_name: str = "pixels", output_name: str | None = None) -> None:
+        super().__init__(path, threads)
+        if platform.system() != "Darwin":
+            raise BackendError("the coreml backend runs only on macOS (coremltools cannot predict "
+                               "elsewhere); use --backend onnx or executorch")
+        try:
+            import coremltools as ct
+        except ImportError as err:
+            raise BackendError("the coreml backend needs coremltools") from err
+        self._model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.ALL)
+        self._input_name, self._output_name = input_name, output_name
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        rows = []
+        for i in range(len(pixels)):
+            result = self._model.predict({self._input_name: pixels[i:i + 1]})
+            key = self._output_name or next(iter(result))
+            rows.append(np.asarray(result[key], dtype=np.float32).reshape(1, -1))
+        return np.concatenate(rows)
+
+
+_CLASSES: dict[str, type[EncoderBackend]] = {
+    "onnx": OnnxBackend, "executorch": ExecuTorchBackend, "coreml": CoreMLBackend,
+}
+
+
+def _runtime_available(target: str) -> bool:
+    import importlib.util
+
+    module = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}[target]
+    if target == "coreml" and platform.system() != "Darwin":
+        return False
+    return importlib.util.find_spec(module) is not None
+
+
+def load_backend(bundle: Bundle, entry: EncoderEntry, threads: int | None = None) -> EncoderBackend:
+    """Instantiate the backend for one encoder entry of a validated bundle."""
+    path = bundle.encoder_path(entry)
+    if entry.target == "coreml":
+        backend: EncoderBackend = CoreMLBackend(path, threads, input_name=entry.input.name,
+                                                output_name=entry.output.name)
+    else:
+        backend = _CLASSES[entry.target](path, threads)
+    backend.encoder = entry.name
+    return backend
+
+
+def select_encoder(bundle: Bundle, preferred: str | None = None) -> EncoderEntry:
+    """Pick an encoder entry.
+
+    Args:
+        bundle: A validated bundle.
+        preferred: A target ("executorch" | "onnx" | "coreml") or an encoder name. None: CoreML on
+            macOS when the bundle has one, else ONNX, else ExecuTorch, else CoreML, where the
+            runtime is installed; within a target, the first in manifest order.
+
+    Raises:
+        BackendError: nothing matches or no runtime is available.
+    """
+    encoders = bundle.manifest.encoders
+    if preferred is not None:
+        named = [e for e in encoders if e.name == preferred]
+        matches = named or [e for e in encoders if e.target == preferred]
+        if not matches:
+            have = ", ".join(f"{e.name} ({e.target})" for e in encoders)
+            raise BackendError(f"{bundle.root}: no encoder '{preferred}' in this bundle; it has {have}")
+        return matches[0]
+    order = ("coreml", "onnx", "executorch") if platform.system() == "Darwin" else \
+        ("onnx", "executorch", "coreml")
+    for target in order:
+        matches = bundle.encoders_for(target)
+        if matches and _runtime_available(target):
+            return matches[0]
+    raise BackendError(f"{bundle.root}: no runtime installed for any encoder in the bundle "
+                       f"({sorted({e.target for e in encoders})}); install onnxruntime")
+
+
+def select_backend(bundle: Bundle, preferred: str | None = None,
+                   threads: int | None = None) -> EncoderBackend:
+    """`select_encoder` then `load_backend`."""
+    return load_backend(bundle, select_encoder(bundle, preferred), threads)

@@ -1,0 +1,559 @@
+"""The on-device bundle, format v1: `manifest.json` dataclasses, writer and validating reader.
+
+A bundle is a folder (ARCHITECTURE.md, "Bundle format (v1)")::
+
+    bundle/
+      manifest.json            this module
+      encoder_*.pte|.onnx|.mlpackage
+      table.i8 + table.scales.f32   (or table.f16)   edge/table.py
+      catalog.sqlite            edge/catalog.py
+
+`read_bundle` validates everything it can *before* any file is loaded: format name and version,
+field types, every referenced file present inside the bundle, file sizes and dims consistent
+(table dim == every encoder's output dim == manifest embedding dim, table rows == catalog count),
+then sha256 of every file (streamed). Each problem raises `BundleError` naming the file and what is
+wrong. Torch-free: json, hashlib and the standard library only.
+
+Checksums: a regular file's sha256 is of its bytes. A directory (a CoreML `.mlpackage`) is hashed
+deterministically by `sha256_path`: sha256 over one line per regular file below it, sorted by
+relative POSIX path (code-point order, as Python sorts str), each line
+`<relative/posix/path>\\0<sha256 hex of the file>\\n` (UTF-8).
+Empty directories and file metadata (times, modes) do not change the digest; symlinks are refused.
+
+Every file an encoder needs must be the one file (or directory) its entry names: an `.onnx`
+encoder is self-contained (weights inside, no external-data side file: export with
+`torch.onnx.export(..., external_data=False)`; ONNX's 2 GB protobuf limit is far above a student).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "malm-edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+TARGETS = ("executorch", "onnx", "coreml")
+PIXEL_INPUTS = ("normalized", "rgb_0_255")
+TABLE_DTYPES = {"int8": 1, "float16": 2, "float32": 4}  # dtype -> bytes per element
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_HASH_BLOCK = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle is malformed or tampered with; the message names the file and what is wrong."""
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Preprocessing:
+    """Image preprocessing the encoders expect (the training evaluation transform).
+
+    Attributes:
+        input_size: Side S of the square crop fed to the encoder.
+        resize_size: The shorter side is resized to this before the centre crop (>= input_size).
+        resize: Resize rule; only "shorter_side" in v1.
+        interpolation: PIL resampling filter; only "bicubic" in v1.
+        crop: Crop rule; only "center" in v1 (left = round((w - S) / 2)).
+        mean: Per-channel mean subtracted after scaling, RGB order.
+        std: Per-channel std divided by after subtracting the mean.
+        channel_order: "RGB".
+        layout: "NCHW".
+        scale: Multiplier from 8-bit values to 0..1 (1/255).
+    """
+
+    input_size: int = 224
+    resize_size: int | None = None
+    resize: str = "shorter_side"
+    interpolation: str = "bicubic"
+    crop: str = "center"
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    scale: float = 1.0 / 255.0
+
+    def __post_init__(self) -> None:
+        if self.resize_size is None:
+            self.resize_size = self.input_size
+        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+
+
+@dataclass
+class TensorSpec:
+    """Name, shape and dtype of an encoder input or output; a symbolic dim is a string."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+
+
+@dataclass
+class Verification:
+    """How the exported file compared with the eager model on real photos (issue 5)."""
+
+    cosine_mean: float
+    cosine_min: float
+    top10_agreement: float
+    n_photos: int
+
+
+@dataclass
+class EncoderEntry:
+    """One exported image encoder in the bundle.
+
+    Attributes:
+        name: Unique name, e.g. "student_int8_xnnpack".
+        file: Path relative to the bundle root (a `.mlpackage` is a directory).
+        sha256: `sha256_path` of the file.
+        target: "executorch" | "onnx" | "coreml".
+        quantization: "none" | "int8" | "fp16" | "int8_weights" | "palettize6" ...
+        input: The pixel input, (N, 3, S, S) float32 for NCHW.
+        output: The embedding output, (N, D) float32, L2-normalised.
+        size_bytes: Size on disk (sum of files for a directory).
+        verification: Optional comparison against eager on real photos.
+        pixel_input: "normalized" (default): the caller applies the manifest's scale, mean and
+            std; "rgb_0_255": the model normalises internally (e.g. CoreML with the
+            scale/bias folded in) and takes resized, cropped RGB as float32 0..255, NCHW.
+    """
+
+    name: str
+    file: str
+    sha256: str
+    target: str
+    quantization: str
+    input: TensorSpec
+    output: TensorSpec
+    size_bytes: int
+    verification: Verification | None = None
+    pixel_input: str = "normalized"
+
+
+@dataclass
+class TableEntry:
+    """The recipe embedding table: raw little-endian row-major [rows, dim] (edge/table.py)."""
+
+    file: str
+    dtype: str
+    rows: int
+    dim: int
+    sha256: str
+    scales_file: str | None = None
+    scales_sha256: str | None = None
+
+
+@dataclass
+class CatalogEntry:
+    """The SQLite recipe catalog (edge/catalog.py); row i describes table row i."""
+
+    file: str
+    sha256: str
+    count: int
+
+
+@dataclass
+class Manifest:
+    """The whole `manifest.json`. `provenance` is free-form; conventional keys are
+    teacher_config_hash, student_config_hash, teacher_run, student_run, metrics (dict)."""
+
+    embedding_dim: int
+    preprocessing: Preprocessing
+    encoders: list[EncoderEntry]
+    table: TableEntry
+    catalog: CatalogEntry
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to manifest.json (keys in a stable, readable order)."""
+        raw = asdict(self)
+        order = ["format", "version", "created", "embedding_dim", "preprocessing", "encoders",
+                 "table", "catalog", "provenance"]
+        return {key: raw[key] for key in order}
+
+
+@dataclass
+class Bundle:
+    """A validated bundle: its root folder and manifest, with resolved paths."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a file named in the manifest."""
+        return self.root / relative
+
+    @property
+    def table_path(self) -> Path:
+        return self.path(self.manifest.table.file)
+
+    @property
+    def scales_path(self) -> Path | None:
+        scales = self.manifest.table.scales_file
+        return self.path(scales) if scales else None
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path(self.manifest.catalog.file)
+
+    def encoders_for(self, target: str) -> list[EncoderEntry]:
+        """Encoders of one target, in manifest order."""
+        return [e for e in self.manifest.encoders if e.target == target]
+
+    def encoder_path(self, entry: EncoderEntry) -> Path:
+        return self.path(entry.file)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative POSIX path, path) of every regular file below `root`, sorted by relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            if full.is_symlink():
+                raise BundleError(f"{full}: symbolic links are not allowed inside a bundle")
+        for name in filenames:
+            full = Path(dirpath) / name
+            found.append((full.relative_to(root).as_posix(), full))
+    yield from sorted(found)
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """sha256 of a file, or the deterministic directory digest described in the module doc."""
+    path = Path(path)
+    if not path.is_dir():
+        return _sha256_file(path)
+    digest = hashlib.sha256()
+    for relative, full in _walk_files(path):
+        digest.update(f"{relative}\0{_sha256_file(full)}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def size_path(path: str | os.PathLike) -> int:
+    """Bytes on disk of a file, or the sum over the regular files of a directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(full.stat().st_size for _, full in _walk_files(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def make_encoder_entry(
+    bundle_dir: str | os.PathLike,
+    file: str,
+    *,
+    name: str,
+    target: str,
+    quantization: str,
+    input: TensorSpec,
+    output: TensorSpec,
+    verification: Verification | None = None,
+    pixel_input: str = "normalized",
+) -> EncoderEntry:
+    """An `EncoderEntry` for a file already inside the bundle, with its sha256 and size computed."""
+    full = Path(bundle_dir) / file
+    return EncoderEntry(name=name, file=file, sha256=sha256_path(full), target=target,
+                        quantization=quantization, input=input, output=output,
+                        size_bytes=size_path(full), verification=verification,
+                        pixel_input=pixel_input)
+
+
+def make_catalog_entry(bundle_dir: str | os.PathLike, file: str, count: int) -> CatalogEntry:
+    """A `CatalogEntry` for a catalog already inside the bundle, with its sha256 computed."""
+    return CatalogEntry(file=file, sha256=sha256_path(Path(bundle_dir) / file), count=count)
+
+
+def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically (temp file + os.replace) and return its path.
+
+    Raises:
+        BundleError: the manifest would not pass `parse_manifest`, or holds NaN/Infinity.
+    """
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    target = bundle_dir / MANIFEST_FILE
+    data = manifest.to_dict()
+    parse_manifest(data, target)  # never write a manifest this reader would refuse
+    try:  # strict JSON: NaN/Infinity would break the phone apps' parsers
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise BundleError(f"{target}: cannot write a non-finite number ({err})") from err
+    handle, temp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temp, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing (structure and types), then validation (files, sizes, dims, checksums)
+# --------------------------------------------------------------------------------------------
+
+
+def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str, src: Path) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise BundleError(f"{src}: missing field '{where}{key}'")
+    value = obj[key]
+    bad_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    if not isinstance(value, kind) or bad_bool:
+        raise BundleError(f"{src}: field '{where}{key}' has type {type(value).__name__}, "
+                          f"expected {kind}")
+    return value
+
+
+def _build(cls: type, raw: Any, where: str, src: Path) -> Any:
+    """Dataclass `cls` from dict `raw`, checking required fields; unknown keys are ignored."""
+    if not isinstance(raw, dict):
+        raise BundleError(f"{src}: field '{where.rstrip('.')}' must be an object")
+    kwargs = {}
+    for spec in dataclasses.fields(cls):
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        if spec.name in raw:
+            kwargs[spec.name] = raw[spec.name]
+        elif required:
+            raise BundleError(f"{src}: missing field '{where}{spec.name}'")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise BundleError(f"{src}: field '{where.rstrip('.')}' is invalid: {err}") from err
+
+
+def _check_types(obj: Any, spec: dict[str, Any], where: str, src: Path) -> None:
+    for key, kind in spec.items():
+        value = getattr(obj, key)
+        if value is None and key in {"scales_file", "scales_sha256", "verification", "resize_size"}:
+            continue
+        _require({key: value}, key, kind, where, src)
+
+
+def _parse_preprocessing(raw: Any, src: Path) -> Preprocessing:
+    pre = _build(Preprocessing, raw, "preprocessing.", src)
+    _check_types(pre, {"input_size": int, "resize_size": int, "resize": str, "interpolation": str,
+                       "crop": str, "mean": (list, tuple), "std": (list, tuple),
+                       "channel_order": str, "layout": str, "scale": (int, float)},
+                 "preprocessing.", src)
+    supported = {"resize": "shorter_side", "interpolation": "bicubic", "crop": "center",
+                 "channel_order": "RGB", "layout": "NCHW"}
+    for key, value in supported.items():
+        if getattr(pre, key) != value:
+            raise BundleError(f"{src}: preprocessing.{key} = {getattr(pre, key)!r} is not supported "
+                              f"by format v{FORMAT_VERSION} (expected {value!r})")
+    if len(pre.mean) != 3 or len(pre.std) != 3 or any(s <= 0 for s in pre.std):
+        raise BundleError(f"{src}: preprocessing.mean/std must be 3 values, std > 0")
+    if pre.input_size <= 0 or pre.resize_size < pre.input_size:
+        raise BundleError(f"{src}: preprocessing needs 0 < input_size <= resize_size, got "
+                          f"{pre.input_size} and {pre.resize_size}")
+    return pre
+
+
+def _parse_tensor(raw: Any, where: str, src: Path) -> TensorSpec:
+    spec = _build(TensorSpec, raw, where, src)
+    _check_types(spec, {"name": str, "shape": list, "dtype": str}, where, src)
+    if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec.shape):
+        raise BundleError(f"{src}: field '{where}shape' must hold integers or symbolic names")
+    return spec
+
+
+def _parse_encoder(raw: Any, index: int, src: Path) -> EncoderEntry:
+    where = f"encoders[{index}]."
+    entry = _build(EncoderEntry, raw, where, src)
+    _check_types(entry, {"name": str, "file": str, "sha256": str, "target": str,
+                         "quantization": str, "size_bytes": int}, where, src)
+    if entry.target not in TARGETS:
+        raise BundleError(f"{src}: {where}target = {entry.target!r}, expected one of {TARGETS}")
+    if entry.pixel_input not in PIXEL_INPUTS:
+        raise BundleError(f"{src}: {where}pixel_input = {entry.pixel_input!r}, expected one of "
+                          f"{PIXEL_INPUTS}")
+    entry.input = _parse_tensor(entry.input, where + "input.", src)
+    entry.output = _parse_tensor(entry.output, where + "output.", src)
+    if entry.verification is not None:
+        entry.verification = _build(Verification, entry.verification, where + "verification.", src)
+    return entry
+
+
+def _parse_table(raw: Any, src: Path) -> TableEntry:
+    table = _build(TableEntry, raw, "table.", src)
+    _check_types(table, {"file": str, "dtype": str, "rows": int, "dim": int, "sha256": str,
+                         "scales_file": str, "scales_sha256": str}, "table.", src)
+    if table.dtype not in TABLE_DTYPES:
+        raise BundleError(f"{src}: table.dtype = {table.dtype!r}, expected one of {list(TABLE_DTYPES)}")
+    if table.dtype == "int8" and not (table.scales_file and table.scales_sha256):
+        raise BundleError(f"{src}: an int8 table needs table.scales_file and table.scales_sha256")
+    if table.rows < 0 or table.dim <= 0:
+        raise BundleError(f"{src}: table.rows must be >= 0 and table.dim > 0")
+    return table
+
+
+def parse_manifest(data: dict[str, Any], src: Path) -> Manifest:
+    """A `Manifest` from a decoded manifest.json object; checks format, version, fields and types."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{src}: the manifest must be a JSON object")
+    fmt = _require(data, "format", str, "", src)
+    if fmt != FORMAT_NAME:
+        raise BundleError(f"{src}: format is {fmt!r}, expected {FORMAT_NAME!r}")
+    version = _require(data, "version", int, "", src)
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{src}: unknown bundle format version {version} "
+                          f"(this reader supports version {FORMAT_VERSION})")
+    encoders_raw = _require(data, "encoders", list, "", src)
+    if not encoders_raw:
+        raise BundleError(f"{src}: 'encoders' is empty; a bundle needs at least one encoder")
+    manifest = Manifest(
+        embedding_dim=_require(data, "embedding_dim", int, "", src),
+        preprocessing=_parse_preprocessing(_require(data, "preprocessing", dict, "", src), src),
+        encoders=[_parse_encoder(raw, i, src) for i, raw in enumerate(encoders_raw)],
+        table=_parse_table(_require(data, "table", dict, "", src), src),
+        catalog=_build(CatalogEntry, _require(data, "catalog", dict, "", src), "catalog.", src),
+        provenance=data.get("provenance", {}) or {},
+        created=str(data.get("created", "")),
+    )
+    _check_types(manifest.catalog, {"file": str, "sha256": str, "count": int}, "catalog.", src)
+    names = [e.name for e in manifest.encoders]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{src}: encoder names are not unique: {names}")
+    return manifest
+
+
+def _resolve(root: Path, relative: str, what: str, src: Path) -> Path:
+    """Path of a referenced file, refusing anything that escapes the bundle folder."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts or not relative:
+        raise BundleError(f"{src}: {what} path {relative!r} must be relative and inside the bundle")
+    full = root / candidate
+    if not full.exists():
+        raise BundleError(f"{full}: missing ({what} named in {MANIFEST_FILE})")
+    return full
+
+
+def _referenced_files(manifest: Manifest) -> list[tuple[str, str, str]]:
+    """(what, relative path, expected sha256) for every file the manifest names."""
+    files = [(f"encoder '{e.name}'", e.file, e.sha256) for e in manifest.encoders]
+    files.append(("table", manifest.table.file, manifest.table.sha256))
+    if manifest.table.scales_file:
+        files.append(("table scales", manifest.table.scales_file, manifest.table.scales_sha256 or ""))
+    files.append(("catalog", manifest.catalog.file, manifest.catalog.sha256))
+    return files
+
+
+def _check_dims(manifest: Manifest, root: Path) -> None:
+    dim, table = manifest.embedding_dim, manifest.table
+    table_path = root / table.file
+    if table.dim != dim:
+        raise BundleError(f"{table_path}: table dim {table.dim} != manifest embedding_dim {dim}")
+    for entry in manifest.encoders:
+        out_dim = entry.output.shape[-1] if entry.output.shape else None
+        if out_dim != dim:
+            raise BundleError(f"{root / entry.file}: encoder '{entry.name}' output dim {out_dim} "
+                              f"!= manifest embedding_dim {dim}")
+        _check_input_shape(entry, manifest.preprocessing, root)
+    if table.rows != manifest.catalog.count:
+        raise BundleError(f"{root / manifest.catalog.file}: catalog count {manifest.catalog.count} "
+                          f"!= table rows {table.rows}")
+
+
+def _check_input_shape(entry: EncoderEntry, pre: Preprocessing, root: Path) -> None:
+    """NCHW input [N, 3, S, S]; symbolic (string) dims are accepted anywhere."""
+    shape, size = entry.input.shape, pre.input_size
+    fixed_ok = all(isinstance(d, str) or d == want for d, want in zip(shape[1:], (3, size, size)))
+    if len(shape) != 4 or not fixed_ok:
+        raise BundleError(f"{root / entry.file}: encoder '{entry.name}' input shape {shape} "
+                          f"does not match NCHW [N, 3, {size}, {size}] from preprocessing")
+
+
+def _check_sizes(manifest: Manifest, root: Path) -> None:
+    table = manifest.table
+    expected = table.rows * table.dim * TABLE_DTYPES[table.dtype]
+    actual = (root / table.file).stat().st_size
+    if actual != expected:
+        raise BundleError(f"{root / table.file}: {actual} bytes, expected {expected} for "
+                          f"{table.rows} x {table.dim} {table.dtype}")
+    if table.scales_file:
+        actual = (root / table.scales_file).stat().st_size
+        if actual != table.rows * 4:
+            raise BundleError(f"{root / table.scales_file}: {actual} bytes, expected "
+                              f"{table.rows * 4} for {table.rows} float32 scales")
+    for entry in manifest.encoders:
+        actual = size_path(root / entry.file)
+        if actual != entry.size_bytes:
+            raise BundleError(f"{root / entry.file}: {actual} bytes, manifest says {entry.size_bytes}")
+
+
+def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
+    """Parse and type-check `manifest.json` only (no file checks); see `read_bundle`."""
+    src = Path(bundle_dir) / MANIFEST_FILE
+    if not src.is_file():
+        raise BundleError(f"{src}: missing; {bundle_dir} is not a malm-edge bundle")
+    try:
+        data = json.loads(src.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{src}: not valid JSON ({err})") from err
+    return parse_manifest(data, src)
+
+
+def read_bundle(bundle_dir: str | os.PathLike, *, verify_checksums: bool = True) -> Bundle:
+    """Validate a bundle before anything in it is loaded, and return it.
+
+    Order: manifest format/version/fields -> every file present inside the bundle -> dims and
+    file sizes consistent -> sha256 of every file (streamed; skipped only if verify_checksums is
+    False, e.g. in a benchmark loop).
+
+    Args:
+        bundle_dir: The bundle folder.
+        verify_checksums: Hash every referenced file against the manifest.
+
+    Returns:
+        The validated `Bundle`.
+
+    Raises:
+        BundleError: naming the offending file and what is wrong.
+    """
+    root = Path(bundle_dir)
+    src = root / MANIFEST_FILE
+    manifest = read_manifest(root)
+    files = _referenced_files(manifest)
+    for what, relative, _ in files:
+        _resolve(root, relative, what, src)
+    _check_dims(manifest, root)
+    _check_sizes(manifest, root)
+    if verify_checksums:
+        for what, relative, expected in files:
+            actual = sha256_path(root / relative)
+            if actual != expected:
+                raise BundleError(f"{root / relative}: sha256 mismatch for {what} "
+                                  f"(manifest {expected[:12]}..., file {actual[:12]}...); "
+                                  "the file was modified or corrupted")
+    return Bundle(root=root, manifest=manifest)

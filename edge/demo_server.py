@@ -1,0 +1,268 @@
+"""The mobile demo's web server: the static app (mobile_demo/app) at / and one bundle under /bundle/.
+
+Standard library only (http.server). Serves exactly:
+
+- every regular file of the app folder (`/` is `index.html`);
+- `/bundle/manifest.json` and the bundle files the manifest names (ONNX encoders, table, scales,
+  catalog); nothing else of the bundle folder, and a query string (`?v=<sha256>`, the app's cache
+  key) is ignored.
+
+Every response carries the headers that make the page cross-origin isolated (COOP same-origin,
+COEP require-corp: SharedArrayBuffer, so onnxruntime-web may use threads) and a strict
+Content-Security-Policy; MIME types are explicit (application/wasm, text/javascript,
+application/manifest+json). Responses carry an ETag and `Cache-Control: no-cache`, so browsers
+revalidate (304) rather than download again; text and WASM files of the app are gzipped when the
+browser accepts it (cached in memory once compressed).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import mimetypes
+import os
+import socket
+import ssl
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, read_bundle
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[1] / "mobile_demo" / "app"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; "
+    "img-src 'self' blob: data:; worker-src 'self' blob:; style-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+MIME_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".wasm": "application/wasm",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".onnx": "application/octet-stream",
+    ".sqlite": "application/vnd.sqlite3",
+}
+_GZIP_TYPES = {".html", ".js", ".mjs", ".css", ".json", ".webmanifest", ".wasm", ".svg"}
+_GZIP_MIN_BYTES = 1024
+
+
+class DemoError(ValueError):
+    """The demo cannot be served (no app files, no ONNX encoder in the bundle); names the path."""
+
+
+def content_type(path: Path) -> str:
+    """MIME type by extension; unknown files are served as bytes."""
+    return MIME_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \
+        "application/octet-stream"
+
+
+def _app_routes(app_dir: Path) -> dict[str, Path]:
+    """URL path -> file for every regular file below the app folder (symlinks refused)."""
+    index = app_dir / "index.html"
+    if not index.is_file():
+        raise DemoError(f"{index}: missing; the demo app is not there (a checkout of malm-edge "
+                        "ships mobile_demo/app with its vendored runtime)")
+    routes = {"/": index}
+    for dirpath, _, filenames in os.walk(app_dir):
+        for name in filenames:
+            full = Path(dirpath) / name
+            if full.is_file() and not full.is_symlink():
+                routes["/" + full.relative_to(app_dir).as_posix()] = full
+    return routes
+
+
+def _bundle_routes(bundle: Bundle) -> dict[str, Path]:
+    """URL path -> file for manifest.json and the bundle files the web app can use."""
+    manifest = bundle.manifest
+    if not bundle.encoders_for("onnx"):
+        raise DemoError(f"{bundle.root / MANIFEST_FILE}: the bundle has no ONNX encoder, which the "
+                        "web demo needs (convert with the onnx target)")
+    files = [e.file for e in bundle.encoders_for("onnx")] + [manifest.table.file, manifest.catalog.file]
+    if manifest.table.scales_file:
+        files.append(manifest.table.scales_file)
+    routes = {f"/bundle/{MANIFEST_FILE}": bundle.root / MANIFEST_FILE}
+    for relative in files:
+        routes[f"/bundle/{Path(relative).as_posix()}"] = bundle.path(relative)
+    return routes
+
+
+class DemoServer(ThreadingHTTPServer):
+    """A threaded HTTP(S) server over a fixed route table.
+
+    Attributes:
+        routes: URL path -> file served.
+        isolate: Send COOP/COEP (cross-origin isolation). False only to measure the
+            single-threaded fallback.
+        scheme: "http" or "https".
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], routes: dict[str, Path], isolate: bool = True,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(address, DemoRequestHandler)
+        self.routes, self.isolate = routes, isolate
+        self.scheme = "https" if ssl_context else "http"
+        if ssl_context is not None:
+            # The handshake runs in the request thread, so a stalled client never blocks accept().
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+        self._gzip_cache: dict[tuple[Path, str], bytes] = {}
+        self._gzip_lock = threading.Lock()
+        self.bytes_sent: dict[str, int] = {"app": 0, "bundle": 0}  # response bodies, by kind
+
+    def count_sent(self, url_path: str, size: int) -> None:
+        """Add a response body's size to `bytes_sent` (for benchmarks and the demo's log)."""
+        with self._gzip_lock:
+            self.bytes_sent["bundle" if url_path.startswith("/bundle/") else "app"] += size
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server as bound (0.0.0.0 shows as 127.0.0.1)."""
+        host, port = self.server_address[:2]
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{port}/"
+
+    def gzipped(self, path: Path, etag: str) -> bytes:
+        """The gzip of a file, compressed once per version (ETag)."""
+        key = (path, etag)
+        with self._gzip_lock:
+            if key not in self._gzip_cache:
+                self._gzip_cache[key] = gzip.compress(path.read_bytes(), compresslevel=6, mtime=0)
+            return self._gzip_cache[key]
+
+
+class DemoRequestHandler(BaseHTTPRequestHandler):
+    """GET/HEAD of the routes only; every response carries the isolation and CSP headers."""
+
+    server: DemoServer
+    server_version = "malm-edge-demo"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _common_headers(self) -> None:
+        if self.server.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-cache")
+
+    def _send_error(self, status: HTTPStatus) -> None:
+        body = f"{status.value} {status.phrase}\n".encode()
+        self.send_response(status)
+        self._common_headers()
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _resolve(self) -> Path | None:
+        return self.server.routes.get(unquote(urlsplit(self.path).path))
+
+    def _serve(self) -> None:
+        path = self._resolve()
+        if path is None or not path.is_file():
+            self._send_error(HTTPStatus.NOT_FOUND)
+            return
+        stat = path.stat()
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        if etag in self.headers.get("If-None-Match", ""):
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self._common_headers()
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        compress = (path.suffix.lower() in _GZIP_TYPES and stat.st_size >= _GZIP_MIN_BYTES
+                    and "/bundle/" not in self.path and "gzip" in self.headers.get("Accept-Encoding", ""))
+        body = self.server.gzipped(path, etag) if compress else None
+        self.send_response(HTTPStatus.OK)
+        self._common_headers()
+        self.send_header("Content-Type", content_type(path))
+        self.send_header("ETag", etag)
+        self.send_header("Vary", "Accept-Encoding")
+        if compress:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body) if body is not None else stat.st_size))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self.server.count_sent(urlsplit(self.path).path, len(body) if body is not None else stat.st_size)
+        if body is not None:
+            self.wfile.write(body)
+            return
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                self.wfile.write(block)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        try:
+            self._serve()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away mid-download
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+
+def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
+                app_dir: str | os.PathLike | None = None, isolate: bool = True,
+                certfile: str | os.PathLike | None = None, keyfile: str | os.PathLike | None = None,
+                verify_checksums: bool = True) -> DemoServer:
+    """Validate the bundle and bind the demo server (call `serve_forever`, e.g. in a thread).
+
+    Args:
+        bundle_dir: The bundle folder (validated with `read_bundle`, checksums included).
+        host: Address to bind; "0.0.0.0" to reach it from a phone on the same network.
+        port: TCP port; 0 picks a free one (see `server.server_address`).
+        app_dir: The built app (default: mobile_demo/app beside this package).
+        isolate: Send the cross-origin-isolation headers (default). False serves the
+            single-threaded fallback, for benchmarks.
+        certfile: PEM certificate to serve HTTPS (phones need a secure context for the camera
+            page's service worker); keyfile: its private key (None if inside certfile).
+        verify_checksums: Hash every bundle file against the manifest first.
+
+    Raises:
+        BundleError: the bundle is invalid. DemoError: the app is missing or the bundle has no
+            ONNX encoder. OSError: the port cannot be bound.
+    """
+    bundle = read_bundle(bundle_dir, verify_checksums=verify_checksums)
+    routes = {**_app_routes(Path(app_dir) if app_dir else APP_DIR), **_bundle_routes(bundle)}
+    context = None
+    if certfile is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    return DemoServer((host, port), routes, isolate=isolate, ssl_context=context)
+
+
+def lan_address() -> str | None:
+    """This machine's address on the local network (the interface of the default route), if any."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a UDP connect sends no packet
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+__all__ = ["APP_DIR", "BundleError", "DemoError", "DemoServer", "make_server", "lan_address"]

@@ -1,0 +1,59 @@
+"""The `malm-edge` command line: one typer sub-app per command group.
+
+Each command module imports only typer and the standard library at import time; heavy libraries
+(torch, executorch, coremltools, onnxruntime) are imported inside the command so `--help` is instant.
+Only commands that work are registered here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from malm_edge import __version__
+from malm_edge.cli import bench as bench_cli
+from malm_edge.cli import data
+from malm_edge.cli import distill as distill_cli
+from malm_edge.cli import eval as eval_cli
+from malm_edge.cli import search as search_cli
+from malm_edge.cli import train as train_cli
+
+app = typer.Typer(
+    name="malm-edge",
+    help="MALM food image-to-recipe retrieval: train, distill, convert and search on the phone.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.command("train")(train_cli.train)
+app.command("distill")(distill_cli.distill)
+app.command("eval")(eval_cli.evaluate)
+app.command("search")(search_cli.search)
+app.command("bench")(bench_cli.bench)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"malm-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,85 @@
+"""`malm-edge bench --bundle B`: latency of preprocessing, each encoder x threads, table search.
+
+Only typer and the standard library are imported here; edge/ loads inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+def _print_tables(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    pre = report["preprocess"]
+    console.print(f"bundle {report['bundle']}: preprocessing median {pre['median_ms']:.2f} ms, "
+                  f"p90 {pre['p90_ms']:.2f} ms; peak RSS {report['peak_rss_mb']:.0f} MB")
+    encoders = Table(title="Encoders (batch 1)")
+    for column in ("encoder", "backend", "quant", "threads", "median ms", "p90 ms", "size MB"):
+        encoders.add_column(column)
+    for row in report["encoders"]:
+        encoders.add_row(row["encoder"], row["backend"], row["quantization"], str(row["threads"]),
+                         f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['size_mb']:.2f}")
+    console.print(encoders)
+    search = Table(title="Table top-k search")
+    for column in ("table", "rows", "dim", "dtype", "median ms", "p90 ms", "table MB", "peak alloc MB"):
+        search.add_column(column)
+    for row in report["search"]:
+        search.add_row(row["table"], str(row["rows"]), str(row["dim"]), row["dtype"],
+                       f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}",
+                       f"{row['search_peak_alloc_mb']:.1f}")
+    console.print(search)
+    for row in report["end_to_end"]:
+        console.print(f"end to end ({row['encoder']}): median {row['median_ms']:.2f} ms, "
+                      f"p90 {row['p90_ms']:.2f} ms")
+    for skipped in report["skipped"]:
+        console.print(f"[yellow]skipped {skipped['encoder']}: {skipped['reason']}[/yellow]")
+    console.print("files: " + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in report["files"].items()))
+
+
+def bench(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder (manifest.json).")],
+    rows: Annotated[
+        Optional[list[int]],
+        typer.Option("--rows", help="Synthetic int8 table sizes to search (repeatable; default "
+                                    "100000 and 1029720; 0 for none)."),
+    ] = None,
+    photo: Annotated[Optional[Path], typer.Option(help="Photo to preprocess (default: synthetic).")] = None,
+    threads: Annotated[
+        Optional[list[int]], typer.Option("--threads", help="Thread counts (default: 1 and all cores).")
+    ] = None,
+    backend: Annotated[
+        Optional[list[str]],
+        typer.Option("--backend", help="Only these targets: executorch, onnx, coreml (repeatable)."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Median/p90 latency of preprocessing, each encoder and backend at 1 and all threads, table
+    search at the bundle's size and at synthetic 100k / 1,029,720 rows; peak memory, file sizes."""
+    from malm_edge.edge.backends import BackendError
+    from malm_edge.edge.bench import DEFAULT_SYNTHETIC_ROWS, run_bench
+    from malm_edge.edge.bundle import BundleError
+    from malm_edge.edge.preprocess import ImageError
+
+    synthetic = DEFAULT_SYNTHETIC_ROWS if rows is None else tuple(r for r in rows if r > 0)
+    from rich.console import Console
+
+    status = Console(stderr=True).status("benchmarking (synthetic tables take a few seconds)...")
+    try:
+        with status:
+            report = run_bench(bundle, photo=photo, backends=backend or None,
+                               threads=threads or None, synthetic_rows=synthetic, repeats=repeats)
+    except (BundleError, BackendError, ImageError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_tables(report)

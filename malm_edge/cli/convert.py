@@ -1,0 +1,80 @@
+"""`malm-edge convert STUDENT_RUN --target ... --recipes DATA --out BUNDLE`: the on-device bundle.
+
+Only typer and the standard library are imported here; converters/ (torch, executorch,
+coremltools, onnxruntime) load inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from malm_edge.cli._errors import run_or_exit
+
+
+class Target(str, Enum):
+    executorch = "executorch"
+    coreml = "coreml"
+    onnx = "onnx"
+    all = "all"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
+class TableDtype(str, Enum):
+    int8 = "int8"
+    float16 = "float16"
+
+
+def convert(
+    student_run: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Student run folder.")],
+    recipes: Annotated[Path, typer.Option("--recipes", exists=True, file_okay=False,
+                                          help="Canonical dataset whose recipes form the table.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
+    target: Annotated[list[Target], typer.Option("--target", help="Export target(s); repeatable.")] = [Target.all],  # noqa: B006
+    quantize: Annotated[Quantize, typer.Option(help="int8 writes the int8 file AND the float one.")] = Quantize.int8,
+    calibration: Annotated[Optional[Path], typer.Option(
+        exists=True, file_okay=False, help="Calibration photos: a folder or a dataset (train split). "
+        "Default: the --recipes dataset's train split.")] = None,
+    table_dtype: Annotated[TableDtype, typer.Option(help="Recipe table storage.")] = TableDtype.int8,
+    index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
+    n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
+    n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Recipes per forward pass.")] = 128,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    report: Annotated[bool, typer.Option(help="Write report.md / report.png into the bundle.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Export a distilled student (ExecuTorch / CoreML / ONNX), build the recipe table and catalog,
+    verify every file on real photos and write a checked bundle."""
+    from malm_edge.converters.bundle_builder import TARGETS, ConvertOptions
+    from malm_edge.converters.bundle_builder import convert as run_convert
+
+    names = TARGETS if Target.all in target else tuple(t.value for t in target)
+    options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
+                             calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
+                             index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
+                             report=report, progress=not as_json)
+    result = run_or_exit(lambda: run_convert(student_run, recipes, out, options))
+    summary = result.summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for encoder in summary["encoders"]:
+        check = encoder["verification"]
+        parity = (f"cosine {check['cosine_mean']:.4f} (min {check['cosine_min']:.4f}), "
+                  f"top-10 {check['top10_agreement']:.2f}") if check else "not run here (structural check only)"
+        typer.echo(f"{encoder['file']}: {encoder['size_bytes'] / 1e6:.2f} MB, {parity}")
+        if encoder["non_delegated_ops"]:
+            typer.echo(f"  not delegated to XNNPACK: {', '.join(encoder['non_delegated_ops'])}")
+    table = summary["table"]
+    typer.echo(f"table: {table['rows']} recipes, {table['dtype']}, recall@1 {table['recall_at_1']:.3f} "
+               f"recall@10 {table['recall_at_10']:.3f} vs float32")
+    typer.echo(f"bundle written to {summary['bundle']}")

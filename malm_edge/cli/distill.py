@@ -1,0 +1,83 @@
+"""`malm-edge distill`: distil the teacher's image tower into a compact student."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Arch(str, Enum):
+    mnv3_s = "mnv3_s"
+    mnv3_l = "mnv3_l"
+    mobileone_s0 = "mobileone_s0"
+    mnv3_micro = "mnv3_micro"
+    mobileone_micro = "mobileone_micro"
+
+
+class Schedule(str, Enum):
+    micro = "micro"
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+
+
+def distill(
+    teacher: Annotated[
+        Optional[Path], typer.Option(help="Teacher run folder (from `malm-edge train`).", exists=True, file_okay=False)
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option(help="Canonical dataset folder (default: the teacher's).", exists=True, file_okay=False)
+    ] = None,
+    arch: Annotated[Arch, typer.Option(help="Student architecture preset.")] = Arch.mnv3_s,
+    preset: Annotated[Schedule, typer.Option(help="Schedule preset (epochs, batch, lr).")] = Schedule.tiny,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder. Default: runs/student-<arch>-<time>.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue this student run from its last checkpoint.", exists=True, file_okay=False)
+    ] = None,
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated loss terms: feature, kl, triplet ('triplet' alone = RecipeSnap-style).")
+    ] = "feature,kl,triplet",
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    augmentations: Annotated[
+        Optional[int], typer.Option(min=0, help="Cached teacher augmentations per image (0: no cache).")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a phone-sized image encoder that lands in the teacher's recipe embedding space.
+
+    The teacher stays frozen (eval mode, outside DDP); its recipe embeddings are computed once.
+    """
+    from malm_edge.cli._errors import run_or_exit
+    from malm_edge.cli.train import print_summary
+
+    def job() -> dict:
+        from malm_edge.training.distill import distill_student, get_distill_preset
+
+        if resume is not None:
+            return distill_student(resume, resume=True, progress=not as_json)
+        if teacher is None:
+            raise typer.BadParameter("--teacher is required for a new run", param_hint="--teacher")
+        cfg = get_distill_preset(preset.value)
+        cfg.losses = tuple(name.strip() for name in losses.split(",") if name.strip())
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augmentations": augmentations, "num_workers": workers, "seed": seed}
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(cfg, name, value)
+        cfg.__post_init__()
+        run_dir = out or Path("runs") / f"student-{arch.value}-{datetime.now():%Y%m%d-%H%M%S}"
+        return distill_student(run_dir, teacher_run=teacher, data_dir=data, arch=arch.value, distill_cfg=cfg, progress=not as_json)
+
+    summary = run_or_exit(job)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)

@@ -1,0 +1,1 @@
+"""Datasets: the canonical format, importers, SynthFood, tokenizer and torch datasets."""

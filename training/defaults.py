@@ -1,0 +1,51 @@
+"""The built-in default data: SynthFood, generated once into a cache folder on first use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from malm_edge.training.data.records import RECIPES_FILE
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    """`$MALM_EDGE_CACHE`, else `~/.cache/malm-edge`."""
+    return Path(os.environ.get("MALM_EDGE_CACHE", Path.home() / ".cache" / "malm-edge"))
+
+
+def default_synthfood(
+    *, n_recipes: int = 2000, images_per_recipe: int = 3, image_size: int = 128, seed: int = 0
+) -> Path:
+    """The SynthFood folder for these settings, generating it when it is not cached yet."""
+    from malm_edge.training.data.synthfood import generate_synthfood
+
+    folder = cache_root() / f"synthfood-n{n_recipes}-k{images_per_recipe}-px{image_size}-seed{seed}"
+    if not (folder / RECIPES_FILE).exists():
+        log.info("generating SynthFood into %s (first use)", folder)
+        generate_synthfood(
+            folder,
+            n_recipes=n_recipes,
+            images_per_recipe=images_per_recipe,
+            image_size=image_size,
+            seed=seed,
+            workers=os.cpu_count() or 1,
+            overwrite=True,
+        )
+    return folder
+
+
+# SynthFood size per preset: enough data for the preset's model, little enough to generate quickly.
+SYNTHFOOD_FOR_PRESET: dict[str, dict[str, int]] = {
+    "micro": {"n_recipes": 300, "images_per_recipe": 2, "image_size": 64},
+    "tiny": {"n_recipes": 2000, "images_per_recipe": 3, "image_size": 128},
+    "small": {"n_recipes": 6000, "images_per_recipe": 3, "image_size": 160},
+    "base": {"n_recipes": 10000, "images_per_recipe": 3, "image_size": 224},
+}
+
+
+def default_synthfood_for(preset: str) -> Path:
+    """The default SynthFood folder for a preset."""
+    return default_synthfood(**SYNTHFOOD_FOR_PRESET[preset])

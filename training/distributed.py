@@ -1,0 +1,76 @@
+"""Distributed training helpers: one small module, as open_clip does.
+
+`torchrun` sets RANK / LOCAL_RANK / WORLD_SIZE; without them everything runs as a single process.
+NCCL on GPU, gloo on CPU. Only rank 0 logs and saves; everyone waits at `barrier()` after saving.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def world_info_from_env() -> WorldInfo:
+    """Read torchrun's environment variables (defaults: a single process)."""
+    return WorldInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def init_distributed(device_type: str) -> WorldInfo:
+    """Join the process group when launched by torchrun; return this process's place in it."""
+    world = world_info_from_env()
+    if world.distributed and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend=backend)
+    return world
+
+
+def is_main() -> bool:
+    """True on rank 0 (or when not distributed)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in a single process)."""
+    if not dist.is_initialized():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if we joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

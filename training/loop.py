@@ -1,0 +1,329 @@
+"""Pieces shared by the teacher's and the student's training loops.
+
+Randomness is derived from (seed, epoch, step, rank) rather than carried along: each batch's sample
+order comes from a per-epoch permutation, each sample's augmentation from a per-sample seed, and the
+model's masking and dropout from a per-step seed. A run resumed from any checkpoint therefore takes
+exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from malm_edge.training import checkpoint as ckpt
+from malm_edge.training.distributed import WorldInfo, barrier
+from malm_edge.training.run import truncate_metrics_after
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Counters that locate the run in its schedule (saved with every checkpoint)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_r1: float = -1.0
+    n_skipped_images: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from any tuple of ints and strings."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """Yields (index, sample_seed) for this rank's share of one epoch, from `start_step` on.
+
+    The permutation depends only on (seed, epoch); ranks take interleaved slices of it, and the
+    epoch is cut to whole batches on every rank so all ranks take the same number of steps. With
+    `augmentations` = K > 0, each item cycles through K fixed augmentations (epoch mod K), so
+    per-augmentation results (the teacher's embeddings in distillation) can be cached.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        world: WorldInfo,
+        start_step: int = 0,
+        augmentations: int = 0,
+    ) -> None:
+        self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, epoch
+        self.world, self.start_step, self.augmentations = world, start_step, augmentations
+
+    def sample_seed(self, index: int) -> int:
+        """The augmentation seed of one item in this epoch."""
+        if self.augmentations:
+            return derive_seed(self.seed, "augment", index, self.epoch % self.augmentations)
+        return derive_seed(self.seed, "sample", self.epoch, index)
+
+    def steps_per_epoch(self) -> int:
+        return self.n_items // (self.batch_size * self.world.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng(derive_seed(self.seed, "order", self.epoch)).permutation(self.n_items)
+        mine = order[self.world.rank :: self.world.world_size][: self.steps_per_epoch() * self.batch_size]
+        for index in mine[self.start_step * self.batch_size :]:
+            yield int(index), self.sample_seed(int(index))
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch() - self.start_step) * self.batch_size
+
+
+class SeededItems(Dataset):
+    """Seeds Python, numpy and torch from the sample seed before fetching an item, so augmentation
+    is the same whichever worker fetches it and whenever."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict | None:
+        index, sample_seed = key
+        random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)
+        torch.manual_seed(sample_seed)
+        item = self.dataset[index]
+        if item is not None:
+            item["item_index"] = index
+        return item
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_learning_rates(
+    optimizer: torch.optim.Optimizer, factor: float, frozen: bool = False, frozen_group: str = "image"
+) -> None:
+    """Scale each group's base rate; a frozen group gets rate zero (freezing that is safe under DDP)."""
+    for group in optimizer.param_groups:
+        is_frozen = frozen and group.get("name") == frozen_group
+        group["lr"] = 0.0 if is_frozen else group["base_lr"] * factor
+
+
+def save_state_checkpoint(
+    checkpoint_root: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    *,
+    config_hash: str,
+    is_best: bool,
+) -> None:
+    """Write model weights, optimizer state and counters as `step-<global_step>`."""
+    meta = {
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "best_r1": state.best_r1,
+        "config_hash": config_hash,
+    }
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "counters": {k: v for k, v in vars(state).items() if k != "history"},
+        "history": state.history,
+    }
+    ckpt.save_checkpoint(
+        checkpoint_root, model.state_dict(), train_state, meta, tag=f"step-{state.global_step:08d}", is_best=is_best
+    )
+
+
+def checkpoint_on_main(
+    world: WorldInfo,
+    checkpoint_root: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    *,
+    config_hash: str,
+    is_best: bool,
+) -> None:
+    """Rank 0 saves; every rank waits until it has."""
+    if world.is_main:
+        save_state_checkpoint(checkpoint_root, model, optimizer, state, config_hash=config_hash, is_best=is_best)
+    barrier()
+
+
+def restore_state_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> TrainState:
+    """Load a run's `last` checkpoint into model and optimizer; return its counters."""
+    folder = ckpt.resolve_checkpoint(run_dir, "last")
+    ckpt.load_weights_into(model, ckpt.load_model_state(folder), source=folder)
+    saved = ckpt.load_train_state(folder)
+    optimizer.load_state_dict(saved["optimizer"])
+    state = TrainState(**saved["counters"], history=list(saved.get("history", [])))
+    truncate_metrics_after(run_dir, state.global_step)
+    log.info("resumed %s at epoch %d step %d", folder, state.epoch, state.step_in_epoch)
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The epoch loop, shared by teacher training and distillation
+
+
+@dataclass
+class LoopSpec:
+    """What a training loop needs; the step and validation are the caller's.
+
+    Attributes:
+        run_dir: The run folder (metrics.jsonl, checkpoints/).
+        model: The module whose state is checkpointed (not the DDP wrapper).
+        optimizer: Its optimizer; every param group has `base_lr` and `name`.
+        train_set: Map-style dataset of training items (None for an unreadable image).
+        collate: Batch collation that drops None items and counts them in `n_skipped`.
+        step: `step(batch, epoch) -> {name: float}` does forward, backward and the optimizer step.
+        validate: `validate() -> retrieval_metrics dict`, called on rank 0 after each epoch.
+        epochs, batch_size, warmup_steps, seed, num_workers, log_every, save_every_steps: schedule.
+        augmentations: Cycle each item through this many fixed augmentations (0: fresh each epoch).
+        config_hash: Recorded in each checkpoint.
+        frozen_group_epochs: Epochs during which the param group named `frozen_group` has rate 0.
+    """
+
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: Dataset
+    collate: Any
+    step: Any
+    validate: Any
+    epochs: int
+    batch_size: int
+    warmup_steps: int
+    seed: int
+    num_workers: int
+    log_every: int
+    save_every_steps: int
+    config_hash: str
+    frozen_group: str = "image"
+    frozen_group_epochs: int = 0
+    augmentations: int = 0
+
+
+def run_epochs(
+    spec: LoopSpec, world: WorldInfo, state: TrainState, *, progress: bool, stop_after_steps: int | None
+) -> dict:
+    """Train from `state` to the last epoch (or `stop_after_steps`); return a summary."""
+    from malm_edge.training.progress import TrainProgress
+
+    steps_per_epoch = EpochSampler(len(spec.train_set), spec.batch_size, seed=spec.seed, epoch=0, world=world).steps_per_epoch()
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(spec.train_set)} training pairs are fewer than one batch of {spec.batch_size * world.world_size}"
+        )
+    total_steps = steps_per_epoch * spec.epochs
+    summary: dict = {"run": str(spec.run_dir), "stopped_early": False}
+    with TrainProgress(total_steps, enabled=progress and world.is_main, completed=state.global_step) as bar:
+        while state.epoch < spec.epochs:
+            if not _run_epoch(spec, world, state, bar, total_steps, stop_after_steps):
+                summary["stopped_early"] = True
+                break
+            _end_epoch(spec, world, state)
+    log.info("rank %d stopped at global step %d", world.rank, state.global_step)
+    last = state.history[-1]["val"] if state.history else None
+    summary.update(
+        epochs_done=state.epoch,
+        global_step=state.global_step,
+        best_val_r1=state.best_r1,
+        last_val=last,
+        skipped_images=state.n_skipped_images,
+    )
+    return summary
+
+
+def _run_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, total_steps: int, stop_after_steps: int | None) -> bool:
+    """Train the rest of the current epoch; False when stopped by `stop_after_steps`."""
+    import time
+
+    from malm_edge.training.run import append_metrics
+
+    sampler = EpochSampler(
+        len(spec.train_set),
+        spec.batch_size,
+        seed=spec.seed,
+        epoch=state.epoch,
+        world=world,
+        start_step=state.step_in_epoch,
+        augmentations=spec.augmentations,
+    )
+    loader = torch.utils.data.DataLoader(
+        SeededItems(spec.train_set), batch_size=spec.batch_size, sampler=sampler, num_workers=spec.num_workers, collate_fn=spec.collate
+    )
+    frozen = state.epoch < spec.frozen_group_epochs
+    window_start, window_samples = time.perf_counter(), 0
+    for batch in loader:
+        torch.manual_seed(derive_seed(spec.seed, "step", state.global_step, world.rank))
+        set_learning_rates(spec.optimizer, lr_factor(state.global_step, total_steps, spec.warmup_steps), frozen, spec.frozen_group)
+        terms = spec.step(batch, state.epoch) if "image" in batch else {}
+        state.step_in_epoch += 1
+        state.global_step += 1
+        state.n_skipped_images += int(batch.get("n_skipped", 0))
+        window_samples += len(batch.get("image", ())) * world.world_size
+        terms["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
+        bar.update(state.epoch, terms)
+        if world.is_main and state.global_step % spec.log_every == 0:
+            lr = spec.optimizer.param_groups[-1]["lr"]
+            append_metrics(spec.run_dir, {"type": "step", "epoch": state.epoch, "global_step": state.global_step, "lr": lr, **terms})
+            window_start, window_samples = time.perf_counter(), 0
+        if spec.save_every_steps and state.global_step % spec.save_every_steps == 0:
+            _save(spec, world, state, is_best=False)
+        if stop_after_steps is not None and state.global_step >= stop_after_steps:
+            _save(spec, world, state, is_best=False)
+            return False
+    return True
+
+
+def _save(spec: LoopSpec, world: WorldInfo, state: TrainState, *, is_best: bool) -> None:
+    checkpoint_on_main(
+        world, spec.run_dir / "checkpoints", spec.model, spec.optimizer, state, config_hash=spec.config_hash, is_best=is_best
+    )
+
+
+def _end_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState) -> None:
+    """Validate, log, move the counters to the next epoch and checkpoint (best by val R@1)."""
+    from malm_edge.training.run import append_metrics
+
+    is_best = False
+    if world.is_main:
+        metrics = spec.validate()
+        r1 = metrics["image_to_recipe"]["r1"]
+        is_best = r1 > state.best_r1
+        state.best_r1 = max(state.best_r1, r1)
+        record = {"type": "epoch", "epoch": state.epoch, "global_step": state.global_step, "val": metrics, "skipped_images": state.n_skipped_images}
+        state.history.append(record)
+        append_metrics(spec.run_dir, record)
+        log.info(
+            "epoch %d: val image->recipe R@1 %.3f medR %.1f (bag %d)",
+            state.epoch, r1, metrics["image_to_recipe"]["medr"], metrics["bag_size"],
+        )
+    state.epoch += 1
+    state.step_in_epoch = 0
+    _save(spec, world, state, is_best=is_best)

@@ -1,0 +1,168 @@
+"""Load the vision tower of a local OpenAI-CLIP or open_clip checkpoint into our VisionTransformer.
+
+MALM initialises its image encoder from CLIP ViT-B/16 (arXiv 2305.11327, Sec 4.3). Accepted files:
+
+- OpenAI CLIP `.pt` (a TorchScript archive, e.g. ViT-B-16.pt): read with
+  `torch.jit.load(path, map_location="cpu").state_dict()`. TorchScript archives are not generic
+  pickles: their tensors are restored by a restricted reader and their code is TorchScript that only
+  runs if called (we only read `state_dict()`), so no arbitrary Python object is unpickled.
+- A state dict saved with `torch.save` (`.pt`, `.pth`, `.bin`), possibly wrapped as
+  `{"state_dict": ...}` (open_clip training checkpoints): read with `torch.load(weights_only=True)`,
+  with no unsafe fallback.
+- `.safetensors` (open_clip / hub exports).
+
+Keys are `visual.*` in both CLIP families; `module.` and `_orig_mod.` prefixes are stripped, text-tower
+keys are ignored. A checkpoint whose positional grid differs from the model's is bicubically resampled.
+Any other shape mismatch raises `ClipWeightsError` listing every mismatched key with both shapes;
+missing keys (other than MALM's own `mask_token`) are listed in the same error.
+
+OpenAI weights were trained with QuickGELU (MalmConfig.quick_gelu=True, as in `base`); open_clip's
+LAION ViT-B-16 weights use plain GELU (set quick_gelu=False).
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding
+
+logger = logging.getLogger(__name__)
+
+VISUAL_PREFIX = "visual."
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Parameters MALM adds to CLIP's ViT; a CLIP checkpoint never has them.
+MALM_ONLY_KEYS = frozenset({"mask_token"})
+
+
+class ClipWeightsError(ValueError):
+    """A checkpoint that cannot be loaded into the ViT (unreadable, missing or mis-shaped keys)."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_clip_vision_weights` did.
+
+    Attributes:
+        loaded: Model keys filled from the checkpoint.
+        missing: Model keys the checkpoint lacks (left at their initialisation).
+        ignored: Checkpoint keys not used (text tower, logit_scale, ...).
+        resized: Keys resampled to the model's grid (positional embedding).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives are zip files holding a `code/` folder (plain torch.save zips do not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat {key: tensor} dict without unsafe unpickling.
+
+    Raises:
+        ClipWeightsError: The file is missing or not a readable state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClipWeightsError(f"{path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        elif _is_torchscript_archive(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file name
+        raise ClipWeightsError(f"{path}: cannot read as a state dict ({type(error).__name__}: {error})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ClipWeightsError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """Remove leading `module.` / `_orig_mod.` (DDP, torch.compile), repeatedly."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def map_clip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map `visual.*` keys to VisionTransformer keys.
+
+    Returns:
+        (mapped state, ignored checkpoint keys).
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for raw_key, value in state.items():
+        key = strip_wrapper_prefixes(raw_key)
+        if key.startswith(VISUAL_PREFIX):
+            mapped[key[len(VISUAL_PREFIX) :]] = value
+        else:
+            ignored.append(raw_key)
+    return mapped, ignored
+
+
+def load_clip_vision_weights(model: VisionTransformer, path: str | Path) -> LoadReport:
+    """Copy a CLIP checkpoint's vision tower into `model` in place.
+
+    Args:
+        model: The ViT to fill (its config decides the target shapes).
+        path: `.pt` (TorchScript or torch.save), `.pth`, `.bin` or `.safetensors`.
+
+    Returns:
+        A LoadReport.
+
+    Raises:
+        ClipWeightsError: Unreadable file, no `visual.*` keys, mismatched shapes or missing keys.
+    """
+    mapped, ignored = map_clip_keys(read_state_dict(path))
+    if not mapped:
+        raise ClipWeightsError(f"{path}: no `visual.*` keys; is this a CLIP checkpoint?")
+    target = model.state_dict()
+    report = LoadReport(ignored=ignored + [VISUAL_PREFIX + k for k in mapped if k not in target])
+    pos_key = "positional_embedding"
+    if pos_key in mapped and mapped[pos_key].shape != target[pos_key].shape:
+        if mapped[pos_key].shape[1:] == target[pos_key].shape[1:]:
+            mapped[pos_key] = resize_positional_embedding(mapped[pos_key], int(model.num_patches**0.5))
+            report.resized.append(pos_key)
+    mismatched = [
+        f"  visual.{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in target
+        if k in mapped and mapped[k].shape != target[k].shape
+    ]
+    report.missing = [k for k in target if k not in mapped and k not in MALM_ONLY_KEYS]
+    if mismatched or report.missing:
+        lines = [f"{path}: cannot load into a ViT of width {model.width}, {model.num_patches} patches"]
+        if mismatched:
+            lines += [f"{len(mismatched)} mismatched shapes:"] + mismatched
+        if report.missing:
+            lines += [f"{len(report.missing)} missing keys:"] + [f"  visual.{k}" for k in report.missing]
+        raise ClipWeightsError("\n".join(lines))
+    with torch.no_grad():
+        for key, value in target.items():
+            if key in mapped:
+                value.copy_(mapped[key].to(value.dtype))
+                report.loaded.append(key)
+    logger.info("loaded %d CLIP vision tensors from %s (%d ignored)", len(report.loaded), path, len(report.ignored))
+    return report

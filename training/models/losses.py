@@ -1,0 +1,141 @@
+"""MALM's loss terms (arXiv 2305.11327, Eqs. 2, 7-11) and TFood's adaptive triplet.
+
+- `adaptive_triplet_loss`: L_itc, TFood's bidirectional triplet on the global embeddings with
+  in-batch negatives and AdaMine's adaptive averaging: in each direction, the sum of the triplet
+  hinge losses divided by the number of triplets that violate the margin (0 when none does). The two
+  directions are summed. Optional semantic term (AdaMine): anchors with a class id >= 0, positives
+  of the other modality with the same class (other than the anchor's own pair), negatives with a
+  different valid class; adaptive averaging again; weighted by `semantic_weight`.
+- `margin_at_epoch`: TFood's incremental margin (0.18 + 0.005 * epoch, capped at 0.3).
+- `info_nce`: CLIP's symmetric InfoNCE (Eqs. 7-8, 10) on L2-normalised features. Eq. 7 as printed
+  leaves the positive out of the denominator and omits the log; we use the standard cross-entropy
+  form of the CLIP loss the paper cites [46]. Leading dimensions are batched, so per-patch L_LC is
+  one call on (P, B, M) tensors: the mean over patches of the per-patch loss (Eq. 10's 1/P), each
+  averaged over the batch and the two directions.
+- `masked_distillation_loss`: L_dist (Eq. 2), SmoothL1(β) between predicted and teacher features,
+  averaged over the feature dimension and then over the masked patches only. The teacher targets
+  are detached and normalised by the paper's "Normalize" block, which we read as a LayerNorm
+  without affine parameters over the feature dimension (as in data2vec, the paper's ref. [2]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from malm_edge.training.models.config import MalmConfig
+
+
+def margin_at_epoch(epoch: int, config: MalmConfig) -> float:
+    """TFood's incremental margin: margin_start + margin_step * epoch, capped at margin_max."""
+    return min(config.margin_start + config.margin_step * epoch, config.margin_max)
+
+
+def _adaptive_mean(costs: torch.Tensor) -> torch.Tensor:
+    """Sum of costs over the number of positive costs (AdaMine); zero when none is positive."""
+    violating = (costs > 0).sum()
+    return costs.sum() / violating.clamp(min=1).to(costs.dtype)
+
+
+def _instance_triplet(similarity: torch.Tensor, margin: float) -> torch.Tensor:
+    """One direction: anchors are rows, the positive is the diagonal, negatives the rest of the row.
+
+    Args:
+        similarity: (B, B), similarity[i, k] = anchor i vs candidate k.
+    """
+    positive = similarity.diagonal().unsqueeze(1)  # (B, 1)
+    costs = (margin - positive + similarity).clamp(min=0)  # (B, B)
+    off_diagonal = ~torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
+    return _adaptive_mean(costs * off_diagonal)
+
+
+def _semantic_triplet(similarity: torch.Tensor, class_ids: torch.Tensor, margin: float) -> torch.Tensor:
+    """One direction of the class-level triplet: costs[i, j, k] for positive j and negative k.
+
+    Args:
+        similarity: (B, B) anchors x candidates of the other modality.
+        class_ids: (B,) int64, -1 = no class.
+    """
+    labelled = class_ids >= 0  # (B,)
+    same = class_ids.unsqueeze(1) == class_ids.unsqueeze(0)  # (B, B)
+    not_self = ~torch.eye(class_ids.shape[0], dtype=torch.bool, device=class_ids.device)
+    positive = same & not_self & labelled.unsqueeze(1) & labelled.unsqueeze(0)  # (B, B) [anchor, j]
+    negative = ~same & labelled.unsqueeze(1) & labelled.unsqueeze(0)  # (B, B) [anchor, k]
+    costs = (margin - similarity.unsqueeze(2) + similarity.unsqueeze(1)).clamp(min=0)  # (B, B_j, B_k)
+    valid = positive.unsqueeze(2) & negative.unsqueeze(1)  # (B, B_j, B_k)
+    return _adaptive_mean(costs * valid)
+
+
+def adaptive_triplet_loss(
+    image_embedding: torch.Tensor,
+    recipe_embedding: torch.Tensor,
+    margin: float,
+    class_ids: torch.Tensor | None = None,
+    semantic_weight: float = 0.1,
+) -> torch.Tensor:
+    """L_itc: bidirectional adaptive triplet loss with in-batch negatives.
+
+    Args:
+        image_embedding: (B, E) L2-normalised.
+        recipe_embedding: (B, E) L2-normalised, row i paired with image row i.
+        margin: Triplet margin (see margin_at_epoch).
+        class_ids: Optional (B,) int64 class per pair, -1 where unknown.
+        semantic_weight: Weight of the semantic term.
+
+    Returns:
+        Scalar loss.
+    """
+    similarity = image_embedding @ recipe_embedding.t()  # (B, B) [image, recipe]
+    loss = _instance_triplet(similarity, margin) + _instance_triplet(similarity.t(), margin)
+    if class_ids is not None and semantic_weight > 0:
+        semantic = _semantic_triplet(similarity, class_ids, margin) + _semantic_triplet(
+            similarity.t(), class_ids, margin
+        )
+        loss = loss + semantic_weight * semantic
+    return loss
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP loss) between paired rows of a and b.
+
+    Args:
+        a: (..., B, D) features; row i pairs with row i of b. Leading dims are independent problems.
+        b: (..., B, D).
+        temperature: τ, scalar.
+
+    Returns:
+        Scalar: mean over leading dims, rows and both directions.
+    """
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.transpose(-1, -2) / temperature  # (..., B, B)
+    batch = logits.shape[-1]
+    flat = logits.reshape(-1, batch, batch)  # (N, B, B)
+    targets = torch.arange(batch, device=logits.device).repeat(flat.shape[0])  # (N*B,)
+    a_to_b = F.cross_entropy(flat.reshape(-1, batch), targets)
+    b_to_a = F.cross_entropy(flat.transpose(1, 2).reshape(-1, batch), targets)
+    return (a_to_b + b_to_a) / 2
+
+
+def normalize_features(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The paper's "Normalize": LayerNorm without affine parameters over the last dim."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+def masked_distillation_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """L_dist (Eq. 2): SmoothL1 between predicted and normalised teacher features on masked patches.
+
+    Args:
+        prediction: (B, P, W) predictor output f''_p.
+        target: (B, P, W) raw teacher patch features f_p (detached and normalised here).
+        mask: (B, P) bool, True = masked.
+        beta: SmoothL1 β.
+
+    Returns:
+        Scalar; zero when nothing is masked.
+    """
+    target = normalize_features(target.detach().float())
+    per_patch = F.smooth_l1_loss(prediction.float(), target, reduction="none", beta=beta).mean(-1)  # (B, P)
+    weights = mask.to(per_patch.dtype)
+    return (per_patch * weights).sum() / weights.sum().clamp(min=1.0)

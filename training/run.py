@@ -1,0 +1,77 @@
+"""The run folder: one place that knows its layout.
+
+    RUN/
+      config.json        resolved model + training config, data folder, preprocessing
+      tokenizer.json     recipe tokenizer trained on the training partition
+      metrics.jsonl      one JSON object per logged step and per epoch
+      checkpoints/       see training/checkpoint.py (last.json, best.json, step-*/)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunError(RuntimeError):
+    """A run folder is missing, incomplete or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths inside a run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / TOKENIZER_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+
+def read_run_config(run_dir: Path, *, kind: str | None = None) -> dict[str, Any]:
+    """The resolved config of a run, checking that it exists and is of the expected kind."""
+    paths = RunPaths(run_dir)
+    if not paths.config.exists():
+        raise RunError(f"{run_dir}: not a malm-edge run folder ({CONFIG_FILE} is missing)")
+    config = json.loads(paths.config.read_text())
+    if kind is not None and config.get("kind") != kind:
+        raise RunError(f"{run_dir}: a {config.get('kind')!r} run, expected a {kind!r} run")
+    return config
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to metrics.jsonl."""
+    with RunPaths(run_dir).metrics.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def truncate_metrics_after(run_dir: Path, global_step: int) -> None:
+    """Drop metrics logged after a checkpoint's step, so a resumed run does not log twice."""
+    path = RunPaths(run_dir).metrics
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("global_step", 0) <= global_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
