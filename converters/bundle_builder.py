@@ -30,10 +30,10 @@ import torch
 
 from malm_edge.converters import calibration as cal
 from malm_edge.converters.evaluation import ValPairs, image_to_recipe, load_val_pairs
-from malm_edge.converters.export_executorch import ExportError, ExportReport
+from malm_edge.converters.export_executorch import ExportReport
 from malm_edge.converters.index import (build_index, embed_recipes, finalize, mixed_recipe_queries,
                                         table_quality, teacher_image_queries)
-from malm_edge.converters.verify import eager_embeddings, verify_export
+from malm_edge.converters.verify import eager_embeddings, parity_details, verify_export
 from malm_edge.edge import bundle as eb
 from malm_edge.edge.catalog import CATALOG_FILE
 from malm_edge.edge.table import read_table
@@ -61,6 +61,7 @@ class ConvertOptions:
         index_dir: Reuse / keep the recipe index shards here (default: a temp folder, deleted).
         shard_size / batch_size: Index settings.
         overwrite: Replace an existing bundle at the output path.
+        val_limit: At most this many val pairs for the measured retrieval metrics.
         report: Also write report.md / report.png into the bundle.
         progress: Show progress bars.
     """
@@ -77,6 +78,7 @@ class ConvertOptions:
     overwrite: bool = False
     report: bool = True
     progress: bool = True
+    val_limit: int = 500
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ExportedEncoder:
     report: ExportReport
     val_metrics: dict[str, float] | None = None
     embeddings: np.ndarray | None = None
+    parity: dict[str, float] | None = None
 
 
 @dataclass
@@ -104,7 +107,7 @@ class ConvertResult:
                 "encoders": [{"name": e.entry.name, "file": e.entry.file, "target": e.entry.target,
                               "quantization": e.entry.quantization, "size_bytes": e.entry.size_bytes,
                               "verification": None if e.entry.verification is None else
-                              vars(e.entry.verification), "val": e.val_metrics,
+                              vars(e.entry.verification), "parity": e.parity, "val": e.val_metrics,
                               "non_delegated_ops": e.report.non_delegated_ops}
                              for e in self.encoders],
                 "table": {"rows": self.manifest.table.rows, "dtype": self.manifest.table.dtype,
@@ -179,10 +182,10 @@ def _tensor_specs(report: ExportReport) -> tuple[eb.TensorSpec, eb.TensorSpec]:
 
 
 def verification_photos(student_prep: Any, recipes_dir: Path, options: ConvertOptions,
-                        val: ValPairs | None) -> torch.Tensor:
+                        val_pixels: torch.Tensor | None) -> torch.Tensor:
     """Held-out real photos: the val photos, else the calibration folder past the calibration ones."""
-    if val is not None:
-        return val.pixels(student_prep)[: options.n_verify]
+    if val_pixels is not None:
+        return val_pixels[: options.n_verify]
     source = options.calibration or recipes_dir
     try:
         pixels, _ = cal.calibration_pixels(source, cal.to_training_preprocessing(student_prep),
@@ -288,19 +291,25 @@ def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
 
 def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
                 plan: list[tuple[str, str]], options: ConvertOptions, out_name: str) -> ConvertResult:
+    logger.info("embedding the recipes of %s with the teacher", recipes_dir)
     table, count, quality = _table_and_catalog(teacher, recipes_dir, staging, options)
+    student_dim = int(getattr(student.model, "embed_dim", table.dim))
+    if student_dim != table.dim:
+        raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
+                           f"table has {table.dim}; was it distilled from this teacher?")
     prep = cal.to_training_preprocessing(student.preprocessing)
     calibration, _ = cal.calibration_pixels(options.calibration or recipes_dir, prep,
                                             options.n_calibration, partition="train")
-    val = load_val_pairs(recipes_dir)
-    verify_pixels = verification_photos(prep, recipes_dir, options, val)
+    val = load_val_pairs(recipes_dir, options.val_limit)
+    val_pixels = val.pixels(prep) if val is not None else None  # (V, 3, S, S)
+    verify_pixels = verification_photos(prep, recipes_dir, options, val_pixels)
     reference = eager_embeddings(student.model, verify_pixels)  # (N, D)
     table_view = read_table(staging, table)
     val_recipe_emb = embed_recipes(teacher, val.recipes) if val is not None else None
-    val_pixels = val.pixels(prep) if val is not None else None
     encoders = []
     for target, quantization in plan:
         file = encoder_file(target, quantization)
+        logger.info("exporting %s (%s, %s)", file, target, quantization)
         report = export_one(student.model, prep, target, quantization, staging / file, calibration)
         encoders.append(_measure(staging, file, report, reference, verify_pixels, table_view,
                                  val, val_pixels, val_recipe_emb, prep))
@@ -313,7 +322,8 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     provenance = _provenance(student, teacher, recipes_dir)
     provenance.update(metrics=metrics, table_quality=quality,
                       non_delegated_ops={e.entry.name: e.report.non_delegated_ops
-                                         for e in encoders if e.entry.target == "executorch"})
+                                         for e in encoders if e.entry.target == "executorch"},
+                      parity={e.entry.name: e.parity for e in encoders if e.parity is not None})
     manifest = eb.Manifest(embedding_dim=int(table.dim), preprocessing=to_edge_preprocessing(prep),
                            encoders=[e.entry for e in encoders], table=table,
                            catalog=eb.make_catalog_entry(staging, CATALOG_FILE, count),
@@ -335,12 +345,17 @@ def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarr
              prep: Any) -> ExportedEncoder:
     """Verification on held-out photos and val retrieval through the file's runtime."""
     pixel_input = "rgb_0_255" if report.target == "coreml" else "normalized"
-    verification, val_metrics, val_emb = None, None, None
+    verification, val_metrics, val_emb, parity = None, None, None, None
     if _runs_here(report.target):
         photos = verify_pixels.numpy()
         if pixel_input == "rgb_0_255":
             photos = _to_rgb(photos, prep)
-        verification, _ = verify_export(staging / file, report.target, reference, photos, table_view)
+        verification, exported = verify_export(staging / file, report.target, reference, photos, table_view)
+        parity = parity_details(reference, exported)
+        if parity["eager_spread"] < 0.01:
+            logger.warning("%s: the student's embeddings of different photos are nearly identical "
+                           "(spread %.4f); cosine parity says little (centred cosine %.4f)", file,
+                           parity["eager_spread"], parity["centered_cosine_mean"])
         if val is not None:
             inputs = val_pixels.numpy() if pixel_input == "normalized" else val.raw_rgb(prep)
             val_emb = _embed_file(staging / file, report.target, inputs)  # (N, D)
@@ -350,7 +365,7 @@ def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarr
                                   target=report.target, quantization=report.quantization,
                                   input=input_spec, output=output_spec, verification=verification,
                                   pixel_input=pixel_input)
-    return ExportedEncoder(entry, report, val_metrics, val_emb)
+    return ExportedEncoder(entry, report, val_metrics, val_emb, parity)
 
 
 def _embed_file(path: Path, target: str, pixels: np.ndarray) -> np.ndarray:
@@ -366,9 +381,9 @@ def _to_rgb(pixels: np.ndarray, prep: Any) -> np.ndarray:
     return (pixels * std + mean) * np.float32(255.0)
 
 
-def convert(student_run: str | os.PathLike, recipes_dir: str | os.PathLike, out: str | os.PathLike,
+def convert(student_run: str | os.PathLike, recipes_dir: str | os.PathLike | None, out: str | os.PathLike,
             options: ConvertOptions | None = None, which: str = "best") -> ConvertResult:
-    """Load a student run and its teacher run, then `build_bundle`.
+    """Load a student run and its teacher run, then `build_bundle` (recipes default: the run's data).
 
     Raises:
         ConvertError / RunError / CheckpointError: naming the run folder at fault.
@@ -378,4 +393,6 @@ def convert(student_run: str | os.PathLike, recipes_dir: str | os.PathLike, out:
 
     student = load_student(Path(student_run), which=which)
     teacher = load_teacher(Path(student.teacher_run), which="best")
+    if recipes_dir is None:
+        recipes_dir = student.config["data"]
     return build_bundle(student, teacher, recipes_dir, out, options)

@@ -4,13 +4,14 @@
 table for Recipe1M's 1,029,720 recipes is never held whole), embeds recipes in batches and writes
 one shard per `shard_size` recipes::
 
-    DIR/index.json            teacher run, config hash, recipes file, shard size, dim
+    DIR/index.json            teacher checkpoint and config hash, recipes file (path, size), shard size
     DIR/shard-00000.npy       float32 [n, D] (n = shard_size except for the last shard)
     DIR/shard-00000.ids.json  the n recipe ids, in recipes.jsonl order
 
 Each shard is written under temporary names and renamed (ids first, then the .npy), so an
 interrupted run leaves only complete shards; a rerun skips them (resume). Under torchrun, rank r of
-W takes shards r, r + W, ... and no communication is needed until `finalize`.
+W takes shards r, r + W, ... and no communication is needed until `finalize`. (Every rank parses
+the whole file to count positions; the canonical reader keeps the ids seen, to refuse duplicates.)
 
 `finalize` streams the shards in order into edge's `TableWriter` (int8 with per-row scales, or
 float16) and edge's `write_catalog` (row i of the catalog is row i of the table) in one pass over
@@ -154,14 +155,15 @@ def _index_meta(teacher: Any, recipes_dir: Path, shard_size: int) -> dict[str, A
     return {"format": "malm-edge-index", "version": 1,
             "teacher_config_hash": teacher.config.get("config_hash"),
             "teacher_checkpoint": str(teacher.checkpoint),
-            "recipes": str(recipes_path(recipes_dir).resolve()), "shard_size": shard_size}
+            "recipes": str(recipes_path(recipes_dir).resolve()),
+            "recipes_bytes": recipes_path(recipes_dir).stat().st_size, "shard_size": shard_size}
 
 
 def _check_or_write_meta(out_dir: Path, meta: dict[str, Any], world: WorldInfo) -> None:
     path = out_dir / INDEX_META
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        keys = ("teacher_config_hash", "teacher_checkpoint", "recipes", "shard_size")
+        keys = ("teacher_config_hash", "teacher_checkpoint", "recipes", "recipes_bytes", "shard_size")
         diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
             raise IndexFolderError(f"{path}: this index was built with other settings ({', '.join(diff)}); "

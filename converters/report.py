@@ -79,15 +79,13 @@ def _eager_rows(val: ValPairs, recipe_emb: np.ndarray, student: Any, teacher: An
 
 
 def _graph_bytes(graph_module: torch.nn.Module) -> int:
-    """Bytes of a PT2E graph's constants (int8 weights are frozen attributes, not parameters)."""
-    seen, total = set(), 0
+    """Bytes of a PT2E graph's tensors (int8 weights are frozen attributes, not parameters)."""
+    tensors = {id(t): t for t in list(graph_module.parameters()) + list(graph_module.buffers())}
     for node in graph_module.graph.nodes:
-        if node.op == "get_attr":
-            value = getattr(graph_module, node.target, None)
-            if isinstance(value, torch.Tensor) and id(value) not in seen:
-                seen.add(id(value))
-                total += value.numel() * value.element_size()
-    return total + module_bytes(graph_module)
+        value = getattr(graph_module, str(node.target), None) if node.op == "get_attr" else None
+        if isinstance(value, torch.Tensor):
+            tensors[id(value)] = value
+    return int(sum(t.numel() * t.element_size() for t in tensors.values()))
 
 
 def _row(stage: str, detail: str, size_bytes: int | None, image_emb: np.ndarray | None,

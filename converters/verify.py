@@ -58,6 +58,22 @@ def compare(reference: np.ndarray, candidate: np.ndarray, table: EmbeddingTable 
                         top10_agreement=agreement, n_photos=int(len(cosines)))
 
 
+def parity_details(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Diagnostics that stay informative when the eager embeddings barely vary between photos.
+
+    A collapsed or barely trained encoder maps every photo near one direction, so the plain
+    cosine is ~1 whatever the export does. `centered_cosine_mean` compares the embeddings after
+    removing the eager mean embedding (the part that tells photos apart); `eager_spread` is
+    1 - mean pairwise cosine of the eager embeddings (near 0: parity numbers say little).
+    """
+    reference, candidate = l2_normalize(reference), l2_normalize(candidate)  # (N, D)
+    centre = reference.mean(axis=0, keepdims=True)  # (1, D)
+    centred = np.sum(l2_normalize(reference - centre) * l2_normalize(candidate - centre), axis=1)
+    n = len(reference)
+    pairwise = (reference @ reference.T)[np.triu_indices(n, 1)] if n > 1 else np.ones(1)
+    return {"centered_cosine_mean": float(centred.mean()), "eager_spread": float(1.0 - pairwise.mean())}
+
+
 def run_backend(backend: EncoderBackend, pixels: np.ndarray) -> np.ndarray:
     """(N, D) embeddings through a runtime, one photo at a time (as on the phone)."""
     return np.concatenate([backend.embed(pixels[i:i + 1]) for i in range(len(pixels))])

@@ -60,3 +60,13 @@ def micro_teacher_run(tiny_synthfood: Path, tmp_path_factory: pytest.TempPathFac
     run = tmp_path_factory.mktemp("teacher") / "run"
     train_teacher(run, data_dir=tiny_synthfood, model_cfg=model_cfg, train_cfg=train_cfg, progress=False)
     return run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: tests are tiny, and 2 threads on a shared 2-core runner
+    can be several times slower than 1 (subprocess tests set OMP_NUM_THREADS=1 themselves)."""
+    try:
+        import torch
+    except ImportError:  # the edge runtime's torch-free tests still run
+        return
+    torch.set_num_threads(1)

@@ -118,8 +118,9 @@ def test_page_matches_edge_search_offline_and_same_origin(browser, server_url, b
     requests: list[str] = []
     context.on("request", lambda request: requests.append(request.url))
     page = context.new_page()
-    errors: list[str] = []
+    errors: list[str] = []  # uncaught exceptions and console errors (CSP violations land there)
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
     response = page.goto(server_url)
     assert response.headers["cross-origin-opener-policy"] == "same-origin"
     assert response.headers["cross-origin-embedder-policy"] == "require-corp"

@@ -131,5 +131,5 @@ def evaluate_student(
         for name, images in (("teacher", teacher_images), ("student", student_images))
     }
     teacher_r1 = scores["teacher"]["image_to_recipe"]["r1"]
-    retention = scores["student"]["image_to_recipe"]["r1"] / teacher_r1 if teacher_r1 > 0 else float("nan")
+    retention = scores["student"]["image_to_recipe"]["r1"] / teacher_r1 if teacher_r1 > 0 else None
     return {"run": str(run_dir), "split": split, **scores, "retention": retention}

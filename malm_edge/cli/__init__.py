@@ -13,9 +13,13 @@ import typer
 
 from malm_edge import __version__
 from malm_edge.cli import bench as bench_cli
+from malm_edge.cli import convert as convert_cli
 from malm_edge.cli import data
+from malm_edge.cli import demo as demo_cli
 from malm_edge.cli import distill as distill_cli
 from malm_edge.cli import eval as eval_cli
+from malm_edge.cli import index as index_cli
+from malm_edge.cli import report as report_cli
 from malm_edge.cli import search as search_cli
 from malm_edge.cli import train as train_cli
 
@@ -30,8 +34,12 @@ app.add_typer(data.app, name="data")
 app.command("train")(train_cli.train)
 app.command("distill")(distill_cli.distill)
 app.command("eval")(eval_cli.evaluate)
+app.command("index")(index_cli.index)
+app.command("convert")(convert_cli.convert)
+app.command("report")(report_cli.report)
 app.command("search")(search_cli.search)
 app.command("bench")(bench_cli.bench)
+app.command("demo")(demo_cli.demo)
 
 
 def _version_callback(value: bool) -> None:

@@ -35,10 +35,12 @@ class TableDtype(str, Enum):
 
 def convert(
     student_run: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Student run folder.")],
-    recipes: Annotated[Path, typer.Option("--recipes", exists=True, file_okay=False,
-                                          help="Canonical dataset whose recipes form the table.")],
+    recipes: Annotated[Optional[Path], typer.Option("--recipes", exists=True, file_okay=False,
+                                          help="Canonical dataset whose recipes form the table "
+                                               "(default: the student run's dataset).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
-    target: Annotated[list[Target], typer.Option("--target", help="Export target(s); repeatable.")] = [Target.all],  # noqa: B006
+    target: Annotated[list[Target], typer.Option(
+        "--target", help="Export target(s); repeatable.")] = [Target.all],  # noqa: B006
     quantize: Annotated[Quantize, typer.Option(help="int8 writes the int8 file AND the float one.")] = Quantize.int8,
     calibration: Annotated[Optional[Path], typer.Option(
         exists=True, file_okay=False, help="Calibration photos: a folder or a dataset (train split). "

@@ -55,6 +55,8 @@ def demo(
                                                 help="PEM private key of --cert.")] = None,
     isolate: Annotated[bool, typer.Option(help="Send the cross-origin-isolation headers "
                                           "(multi-threaded model).")] = True,
+    app_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="The app folder "
+                                                    "(default: mobile_demo/app of this checkout).")] = None,
 ) -> None:
     """Serve the offline progressive web app with a bundle: photo -> recipes in the browser."""
     from malm_edge.edge.bundle import BundleError
@@ -64,7 +66,8 @@ def demo(
         typer.echo("error: --key needs --cert", err=True)
         raise typer.Exit(1)
     try:
-        server = make_server(bundle, host, port, isolate=isolate, certfile=cert, keyfile=key)
+        server = make_server(bundle, host, port, app_dir=app_dir, isolate=isolate, certfile=cert,
+                             keyfile=key)
     except (BundleError, DemoError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

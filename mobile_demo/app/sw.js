@@ -21,6 +21,7 @@ const SHELL = [
   "js/topk.js",
   "js/encoder.js",
   "js/catalog.js",
+  "js/nomodule.js",
   "vendor/ort/ort.wasm.min.mjs",
   "vendor/ort/ort-wasm-simd-threaded.mjs",
   "vendor/ort/ort-wasm-simd-threaded.wasm",

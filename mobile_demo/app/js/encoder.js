@@ -3,10 +3,12 @@
 import * as ort from "../vendor/ort/ort.wasm.min.mjs";
 import { l2Normalize } from "./topk.js";
 
-/** Threads the WASM backend may use on this page. */
+/** Threads the WASM backend uses: 1 unless cross-origin isolated, else ?threads=N or min(4, cores). */
 export function wasmThreads() {
   if (!globalThis.crossOriginIsolated) return 1;
-  return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+  const cores = navigator.hardwareConcurrency || 1;
+  const requested = Number(new URLSearchParams(location.search).get("threads"));
+  return Number.isInteger(requested) && requested > 0 ? Math.min(requested, cores) : Math.max(1, Math.min(4, cores));
 }
 
 export class Encoder {
@@ -34,6 +36,9 @@ export async function loadEncoder(bytes, entry, inputSize) {
   const session = await ort.InferenceSession.create(bytes, {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
+    // Idle pool threads sleep instead of spinning, leaving the cores to the page's own work
+    // (resize, table search) between inferences.
+    extra: { session: { intra_op: { allow_spinning: "0" } } },
   });
   return new Encoder(session, entry, inputSize);
 }
