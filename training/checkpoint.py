@@ -29,18 +29,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not fit the model."""
 
 
+def strip_prefix(key: str) -> str:
+    """A key without DDP's `module.` and torch.compile's `_orig_mod.` prefixes (repeatedly)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP's `module.` and torch.compile's `_orig_mod.` prefixes from keys."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        cleaned[key] = value
-    return cleaned
+    """The state dict with `strip_prefix` applied to every key."""
+    return {strip_prefix(key): value for key, value in state_dict.items()}
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

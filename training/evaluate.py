@@ -10,15 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from malm_edge.training.data.dataset import collate_batch
+from malm_edge.training.data.tokenizer import RECIPE_KEYS
 
-RECIPE_KEYS = (
-    "title",
-    "title_mask",
-    "ingredients",
-    "ingredients_mask",
-    "instructions",
-    "instructions_mask",
-)
 
 
 def recipe_batch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

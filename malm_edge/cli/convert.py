@@ -35,10 +35,10 @@ class TableDtype(str, Enum):
 
 def convert(
     student_run: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Student run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     recipes: Annotated[Optional[Path], typer.Option("--recipes", exists=True, file_okay=False,
                                           help="Canonical dataset whose recipes form the table "
                                                "(default: the student run's dataset).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create.")],
     target: Annotated[list[Target], typer.Option(
         "--target", help="Export target(s); repeatable.")] = [Target.all],  # noqa: B006
     quantize: Annotated[Quantize, typer.Option(help="int8 writes the int8 file AND the float one.")] = Quantize.int8,

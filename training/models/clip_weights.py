@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
+from malm_edge.training.checkpoint import strip_prefix
 from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding
 
 logger = logging.getLogger(__name__)
 
 VISUAL_PREFIX = "visual."
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Parameters MALM adds to CLIP's ViT; a CLIP checkpoint never has them.
 MALM_ONLY_KEYS = frozenset({"mask_token"})
 
@@ -95,17 +95,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
-def strip_wrapper_prefixes(key: str) -> str:
-    """Remove leading `module.` / `_orig_mod.` (DDP, torch.compile), repeatedly."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def map_clip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map `visual.*` keys to VisionTransformer keys.
 
@@ -115,7 +104,7 @@ def map_clip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     mapped: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
     for raw_key, value in state.items():
-        key = strip_wrapper_prefixes(raw_key)
+        key = strip_prefix(raw_key)
         if key.startswith(VISUAL_PREFIX):
             mapped[key[len(VISUAL_PREFIX) :]] = value
         else:

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from malm_edge.training.checkpoint import strip_prefix
 from malm_edge.training.models.conv_layers import ConvBNAct
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
 _IGNORED_PREFIXES = ("classifier.3.",)
 _MAX_LISTED = 20
 
@@ -61,17 +61,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedWeightsError(f"{path}: expected a dict of tensors (a state dict)")
-    return {_strip_prefixes(key): value for key, value in state.items()}
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
+    return {strip_prefix(key): value for key, value in state.items()}
 
 
 def _conv_bn_pairs(torchvision_path: str, ours: str) -> dict[str, str]:
