@@ -294,7 +294,7 @@ def render(result: dict[str, Any]) -> str:
     """Markdown ready for BENCHMARKS.md: machine, command, then the three tables."""
     info = result["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
-    skipped = "".join(f"\nskipped {s['encoder']}: {s['reason']}" for s in result["skipped"])
+    skipped = "".join(f"\n- skipped {s['encoder']}: {s['reason']}" for s in result["skipped"])
     return (f"Machine: {info['platform']}, {info['cpu_count']} CPUs, {info['threads']} thread(s); "
             f"Python {info['python']}; {versions}; {info['date']}\n"
             f"Command: `{result['command']}`\nPhoto: `{result['photo']}`\n\n"

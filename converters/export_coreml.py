@@ -14,6 +14,7 @@ MIL program without loading the model, so it runs on Linux; prediction needs mac
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -90,6 +91,8 @@ def export_coreml(model: nn.Module, preprocessing: Preprocessing, out_path: str 
         An `ExportReport` with quantization "fp16"/"fp32" or the compression name.
     """
     import coremltools as ct
+
+    logging.getLogger("coremltools").setLevel(logging.WARNING)  # one INFO line per removed op otherwise
 
     if precision not in PRECISIONS or compression not in COMPRESSIONS:
         raise ExportError(f"precision={precision!r} / compression={compression!r}; expected "

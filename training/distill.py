@@ -247,9 +247,10 @@ def distill_step(
 ) -> dict[str, float]:
     """One student step with the configured loss terms."""
     images = batch["image"].to(device)  # (B, 3, S, S)
-    slot = epoch % max(cfg.augmentations, 1)
-    teacher_emb = cache.lookup(frozen, images, batch["item_index"], slot).to(device)  # (B, D)
     student_emb = model(images)  # (B, D)
+    if {"feature", "kl"} & set(cfg.losses):  # the RecipeSnap-style baseline never needs the teacher's images
+        slot = epoch % max(cfg.augmentations, 1)
+        teacher_emb = cache.lookup(frozen, images, batch["item_index"], slot).to(device)  # (B, D)
     recipes = recipe_table[batch["recipe_index"]].to(device)  # (B, D)
     terms: dict[str, torch.Tensor] = {}
     if "feature" in cfg.losses:
