@@ -9,8 +9,10 @@ OUT=${1:-runs/quickstart}
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[export]'
+if ! python -c "import malm_edge, executorch, onnxruntime, coremltools" 2>/dev/null; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e '.[export]'
+fi
 
 [ -f "$OUT/teacher/checkpoints/last.json" ] && TRAIN=(--resume "$OUT/teacher") || TRAIN=(--out "$OUT/teacher")
 malm-edge train "${TRAIN[@]}"
@@ -19,13 +21,17 @@ malm-edge distill "${DISTILL[@]}"
 malm-edge eval "$OUT/student"
 malm-edge convert "$OUT/student" --target all --quantize int8 --out "$OUT/bundle" --overwrite
 
-DATA=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['data'])" "$OUT/teacher/config.json")
-PHOTO=$(python -c "
+PHOTO=$(python - "$OUT/teacher/config.json" <<'PY'
 import json, sys
-for line in open(sys.argv[1] + '/recipes.jsonl'):
-    recipe = json.loads(line)
-    if recipe['partition'] == 'test' and recipe['images']:
-        print(sys.argv[1] + '/' + recipe['images'][0]); print(recipe['title'], file=sys.stderr); break
-" "$DATA")
+from pathlib import Path
+from malm_edge.training.data.canonical import load_recipes, resolve_image_path
+data = Path(json.load(open(sys.argv[1]))["data"])
+recipe = next((r for r in load_recipes(data, partition="test") if r.images), None)
+if recipe is None:
+    sys.exit(f"{data}: no test recipe with a photo to search with")
+print(resolve_image_path(data, recipe.images[0]))
+print(f"searching with a held-out photo of: {recipe.title}", file=sys.stderr)
+PY
+)
 malm-edge search "$PHOTO" --bundle "$OUT/bundle" --top-k 5
 echo "bundle: $OUT/bundle  (try it in a browser: malm-edge demo --bundle $OUT/bundle)"

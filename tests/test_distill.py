@@ -109,3 +109,9 @@ def test_distill_then_eval_end_to_end(micro_teacher_run: Path, tiny_synthfood: P
 def test_distill_requires_a_teacher(tmp_path: Path) -> None:
     result = runner.invoke(app, ["distill", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--teacher" in result.output
+
+
+def test_distill_rejects_unknown_loss_terms(micro_teacher_run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["distill", "--teacher", str(micro_teacher_run), "--losses", "feature,l2", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "l2" in result.output
+    assert not (tmp_path / "s").exists()

@@ -173,3 +173,21 @@ def test_load_weights_names_mismatched_keys(tmp_path: Path) -> None:
     with pytest.raises(ckpt.CheckpointError, match=r"weight: checkpoint \(2, 4\) vs model \(2, 3\)"):
         ckpt.load_weights_into(model, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, source=tmp_path)
     assert ckpt.strip_prefixes({"module._orig_mod.a": 1}) == {"a": 1}
+
+
+def test_out_must_be_a_new_or_empty_folder(tiny_synthfood: Path, tmp_path: Path) -> None:
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "todo.txt").write_text("mine")
+    result = runner.invoke(app, ["train", "--data", str(tiny_synthfood), "--out", str(stranger), *SMALL])
+    assert result.exit_code == 1 and "not a malm-edge run" in result.output
+    assert (stranger / "todo.txt").read_text() == "mine" and not (stranger / "config.json").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = runner.invoke(app, ["train", "--data", str(tiny_synthfood), "--out", str(a_file), *SMALL])
+    assert result.exit_code == 1 and "not a folder" in result.output
+
+
+def test_resume_refuses_options_it_would_ignore(micro_teacher_run: Path) -> None:
+    result = runner.invoke(app, ["train", "--resume", str(micro_teacher_run), "--epochs", "9"])
+    assert result.exit_code == 2 and "--epochs" in result.output

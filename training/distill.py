@@ -23,13 +23,13 @@ from malm_edge.training import checkpoint as ckpt
 from malm_edge.training.data.dataset import RecipeImageDataset, RecipeTextDataset, collate_batch
 from malm_edge.training.data.transforms import EvalTransform, TrainTransform
 from malm_edge.training.distill_losses import feature_distillation_loss, similarity_kl_loss
-from malm_edge.training.distributed import WorldInfo, barrier, cleanup_distributed, init_distributed
+from malm_edge.training.distributed import WorldInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
 from malm_edge.training.evaluate import embed_pairs, recipe_batch
 from malm_edge.training.loop import LoopSpec, NonFiniteLossError, TrainState, derive_seed, restore_state_checkpoint, run_epochs
 from malm_edge.training.metrics import retrieval_metrics
 from malm_edge.training.models.losses import adaptive_triplet_loss
 from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, get_student_preset
-from malm_edge.training.run import RunError, RunPaths, read_run_config
+from malm_edge.training.run import RunPaths, check_new_run_dir, read_run_config
 from malm_edge.training.teacher import LoadedTeacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -179,14 +179,14 @@ def start_student_run(
 ) -> StudentRun:
     """Create a distillation run folder: the student sized to the teacher, the resolved config."""
     paths = RunPaths(out_dir)
-    if paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
-        raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_new_run_dir(out_dir, "student")
     teacher = load_teacher(teacher_run)
     model_cfg = teacher.config["model"]
     student_cfg = get_student_preset(arch, embed_dim=model_cfg["embed_dim"], image_size=model_cfg["image_size"])
     data_dir = Path(data_dir or teacher.config["data"])
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / TEACHER_RECIPES_FILE).unlink(missing_ok=True)  # from an aborted run with other inputs
         paths.metrics.write_text("")
         config = {
             "kind": "student",
@@ -263,7 +263,7 @@ def distill_step(
     if "triplet" in cfg.losses:
         terms["loss_triplet"] = cfg.triplet_weight * adaptive_triplet_loss(student_emb, recipes, cfg.triplet_margin)
     loss = sum(terms.values())
-    if not torch.isfinite(loss):
+    if not bool(torch.isfinite(all_reduce_mean(loss.detach()))):
         raise NonFiniteLossError(f"non-finite distillation loss at epoch {epoch}: { {k: float(v) for k, v in terms.items()} }")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -49,7 +49,9 @@ def embed_pairs(
             recipes.append(encode_recipes(recipe_batch(batch, device)).float().cpu())  # (B, D)
         indices.append(batch["recipe_index"])
     if not images:
-        raise ValueError("the evaluation split has no readable image-recipe pairs")
+        from malm_edge.training.run import RunError
+
+        raise RunError("the evaluation split has no readable image-recipe pairs (is the partition empty?)")
     recipe_emb = torch.cat(recipes).numpy() if recipes else np.zeros((0, 0), dtype=np.float32)
     return torch.cat(images).numpy(), recipe_emb, torch.cat(indices).numpy()
 

@@ -236,8 +236,11 @@ def run_epochs(
 
     steps_per_epoch = EpochSampler(len(spec.train_set), spec.batch_size, seed=spec.seed, epoch=0, world=world).steps_per_epoch()
     if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(spec.train_set)} training pairs are fewer than one batch of {spec.batch_size * world.world_size}"
+        from malm_edge.training.run import RunError
+
+        raise RunError(
+            f"{spec.run_dir}: {len(spec.train_set)} training pairs are fewer than one batch of "
+            f"{spec.batch_size * world.world_size}; lower --batch-size"
         )
     total_steps = steps_per_epoch * spec.epochs
     summary: dict = {"run": str(spec.run_dir), "stopped_early": False}

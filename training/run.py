@@ -58,6 +58,22 @@ def read_run_config(run_dir: Path, *, kind: str | None = None) -> dict[str, Any]
     return config
 
 
+def check_new_run_dir(out_dir: Path, kind: str) -> None:
+    """Refuse an --out that would overwrite something: a file, another run, or an unrelated folder."""
+    paths = RunPaths(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise RunError(f"{out_dir}: exists and is not a folder; choose another --out")
+    if paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
+        raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if paths.config.exists():
+        if read_run_config(out_dir).get("kind") != kind:
+            raise RunError(f"{out_dir}: holds a different kind of run; choose another --out")
+    elif any(out_dir.iterdir()):
+        raise RunError(f"{out_dir}: exists, is not empty and is not a malm-edge run; choose another --out")
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one JSON line to metrics.jsonl."""
     with RunPaths(run_dir).metrics.open("a", encoding="utf-8") as handle:

@@ -32,7 +32,7 @@ from malm_edge.training.loop import (
     restore_state_checkpoint,
     run_epochs,
 )
-from malm_edge.training.run import RunError, RunPaths, read_run_config
+from malm_edge.training.run import RunError, RunPaths, check_new_run_dir, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ def start_run(
 ) -> TeacherRun:
     """Create a new run folder: tokenizer on the training partition, resolved config."""
     paths = RunPaths(out_dir)
-    if paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
-        raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_new_run_dir(out_dir, "teacher")
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         train_recipes = load_recipes(data_dir, partition="train")
@@ -136,14 +135,14 @@ def build_datasets(run: TeacherRun) -> tuple[Dataset, Dataset]:
 # The loop
 
 
-def validate(model: MALM, val_set: Dataset, batch_size: int, device: torch.device) -> dict:
-    """Image-to-recipe and recipe-to-image metrics on the validation pairs (1k bags, tfood)."""
+def validate(model: MALM, val_set: Dataset, batch_size: int, device: torch.device, bag_size: int = 1000) -> dict:
+    """Image-to-recipe and recipe-to-image metrics on the validation pairs (tfood bags)."""
     model.eval()
     image_emb, recipe_emb, _ = embed_pairs(
         model.encode_images, model.encode_recipes, val_set, batch_size=batch_size, device=device
     )
     model.train()
-    return retrieval_metrics(image_emb, recipe_emb, protocol="tfood", bag_size=1000)
+    return retrieval_metrics(image_emb, recipe_emb, protocol="tfood", bag_size=bag_size)
 
 
 def loss_terms(output: dict) -> dict[str, float]:
@@ -247,7 +246,7 @@ def _train(
         train_set=train_set,
         collate=collate_batch,
         step=step,
-        validate=lambda: validate(model, val_set, cfg.batch_size, device),
+        validate=lambda: validate(model, val_set, cfg.batch_size, device, cfg.eval_bag_size),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         warmup_steps=cfg.warmup_steps,

@@ -44,7 +44,7 @@ def distill(
     ] = "feature,kl,triplet",
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
-    lr: Annotated[Optional[float], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0)] = None,
     augmentations: Annotated[
         Optional[int], typer.Option(min=0, help="Cached teacher augmentations per image (0: no cache).")
     ] = None,
@@ -57,18 +57,25 @@ def distill(
     The teacher stays frozen (eval mode, outside DDP); its recipe embeddings are computed once.
     """
     from malm_edge.cli._errors import run_or_exit
-    from malm_edge.cli.train import print_summary
+    from malm_edge.cli.train import print_summary, reject_with_resume
 
     def job() -> dict:
-        from malm_edge.training.distill import distill_student, get_distill_preset
+        from malm_edge.training.distill import LOSS_NAMES, distill_student, get_distill_preset
 
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augmentations": augmentations, "num_workers": workers, "seed": seed}
         if resume is not None:
+            reject_with_resume(
+                {"--teacher": teacher, "--data": data, "--out": out, "--epochs": epochs, "--batch-size": batch_size,
+                 "--lr": lr, "--augmentations": augmentations, "--workers": workers, "--seed": seed}
+            )
             return distill_student(resume, resume=True, progress=not as_json)
         if teacher is None:
             raise typer.BadParameter("--teacher is required for a new run", param_hint="--teacher")
         cfg = get_distill_preset(preset.value)
         cfg.losses = tuple(name.strip() for name in losses.split(",") if name.strip())
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augmentations": augmentations, "num_workers": workers, "seed": seed}
+        unknown = set(cfg.losses) - set(LOSS_NAMES)
+        if unknown or not cfg.losses:
+            raise typer.BadParameter(f"unknown loss term(s) {sorted(unknown)}; use {', '.join(LOSS_NAMES)}", param_hint="--losses")
         for name, value in overrides.items():
             if value is not None:
                 setattr(cfg, name, value)

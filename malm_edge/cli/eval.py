@@ -16,6 +16,11 @@ class Split(str, Enum):
     train = "train"
 
 
+class Which(str, Enum):
+    best = "best"
+    last = "last"
+
+
 class Protocol(str, Enum):
     tfood = "tfood"
     ht = "ht"
@@ -29,7 +34,7 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="Partition to evaluate.")] = Split.val,
     protocol: Annotated[Protocol, typer.Option(help="tfood (MALM's) or ht (H-T's) bag sampling.")] = Protocol.tfood,
     bag_size: Annotated[int, typer.Option(min=2, help="Recipes per bag (1000 or 10000 in the papers).")] = 1000,
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    checkpoint: Annotated[Which, typer.Option(help="Which checkpoint of the run.")] = Which.best,
     as_json: Annotated[bool, typer.Option("--json", help="Print {run, split, metrics} as JSON.")] = False,
 ) -> None:
     """Image-to-recipe and recipe-to-image R@1/5/10 and medR, averaged over bags.
@@ -44,7 +49,7 @@ def evaluate(
     def job() -> dict:
         kind = read_run_config(run).get("kind")
         evaluate_run = ev.evaluate_student if kind == "student" else ev.evaluate_teacher
-        return evaluate_run(run, data, split=split.value, protocol=protocol.value, bag_size=bag_size, which=checkpoint)
+        return evaluate_run(run, data, split=split.value, protocol=protocol.value, bag_size=bag_size, which=checkpoint.value)
 
     result = run_or_exit(job)
     if as_json:

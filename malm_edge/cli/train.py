@@ -39,8 +39,8 @@ def train(
     mask_ratio: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Fraction of patches masked.")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of everything but the image tower.")] = None,
-    image_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the image tower.")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")] = None,
+    image_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of the image tower.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     save_every: Annotated[
@@ -53,7 +53,7 @@ def train(
 ) -> None:
     """Train the MALM teacher (image + recipe towers) and report validation retrieval metrics.
 
-    With no arguments: the `tiny` preset on SynthFood, about 10 minutes on 2 CPU cores. Launch with
+    With no arguments: the `tiny` preset on SynthFood, about 13 minutes on 2 CPU cores. Launch with
     `torchrun --nproc-per-node N -m malm_edge train ...` for several GPUs or processes.
     """
     from malm_edge.cli._errors import run_or_exit
@@ -63,10 +63,15 @@ def train(
         from malm_edge.training.defaults import default_synthfood_for
         from malm_edge.training.train import train_teacher
 
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "image_lr": image_lr, "num_workers": workers, "seed": seed, "save_every_steps": save_every}
         if resume is not None:
+            reject_with_resume(
+                {"--data": data, "--out": out, "--ablation": ablation, "--mask-ratio": mask_ratio, "--clip-weights": clip_weights,
+                 "--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--image-lr": image_lr, "--workers": workers,
+                 "--seed": seed, "--save-every": save_every}
+            )
             return train_teacher(resume, resume=True, progress=not as_json)
         model_cfg, train_cfg = get_preset(preset.value)
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "image_lr": image_lr, "num_workers": workers, "seed": seed, "save_every_steps": save_every}
         for name, value in overrides.items():
             if value is not None:
                 setattr(train_cfg, name, value)
@@ -85,6 +90,13 @@ def train(
         typer.echo(json.dumps(summary, indent=2))
         return
     print_summary(summary)
+
+
+def reject_with_resume(options: dict[str, object]) -> None:
+    """A resumed run keeps its saved config: refuse options that would be silently ignored."""
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        raise typer.BadParameter(f"a resumed run uses its saved config; drop {', '.join(given)}", param_hint="--resume")
 
 
 def print_summary(summary: dict) -> None:

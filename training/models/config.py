@@ -186,7 +186,7 @@ class TrainConfig:
 
     Attributes:
         epochs: Training epochs.
-        batch_size: Global batch size (split across ranks by the loop).
+        batch_size: Batch size per process (under torchrun the global batch is this times the world size).
         lr: Adam learning rate of everything but the image tower.
         image_lr: Learning rate of the (CLIP) image tower.
         weight_decay: Adam(W) weight decay.
