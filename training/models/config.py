@@ -196,7 +196,6 @@ class TrainConfig:
         grad_clip: Gradient-norm clip (0 disables).
         seed: Base seed (rank is added by the loop).
         eval_bag_size: Validation bag size for retrieval metrics.
-        resize_size: Shorter-side resize before the centre crop (None = image_size).
         log_every: Steps between metrics.jsonl step records.
         save_every_steps: Steps between mid-epoch checkpoints (0: only at epoch ends).
     """
@@ -212,7 +211,6 @@ class TrainConfig:
     grad_clip: float = 0.0
     seed: int = 0
     eval_bag_size: int = 1000
-    resize_size: int | None = None
     log_every: int = 10
     save_every_steps: int = 0
 
