@@ -4,7 +4,10 @@ Runs the real forward, backward, optimizer step and EMA update on batches of a c
 (data loading excluded: it runs in worker processes during training), after warm-up steps.
 
     python benchmarks/bench_train.py DATASET_DIR [--presets micro tiny] [--ablations full baseline]
-        [--steps 5] [--threads 2]
+        [--steps 5] [--threads 2] [--batch-size N]
+
+`--batch-size` replaces the preset's batch (e.g. to fit `base` in CPU memory); `peak_rss_mb` is the
+process's peak resident memory after the preset ran (Linux ru_maxrss, so it only grows).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -26,9 +30,13 @@ from malm_edge.training.models.config import get_preset
 from malm_edge.training.models.malm import count_parameters, create_model
 
 
-def measure(dataset_dir: Path, preset: str, ablation: str, steps: int, warmup: int) -> dict:
+def measure(
+    dataset_dir: Path, preset: str, ablation: str, steps: int, warmup: int, batch_size: int | None = None
+) -> dict:
     """Samples per second of full training steps for one preset and ablation."""
     model_cfg, train_cfg = get_preset(preset, ablation=ablation)
+    if batch_size is not None:
+        train_cfg.batch_size = batch_size
     tokenizer = train_tokenizer(load_recipes(dataset_dir, "train"), vocab_size=model_cfg.vocab_size)
     model_cfg.vocab_size = tokenizer.vocab_size
     torch.manual_seed(0)
@@ -57,6 +65,7 @@ def measure(dataset_dir: Path, preset: str, ablation: str, steps: int, warmup: i
         "trainable_params": count_parameters(model),
         "step_s_median": round(median, 3),
         "samples_per_s": round(train_cfg.batch_size / median, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
@@ -68,11 +77,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch-size", type=int, default=None, help="replace the preset's batch size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.presets:
         for ablation in args.ablations:
-            record = measure(args.dataset, preset, ablation, args.steps, args.warmup)
+            record = measure(args.dataset, preset, ablation, args.steps, args.warmup, args.batch_size)
             record.update(threads=args.threads, machine=platform.processor() or platform.machine(), torch=torch.__version__)
             print(json.dumps(record), flush=True)
 

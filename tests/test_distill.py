@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,9 @@ def test_frozen_teacher_stays_in_eval_and_gets_no_gradient(micro_teacher_run: Pa
 
 @pytest.mark.slow
 def test_distill_then_eval_end_to_end(micro_teacher_run: Path, tiny_synthfood: Path, tmp_path: Path) -> None:
-    run = tmp_path / "student"
-    args = ["distill", "--teacher", str(micro_teacher_run), "--arch", "mnv3_micro", "--preset", "micro"]
+    teacher = shutil.copytree(micro_teacher_run, tmp_path / "old" / "teacher")
+    run = tmp_path / "old" / "student"
+    args = ["distill", "--teacher", str(teacher), "--arch", "mnv3_micro", "--preset", "micro"]
     result = runner.invoke(app, [*args, "--epochs", "2", "--batch-size", "16", "--out", str(run), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
@@ -97,7 +99,8 @@ def test_distill_then_eval_end_to_end(micro_teacher_run: Path, tiny_synthfood: P
     steps = [r for r in records if r["type"] == "step"]
     assert steps and {"loss_feature", "loss_kl", "loss_triplet"} <= set(steps[0])
 
-    result = runner.invoke(app, ["eval", str(run), "--json"])
+    (tmp_path / "old").rename(tmp_path / "moved")  # runs travel together, e.g. from a GPU box
+    result = runner.invoke(app, ["eval", str(tmp_path / "moved" / "student"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert set(report) >= {"teacher", "student", "retention"}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -191,3 +192,40 @@ def test_out_must_be_a_new_or_empty_folder(tiny_synthfood: Path, tmp_path: Path)
 def test_resume_refuses_options_it_would_ignore(micro_teacher_run: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", str(micro_teacher_run), "--epochs", "9"])
     assert result.exit_code == 2 and "--epochs" in result.output
+
+
+def test_run_config_follows_a_moved_run_tree(tmp_path: Path) -> None:
+    from malm_edge.training.run import RunError, read_run_config, record_linked_paths
+
+    run, data = tmp_path / "old" / "run", tmp_path / "old" / "data"
+    run.mkdir(parents=True), data.mkdir()
+    config = record_linked_paths(run, {"kind": "teacher", "data": str(data.resolve())}, ("data",))
+    ckpt.write_json_atomic(run / "config.json", config)
+    assert read_run_config(run)["data"] == str(data.resolve())
+
+    (tmp_path / "old").rename(tmp_path / "new")
+    assert read_run_config(tmp_path / "new" / "run")["data"] == str((tmp_path / "new" / "data").resolve())
+
+    (tmp_path / "new" / "run" / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        read_run_config(tmp_path / "new" / "run")
+
+
+def _all_ranks_worker(rank: int, init_file: str, results: Any) -> None:
+    import torch.distributed as dist
+
+    from malm_edge.training.distributed import all_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        results[rank] = (all_ranks(rank == 0), all_ranks(True))  # rank 1 has nothing to train on
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_ranks_skips_a_step_together_when_one_rank_has_no_images(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_all_ranks_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert dict(results) == {0: (False, True), 1: (False, True)}

@@ -29,7 +29,7 @@ from malm_edge.training.loop import LoopSpec, NonFiniteLossError, TrainState, de
 from malm_edge.training.metrics import retrieval_metrics
 from malm_edge.training.models.losses import adaptive_triplet_loss
 from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, get_student_preset
-from malm_edge.training.run import RunPaths, check_new_run_dir, read_run_config
+from malm_edge.training.run import RunPaths, check_new_run_dir, read_run_config, record_linked_paths
 from malm_edge.training.teacher import LoadedTeacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def start_student_run(
             "preprocessing": teacher.preprocessing.to_dict(),
             "config_hash": student_config_hash(student_cfg),
         }
-        ckpt.write_json_atomic(paths.config, config)
+        ckpt.write_json_atomic(paths.config, record_linked_paths(out_dir, config, ("teacher_run", "data")))
     barrier()
     return StudentRun(paths, student_cfg, distill_cfg, Path(teacher_run), data_dir, teacher)
 

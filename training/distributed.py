@@ -70,6 +70,20 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
+def all_ranks(flag: bool) -> bool:
+    """True when `flag` is true on every rank; ranks must call it together (a tiny all-reduce).
+
+    Used so that all ranks skip a step together (e.g. a batch whose images were all unreadable on
+    one rank) instead of the others waiting forever in DDP's gradient all-reduce.
+    """
+    if not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def cleanup_distributed() -> None:
     """Leave the process group if we joined one."""
     if dist.is_initialized():

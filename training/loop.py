@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from malm_edge.training import checkpoint as ckpt
-from malm_edge.training.distributed import WorldInfo, barrier
+from malm_edge.training.distributed import WorldInfo, all_ranks, barrier
 from malm_edge.training.run import truncate_metrics_after
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ def _run_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, to
     for batch in loader:
         torch.manual_seed(derive_seed(spec.seed, "step", state.global_step, world.rank))
         set_learning_rates(spec.optimizer, lr_factor(state.global_step, total_steps, spec.warmup_steps), frozen, spec.frozen_group)
-        terms = spec.step(batch, state.epoch) if "image" in batch else {}
+        terms = spec.step(batch, state.epoch) if all_ranks("image" in batch) else {}
         state.step_in_epoch += 1
         state.global_step += 1
         state.n_skipped_images += int(batch.get("n_skipped", 0))

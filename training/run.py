@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+RELATIVE_PATHS_KEY = "relative_paths"
 
 
 class RunError(RuntimeError):
@@ -52,9 +54,32 @@ def read_run_config(run_dir: Path, *, kind: str | None = None) -> dict[str, Any]
     paths = RunPaths(run_dir)
     if not paths.config.exists():
         raise RunError(f"{run_dir}: not a malm-edge run folder ({CONFIG_FILE} is missing)")
-    config = json.loads(paths.config.read_text())
+    try:
+        config = json.loads(paths.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{paths.config}: not valid JSON ({error})") from error
     if kind is not None and config.get("kind") != kind:
         raise RunError(f"{run_dir}: a {config.get('kind')!r} run, expected a {kind!r} run")
+    return _follow_moved_paths(run_dir, config)
+
+
+def record_linked_paths(run_dir: Path, config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Store `keys` (absolute paths in `config`) also relative to the run folder.
+
+    Runs are copied between machines (trained on a GPU box, converted on a laptop); where the
+    recorded absolute path is gone, read_run_config falls back to the relative one.
+    """
+    root = Path(run_dir).resolve()
+    config[RELATIVE_PATHS_KEY] = {key: os.path.relpath(Path(config[key]).resolve(), root) for key in keys}
+    return config
+
+
+def _follow_moved_paths(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Replace recorded absolute paths that no longer exist by their run-relative twins that do."""
+    for key, relative in config.get(RELATIVE_PATHS_KEY, {}).items():
+        candidate = Path(run_dir) / relative
+        if key in config and not Path(config[key]).exists() and candidate.exists():
+            config[key] = str(candidate.resolve())
     return config
 
 

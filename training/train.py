@@ -32,7 +32,7 @@ from malm_edge.training.loop import (
     restore_state_checkpoint,
     run_epochs,
 )
-from malm_edge.training.run import RunError, RunPaths, check_new_run_dir, read_run_config
+from malm_edge.training.run import RunError, RunPaths, check_new_run_dir, read_run_config, record_linked_paths
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def start_run(
     model_cfg.vocab_size = tokenizer.vocab_size
     _, preprocessing = create_model(model_cfg, build=False)
     if world.is_main:
-        ckpt.write_json_atomic(paths.config, run_config(model_cfg, train_cfg, data_dir, preprocessing))
+        config = run_config(model_cfg, train_cfg, data_dir, preprocessing)
+        ckpt.write_json_atomic(paths.config, record_linked_paths(out_dir, config, ("data",)))
     barrier()
     return TeacherRun(paths, model_cfg, train_cfg, data_dir, tokenizer, preprocessing)
 
