@@ -8,7 +8,10 @@ the MALM inference path ``normalize(image_head(ViT(x)["pooled"]))`` at the prese
 built without the recipe tower. Prints a markdown table, then one JSON object.
 
     python benchmarks/bench_students.py [--students mnv3_s mnv3_l mobileone_s0]
-        [--teachers tiny base] [--runs 30] [--warmup 5] [--json out.json]
+        [--teachers tiny base] [--student-sizes 64 224] [--embed-dim 128] [--runs 30] [--warmup 5] [--json out.json]
+
+`--student-sizes` builds each student at each input side (default: the preset's own); distilled
+students take the teacher's input side (64 px for `tiny`), phone deployments often 224.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from malm_edge.training.models.flops import count_flops, count_params
-from malm_edge.training.models.student import STUDENT_PRESETS, create_student, prepare_for_export
+from malm_edge.training.models.student import STUDENT_PRESETS, create_student, get_student_preset, prepare_for_export
 
 
 class TeacherImageTower(nn.Module):
@@ -44,7 +47,9 @@ class TeacherImageTower(nn.Module):
         return F.normalize(self.image_head(pooled), dim=-1)  # (B, E)
 
 
-def build_models(students: list[str], teachers: list[str]) -> list[dict[str, Any]]:
+def build_models(
+    students: list[str], teachers: list[str], student_sizes: list[int] | None = None, embed_dim: int | None = None
+) -> list[dict[str, Any]]:
     """One record per model: name, kind, module (eval), image size, params (deployed and train)."""
     records = []
     for name in teachers:
@@ -58,10 +63,14 @@ def build_models(students: list[str], teachers: list[str]) -> list[dict[str, Any
         records.append({"name": f"teacher_{name}", "kind": "teacher", "module": tower,
                         "image_size": config.image_size, "params_train": count_params(tower)})
     for name in students:
-        student = create_student(name)
-        deployed = prepare_for_export(student)
-        records.append({"name": name, "kind": "student", "module": deployed,
-                        "image_size": student.config.image_size, "params_train": count_params(student)})
+        for size in student_sizes or [None]:
+            overrides = {"image_size": size} if size else {}
+            if embed_dim:
+                overrides["embed_dim"] = embed_dim
+            student = create_student(get_student_preset(name, **overrides))
+            deployed = prepare_for_export(student)
+            records.append({"name": name if size is None else f"{name}@{size}", "kind": "student", "module": deployed,
+                            "image_size": student.config.image_size, "params_train": count_params(student)})
     for record in records:
         record["params"] = count_params(record["module"])
         size = record["image_size"]
@@ -122,6 +131,8 @@ def main() -> None:
     parser.add_argument("--students", nargs="*", default=["mnv3_s", "mnv3_l", "mobileone_s0"],
                         choices=sorted(STUDENT_PRESETS))
     parser.add_argument("--teachers", nargs="*", default=["tiny", "base"])
+    parser.add_argument("--student-sizes", nargs="*", type=int, default=None, help="input sides to build students at")
+    parser.add_argument("--embed-dim", type=int, default=None, help="student output width (distilled: the teacher's)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -130,7 +141,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    records = build_models(args.students, args.teachers)
+    records = build_models(args.students, args.teachers, args.student_sizes, args.embed_dim)
     time_models(records, args.runs, args.warmup)
     reference = add_ratios(records)
     print(markdown_table(records, reference))
