@@ -330,6 +330,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from malm_edge.converters.executorch_runtime import register_executorch_backend
+
+    register_executorch_backend()
     args = parse_args(argv)
     result = run(args, command_line(argv))
     print(render(result))

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from malm_edge.edge.backends import EncoderBackend, ExecuTorchBackend, OnnxBackend, l2_normalize
+from malm_edge.converters.executorch_runtime import ExecuTorchBackend
+from malm_edge.edge.backends import EncoderBackend, OnnxBackend, l2_normalize
 from malm_edge.edge.bundle import Verification
 from malm_edge.edge.table import EmbeddingTable, search_topk
 

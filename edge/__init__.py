@@ -2,7 +2,8 @@
 
 Modules (import them directly; nothing is imported here so `import malm_edge.edge` stays cheap):
 bundle (manifest v1, validating reader), table (int8/float16 table, exact top-k), catalog (SQLite +
-FTS5), preprocess (pillow + numpy), backends (ONNX Runtime, ExecuTorch, CoreML), retriever
-(photo -> top-k recipes), bench (latency and memory). Imports neither torch, training nor
-converters (the ExecuTorch backend alone needs torch, because the executorch pip runtime does).
+FTS5), preprocess (pillow + numpy), backends (ONNX Runtime, CoreML; others registered by host
+tools), retriever (photo -> top-k recipes), bench (latency and memory). Imports neither torch,
+training nor converters. ExecuTorch's Python runtime imports torch, so its backend lives in
+malm_edge.converters.executorch_runtime and host tools register it.
 """

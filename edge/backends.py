@@ -1,13 +1,14 @@
-"""Image-encoder backends behind one interface: ONNX Runtime, ExecuTorch, CoreML.
+"""Image-encoder backends behind one interface: ONNX Runtime and CoreML, plus registered ones.
 
 Each runtime is imported lazily inside its backend, so importing this module needs only numpy.
+Nothing here imports torch.
 
-Torch: ONNX Runtime and CoreML need no torch. The ExecuTorch *pip wheel* (executorch 1.5.1) does:
-`executorch.runtime` imports `executorch.extension.pybindings.portable_lib`, which runs
-`import torch` first and whose `_C` extension links libtorch.so / libtorch_python.so; inputs and
-outputs of `Method.execute` are torch tensors (numpy arrays are refused). So `ExecuTorchBackend`
-is optional and imports torch when constructed; the torch-free guarantee of edge/ is the ONNX
-(and CoreML) path. On the phone, the ExecuTorch C++/Swift/Kotlin runtime has no such dependency.
+ExecuTorch: its *pip wheel's* Python runtime (executorch 1.5.1) imports torch
+(`executorch.runtime` -> `pybindings.portable_lib` loads torch first, links libtorch, and
+`Method.execute` takes torch tensors), so running a .pte from Python is host-side tooling: its
+backend lives in `malm_edge.converters.executorch_runtime`; host tools (`malm-edge search`,
+`bench`) add it with `register_backend`, converters use it directly. On the phone ExecuTorch's C++/Swift/Kotlin
+runtime runs the same .pte without torch.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from malm_edge.edge.bundle import Bundle, EncoderEntry
-
-BACKENDS = ("executorch", "onnx", "coreml")
 
 
 class BackendError(RuntimeError):
@@ -64,7 +63,7 @@ class EncoderBackend(ABC):
         """Raw encoder output for (N, 3, S, S) pixels -> (N, D)."""
 
 
-def _static_batch(shape: list) -> int | None:
+def static_batch(shape: list) -> int | None:
     """The fixed batch size of an input shape, or None when it is symbolic."""
     first = shape[0] if shape else None
     return first if isinstance(first, int) and first > 0 else None
@@ -92,7 +91,7 @@ class OnnxBackend(EncoderBackend):
             raise BackendError(f"{self.path}: onnxruntime cannot load the model: {err}") from err
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
-        self._batch = _static_batch(list(model_input.shape))
+        self._batch = static_batch(list(model_input.shape))
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         if self._batch is None or self._batch == len(pixels):
@@ -100,47 +99,6 @@ class OnnxBackend(EncoderBackend):
         rows = [self._session.run(None, {self._input_name: pixels[i:i + 1]})[0]
                 for i in range(len(pixels))]
         return np.concatenate(rows)
-
-
-class ExecuTorchBackend(EncoderBackend):
-    """ExecuTorch's Python runtime (`executorch.runtime`), XNNPACK delegate included.
-
-    Needs torch at runtime (see the module docstring). `threads` resizes ExecuTorch's shared
-    threadpool (process-wide: the last backend created wins).
-    """
-
-    name = "executorch"
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        super().__init__(path, threads)
-        try:
-            import torch
-            from executorch.runtime import Runtime, Verification
-        except ImportError as err:
-            raise BackendError("the executorch backend needs the executorch pip package, whose "
-                               f"Python runtime also imports torch ({err})") from err
-        self._torch = torch
-        runtime = Runtime.get()
-        if threads:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(int(threads))
-        try:
-            program = runtime.load_program(self.path, verification=Verification.InternalConsistency)
-            self._method = program.load_method("forward")
-        except Exception as err:  # the pybindings raise RuntimeError/ValueError variously
-            raise BackendError(f"{self.path}: executorch cannot load method 'forward': {err}") from err
-        sizes = list(self._method.metadata.input_tensor_meta(0).sizes())
-        self._batch = _static_batch(sizes)
-
-    def _execute(self, pixels: np.ndarray) -> np.ndarray:
-        outputs = self._method.execute([self._torch.from_numpy(pixels)])
-        return outputs[0].detach().cpu().numpy()  # (n, D)
-
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
-        if self._batch is None or self._batch == len(pixels):
-            return self._execute(pixels)
-        return np.concatenate([self._execute(pixels[i:i + 1]) for i in range(len(pixels))])
 
 
 class CoreMLBackend(EncoderBackend):
@@ -170,18 +128,30 @@ class CoreMLBackend(EncoderBackend):
         return np.concatenate(rows)
 
 
-_CLASSES: dict[str, type[EncoderBackend]] = {
-    "onnx": OnnxBackend, "executorch": ExecuTorchBackend, "coreml": CoreMLBackend,
-}
+_CLASSES: dict[str, type[EncoderBackend]] = {"onnx": OnnxBackend, "coreml": CoreMLBackend}
+_RUNTIME_MODULES = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}
+
+
+def register_backend(target: str, backend_class: type[EncoderBackend]) -> None:
+    """Make a backend outside edge/ (the torch-based ExecuTorch one) available for `target`."""
+    _CLASSES[target] = backend_class
+
+
+def _backend_class(target: str) -> type[EncoderBackend]:
+    if target not in _CLASSES:
+        raise BackendError(
+            f"no {target} backend in the torch-free edge runtime: ExecuTorch's Python runtime imports "
+            "torch, so host tools register it (malm_edge.converters.executorch_runtime); phones run "
+            ".pte files with the ExecuTorch C++/Swift/Kotlin runtime")
+    return _CLASSES[target]
 
 
 def _runtime_available(target: str) -> bool:
     import importlib.util
 
-    module = {"onnx": "onnxruntime", "executorch": "executorch", "coreml": "coremltools"}[target]
-    if target == "coreml" and platform.system() != "Darwin":
+    if target not in _CLASSES or (target == "coreml" and platform.system() != "Darwin"):
         return False
-    return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(_RUNTIME_MODULES[target]) is not None
 
 
 def load_backend(bundle: Bundle, entry: EncoderEntry, threads: int | None = None) -> EncoderBackend:
@@ -191,7 +161,7 @@ def load_backend(bundle: Bundle, entry: EncoderEntry, threads: int | None = None
         backend: EncoderBackend = CoreMLBackend(path, threads, input_name=entry.input.name,
                                                 output_name=entry.output.name)
     else:
-        backend = _CLASSES[entry.target](path, threads)
+        backend = _backend_class(entry.target)(path, threads)
     backend.encoder = entry.name
     return backend
 

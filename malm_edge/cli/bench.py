@@ -63,11 +63,13 @@ def bench(
 ) -> None:
     """Median/p90 latency of preprocessing, each encoder and backend at 1 and all threads, table
     search at the bundle's size and at synthetic 100k / 1,029,720 rows; peak memory, file sizes."""
+    from malm_edge.converters.executorch_runtime import register_executorch_backend
     from malm_edge.edge.backends import BackendError
     from malm_edge.edge.bench import DEFAULT_SYNTHETIC_ROWS, run_bench
     from malm_edge.edge.bundle import BundleError
     from malm_edge.edge.preprocess import ImageError
 
+    register_executorch_backend()
     synthetic = DEFAULT_SYNTHETIC_ROWS if rows is None else tuple(r for r in rows if r > 0)
     from rich.console import Console
 

@@ -77,9 +77,11 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list when several photos).")] = False,
 ) -> None:
     """Rank the bundle's recipes for each photo (preprocess, encode, int8 table top-k, catalog)."""
+    from malm_edge.converters.executorch_runtime import register_executorch_backend
     from malm_edge.edge.backends import BackendError
     from malm_edge.edge.bundle import BundleError
 
+    register_executorch_backend()
     preferred = encoder or (backend.value if backend else None)
     try:
         outputs = search_photos(photos, bundle, top_k, preferred, threads)
