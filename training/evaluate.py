@@ -13,7 +13,6 @@ from malm_edge.training.data.dataset import collate_batch
 from malm_edge.training.data.tokenizer import RECIPE_KEYS
 
 
-
 def recipe_batch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """The recipe tensors of a collated batch, moved to `device`."""
     return {key: batch[key].to(device, non_blocking=True) for key in RECIPE_KEYS}

@@ -60,9 +60,9 @@ def evaluate(
         return
     for name in ("teacher", "student"):
         _print_metrics(f"{name} on {split.value}", result[name], protocol.value)
-    retention = result['retention']
-    shown = 'undefined (teacher R@1 is 0)' if retention is None else f'{retention:.3f}'
-    typer.echo(f'retention (student R@1 / teacher R@1, image to recipe): {shown}')
+    retention = result["retention"]
+    shown = "undefined (teacher R@1 is 0)" if retention is None else f"{retention:.3f}"
+    typer.echo(f"retention (student R@1 / teacher R@1, image to recipe): {shown}")
 
 
 def _print_metrics(title: str, metrics: dict, protocol: str) -> None:
