@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.losses import (
     adaptive_triplet_loss,
+    candidate_nce,
     info_nce,
     margin_at_epoch,
     masked_distillation_loss,
@@ -109,6 +110,43 @@ def test_info_nce_batched_is_mean_over_leading_dims() -> None:
     b = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
     want = sum(naive_info_nce(a[p], b[p], 0.1) for p in range(3)) / 3
     assert info_nce(a, b, 0.1).item() == pytest.approx(want, rel=1e-9)
+
+
+def _all_pair_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair-independent features laid out as candidate scores with k = B-1 (true pair first)."""
+    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)  # (..., B, B)
+    n = sim.shape[-1]
+    order = torch.tensor([[i] + [k for k in range(n) if k != i] for i in range(n)])  # (B, B)
+    image_anchor = torch.gather(sim, -1, order.expand(sim.shape))
+    recipe_anchor = torch.gather(sim.transpose(-1, -2), -1, order.expand(sim.shape))
+    return image_anchor, recipe_anchor
+
+
+def test_candidate_nce_over_all_pairs_is_the_clip_loss() -> None:
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    loss = candidate_nce(*_all_pair_scores(a, b), 0.07)
+    assert loss.item() == pytest.approx(naive_info_nce(a, b, 0.07), rel=1e-9)
+
+
+def test_candidate_nce_batched_is_mean_over_leading_dims() -> None:
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)  # (P, B, D)
+    b = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
+    want = sum(naive_info_nce(a[p], b[p], 0.1) for p in range(3)) / 3
+    assert candidate_nce(*_all_pair_scores(a, b), 0.1).item() == pytest.approx(want, rel=1e-9)
+
+
+def test_candidate_nce_drops_invalid_negatives() -> None:
+    scores = torch.tensor([[0.9, 0.5, 0.8], [0.2, 0.1, 0.3]], dtype=torch.float64)  # (B=2, 1+k=3)
+    valid = torch.tensor([[True, False], [True, True]])
+    loss = candidate_nce(scores, scores, 0.5, (valid, valid))
+
+    def row_loss(row: list[float]) -> float:
+        return -(row[0] / 0.5 - math.log(sum(math.exp(v / 0.5) for v in row)))
+
+    want = (row_loss([0.9, 0.5]) + row_loss([0.2, 0.1, 0.3])) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-9)
 
 
 def test_masked_distillation_matches_naive() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from malm_edge.training.models.config import (
     get_preset,
     to_dict,
 )
+from malm_edge.training.models.losses import candidate_nce
 from malm_edge.training.models.malm import MALM, create_model, iter_loss_names
-from malm_edge.training.models.matching import TwoLevelMatching
+from malm_edge.training.models.matching import TwoLevelMatching, cross_pairs
 from malm_edge.training.models.recipe_encoder import RecipeEncoder
 from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding
 
@@ -204,6 +206,65 @@ def test_matching_shapes_and_attention() -> None:
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+def test_cross_pairs_pick_the_hardest_negatives_of_other_recipes() -> None:
+    similarity = torch.tensor([[0.9, 0.8, 0.1, 0.5], [0.7, 0.9, 0.6, 0.2], [0.3, 0.2, 0.9, 0.4], [0.0, 0.1, 0.2, 0.9]])
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # rows 0 and 1 are two photos of one recipe
+    pairs = cross_pairs(similarity, 2, same | torch.eye(4, dtype=torch.bool))
+    assert pairs.negatives == 2
+    # true pairs, then image i with its 2 hardest recipes, then recipe j with its 2 hardest images
+    assert pairs.image_index[:4].tolist() == pairs.recipe_index[:4].tolist() == [0, 1, 2, 3]
+    assert pairs.recipe_index[4:12].view(4, 2).tolist()[0] == [3, 2]  # recipe 1 is image 0's own recipe
+    assert pairs.recipe_index[4:12].view(4, 2).tolist()[2] == [3, 0]
+    assert pairs.image_index[12:].view(4, 2).tolist()[3] == [0, 2]  # column 3: 0.5, 0.4
+    assert pairs.valid[0].all() and pairs.valid[1].all()
+    # k = B-1 with duplicates: the leftover candidate is the excluded duplicate and is marked invalid
+    everything = cross_pairs(similarity, 10, same)
+    assert everything.negatives == 3 and everything.image_index.numel() == 4 * 7
+    assert everything.valid[0].sum(1).tolist() == [2, 2, 3, 3]
+    scores = torch.arange(28.0)
+    image_anchor, recipe_anchor = everything.anchor_scores(scores)  # (B, 1+k) each
+    assert image_anchor[:, 0].tolist() == [0, 1, 2, 3] and image_anchor[1, 1:].tolist() == [7, 8, 9]
+    assert recipe_anchor[0, 1:].tolist() == [16, 17, 18]
+    assert everything.anchor_scores(torch.zeros(28, 5))[0].shape == (5, 4, 4)  # (P, B, 1+k)
+
+
+def test_cross_pair_matching_learns_a_planted_correspondence() -> None:
+    """ψ/ψ' trained on decoded true and false pairs learn to tell them apart (loss far below ln(1+k))."""
+    torch.manual_seed(0)
+    config = micro()
+    matching = TwoLevelMatching(config)
+    batch, tokens, patches, width = 16, 6, 4, config.recipe_width
+    mixing = torch.randn(width, config.match_width) / width**0.5  # image features = recipe content, mixed
+    optimizer = torch.optim.Adam(matching.parameters(), lr=1e-3)
+    for _ in range(120):
+        recipe_tokens = torch.randn(batch, tokens, width)  # fresh content every step: no memorising
+        image_tokens = torch.cat([recipe_tokens.mean(1, keepdim=True), recipe_tokens[:, :patches]], 1) @ mixing
+        pairs = cross_pairs(torch.randn(batch, batch), 3)
+        valid = torch.ones(len(pairs.recipe_index), tokens, dtype=torch.bool)
+        out = matching(image_tokens[pairs.image_index], recipe_tokens[pairs.recipe_index], valid)
+        similarity = torch.nn.functional.cosine_similarity(out["image_global"], out["recipe_global"], dim=-1)
+        loss = candidate_nce(*pairs.anchor_scores(similarity), 0.1, pairs.valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2 * math.log(4)
+
+
+def test_matching_losses_need_the_pair_to_match() -> None:
+    """The per-pair decoder is contrasted against decoded negatives, not against other true pairs."""
+    config = micro(ablation="lc_gc", matching_negatives=3)
+    torch.manual_seed(0)
+    model = MALM(config)
+    batch = make_recipe_batch(4)
+    out = model(images(config, 4), batch, epoch=0)
+    ids = torch.tensor([0, 0, 1, 1])  # two recipes, two photos each: one valid negative per anchor
+    out_dup = model(images(config, 4), batch, epoch=0, recipe_ids=ids)
+    assert torch.isfinite(out_dup["loss_gc"]) and not torch.allclose(out["loss_gc"], out_dup["loss_gc"])
+    alone = model(images(config, 1), make_recipe_batch(1), epoch=0)  # no negatives at all
+    assert alone["loss_gc"].item() == 0.0 and alone["loss_lc"].item() == 0.0
+
+
 # ---- MALM ------------------------------------------------------------------------------------------
 
 
@@ -244,8 +305,9 @@ def test_full_mask_ratio_zero_disables_distillation() -> None:
     assert model.teacher is None and model.predictor is None
 
 
-def test_gradient_reaches_every_trainable_parameter_and_not_the_teacher() -> None:
-    config = micro(ablation="full")
+@pytest.mark.parametrize("negatives", [0, 2])
+def test_gradient_reaches_every_trainable_parameter_and_not_the_teacher(negatives: int) -> None:
+    config = micro(ablation="full", matching_negatives=negatives)
     model = MALM(config).train()
     out = model(images(config, 4), make_recipe_batch(4), epoch=0, class_ids=torch.tensor([0, 1, 0, -1]))
     out["loss"].backward()
@@ -368,6 +430,8 @@ def test_config_validation_and_overrides() -> None:
         micro(image_size=60)
     with pytest.raises(ValueError, match="mask_ratio"):
         micro(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="matching_negatives"):
+        micro(matching_negatives=-1)
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown MalmConfig fields"):

@@ -39,7 +39,7 @@ def default_synthfood(
 
 # SynthFood size per preset: enough data for the preset's model, little enough to generate quickly.
 SYNTHFOOD_FOR_PRESET: dict[str, dict[str, int]] = {
-    "micro": {"n_recipes": 300, "images_per_recipe": 2, "image_size": 64},
+    "micro": {"n_recipes": 300, "images_per_recipe": 6, "image_size": 64},
     "tiny": {"n_recipes": 2000, "images_per_recipe": 3, "image_size": 128},
     "small": {"n_recipes": 6000, "images_per_recipe": 3, "image_size": 160},
     "base": {"n_recipes": 10000, "images_per_recipe": 3, "image_size": 224},

@@ -164,8 +164,9 @@ def train_step(
     """One optimisation step; raises NonFiniteLossError before touching the weights."""
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
     class_ids = batch["class_id"].to(device) if "class_id" in batch else None
+    recipe_ids = batch["recipe_index"].to(device) if "recipe_index" in batch else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        output = model(images, recipe_batch(batch, device), epoch=epoch, class_ids=class_ids)
+        output = model(images, recipe_batch(batch, device), epoch=epoch, class_ids=class_ids, recipe_ids=recipe_ids)
     loss = output["loss"]
     if not bool(torch.isfinite(all_reduce_mean(loss.detach()))):
         raise NonFiniteLossError(f"non-finite loss at epoch {epoch}: {loss_terms(output)}")

@@ -37,6 +37,12 @@ def train(
     ] = None,
     ablation: Annotated[Optional[Ablation], typer.Option(help="Paper Table 2 row: baseline, lc, lc_gc or full.")] = None,
     mask_ratio: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Fraction of patches masked.")] = None,
+    lambda_itm: Annotated[Optional[float], typer.Option(min=0.0, help="Weight of L_GC + L_LC (paper: 1).")] = None,
+    lambda_dist: Annotated[Optional[float], typer.Option(min=0.0, help="Weight of the masked distillation loss (paper: 1).")] = None,
+    matching_negatives: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="L_GC/L_LC negatives: 0 contrasts the true pairs' features; k decodes each image with its k hardest recipes and vice versa."),
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")] = None,
@@ -67,6 +73,7 @@ def train(
         if resume is not None:
             reject_with_resume(
                 {"--data": data, "--out": out, "--ablation": ablation, "--mask-ratio": mask_ratio, "--clip-weights": clip_weights,
+                 "--matching-negatives": matching_negatives, "--lambda-itm": lambda_itm, "--lambda-dist": lambda_dist,
                  "--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--image-lr": image_lr, "--workers": workers,
                  "--seed": seed, "--save-every": save_every}
             )
@@ -75,10 +82,13 @@ def train(
         for name, value in overrides.items():
             if value is not None:
                 setattr(train_cfg, name, value)
-        if ablation is not None:
-            model_cfg.ablation = ablation.value
-        if mask_ratio is not None:
-            model_cfg.mask_ratio = mask_ratio
+        model_overrides = {
+            "ablation": ablation.value if ablation is not None else None, "mask_ratio": mask_ratio,
+            "lambda_itm": lambda_itm, "lambda_dist": lambda_dist, "matching_negatives": matching_negatives,
+        }
+        for name, value in model_overrides.items():
+            if value is not None:
+                setattr(model_cfg, name, value)
         if clip_weights is not None:
             model_cfg.clip_weights = str(clip_weights)
         data_dir = data if data is not None else default_synthfood_for(preset.value)

@@ -7,11 +7,16 @@
   of the other modality with the same class (other than the anchor's own pair), negatives with a
   different valid class; adaptive averaging again; weighted by `semantic_weight`.
 - `margin_at_epoch`: TFood's incremental margin (0.18 + 0.005 * epoch, capped at 0.3).
-- `info_nce`: CLIP's symmetric InfoNCE (Eqs. 7-8, 10) on L2-normalised features. Eq. 7 as printed
-  leaves the positive out of the denominator and omits the log; we use the standard cross-entropy
-  form of the CLIP loss the paper cites [46]. Leading dimensions are batched, so per-patch L_LC is
-  one call on (P, B, M) tensors: the mean over patches of the per-patch loss (Eq. 10's 1/P), each
-  averaged over the batch and the two directions.
+- `info_nce`: CLIP's symmetric InfoNCE (Eqs. 7-8, 10) on L2-normalised features, for features that
+  each come from their own true pair (`matching_negatives=0`). Eq. 7 as printed leaves the positive
+  out of the denominator and omits the log; we use the standard cross-entropy form of the CLIP loss
+  the paper cites [46]. Leading dimensions are batched, so per-patch L_LC is one call on (P, B, M).
+- `candidate_nce`: the same loss (Eqs. 7-8, 10) when every (image, recipe) pair is
+  decoded jointly by ψ/ψ' and so has its own similarity: each image anchor scores its true recipe
+  against k negative recipes, and each recipe anchor its true image against k negative images; the
+  loss is the cross-entropy of the true pair, averaged over anchors and the two directions. With
+  k = B-1 and pair-independent features it is exactly `info_nce`. Per-patch L_LC is one call on
+  (P, B, 1+k) scores (Eq. 10's 1/P).
 - `masked_distillation_loss`: L_dist (Eq. 2), SmoothL1(β) between predicted and teacher features,
   averaged over the feature dimension and then over the masked patches only. The teacher targets
   are detached and normalised by the paper's "Normalize" block, which we read as a LayerNorm
@@ -114,6 +119,35 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float
     a_to_b = F.cross_entropy(flat.reshape(-1, batch), targets)
     b_to_a = F.cross_entropy(flat.transpose(1, 2).reshape(-1, batch), targets)
     return (a_to_b + b_to_a) / 2
+
+
+def candidate_nce(
+    image_anchor_scores: torch.Tensor,
+    recipe_anchor_scores: torch.Tensor,
+    temperature: torch.Tensor | float,
+    valid: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over per-pair similarities; column 0 of each row is the true pair.
+
+    Args:
+        image_anchor_scores: (..., B, 1+k) cosine similarities of image i with its own recipe
+            (column 0) and with k negative recipes. Leading dims are independent problems.
+        recipe_anchor_scores: (..., B, 1+k) the same with recipes as anchors and images as candidates.
+        temperature: τ, scalar.
+        valid: Optional ((B, k), (B, k)) bool masks of the negatives that count (False: the
+            candidate is left out, e.g. another image of the anchor's own recipe).
+
+    Returns:
+        Scalar: mean over leading dims, anchors and both directions.
+    """
+    losses = []
+    for scores, keep in zip((image_anchor_scores, recipe_anchor_scores), valid or (None, None)):
+        logits = scores / temperature  # (..., B, 1+k)
+        if keep is not None:
+            keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)  # (B, 1+k)
+            logits = logits.masked_fill(~keep, float("-inf"))
+        losses.append(-logits.log_softmax(dim=-1)[..., 0].mean())
+    return (losses[0] + losses[1]) / 2
 
 
 def normalize_features(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

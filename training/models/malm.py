@@ -40,11 +40,12 @@ from malm_edge.training.models.clip_weights import LoadReport, load_clip_vision_
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.losses import (
     adaptive_triplet_loss,
+    candidate_nce,
     info_nce,
     margin_at_epoch,
     masked_distillation_loss,
 )
-from malm_edge.training.models.matching import TwoLevelMatching
+from malm_edge.training.models.matching import CrossPairs, TwoLevelMatching, cross_pairs
 from malm_edge.training.models.predictor import MaskedFeaturePredictor
 from malm_edge.training.models.recipe_encoder import RecipeEncoder
 from malm_edge.training.models.vit import VisionTransformer
@@ -155,6 +156,7 @@ class MALM(nn.Module):
         *,
         epoch: int,
         class_ids: torch.Tensor | None = None,
+        recipe_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the MALM losses for a batch of true pairs.
@@ -164,6 +166,8 @@ class MALM(nn.Module):
             recipe_batch: Tokenised recipes (RecipeEncoder.forward), row i paired with image i.
             epoch: Current epoch (0-based), for the margin schedule.
             class_ids: Optional (B,) int64 semantic classes, -1 = none.
+            recipe_ids: Optional (B,) int64 recipe of each pair; two photos of one recipe are
+                then never each other's negatives in L_GC / L_LC.
             generator: Optional RNG for the patch mask.
 
         Returns:
@@ -188,7 +192,16 @@ class MALM(nn.Module):
         if self.image_token_proj is not None:
             image_tokens = self.image_token_proj(student["tokens"])  # (B, 1+P, M)
         if self.matching is not None:
-            out.update(self._matching_losses(image_tokens, recipe, temperature))
+            if cfg.matching_negatives > 0:
+                similarity = image_embedding @ recipe["embedding"].t()  # (B, B) [image, recipe]
+                same_recipe = None if recipe_ids is None else recipe_ids.unsqueeze(1) == recipe_ids.unsqueeze(0)
+                pairs = cross_pairs(similarity, cfg.matching_negatives, same_recipe)
+                local, overall = self._cross_pair_contrast(image_tokens, recipe, temperature, pairs)
+            else:
+                local, overall = self._true_pair_contrast(image_tokens, recipe, temperature)
+            out["loss_lc"] = local
+            if cfg.uses_global_matching:
+                out["loss_gc"] = overall
         if self.predictor is not None:
             out["loss_dist"] = self._distillation_loss(images, image_tokens, student["mask"])
         out["loss"] = self._total(out)
@@ -200,17 +213,37 @@ class MALM(nn.Module):
         )
         return out
 
-    def _matching_losses(
+    def _true_pair_contrast(
         self, image_tokens: torch.Tensor, recipe: dict[str, torch.Tensor], temperature: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """L_LC (Eq. 10) and, for lc_gc / full, L_GC (Eq. 8)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_LC, L_GC) with ψ/ψ' run on the true pairs only; the other pairs are the negatives."""
         match = self.matching(image_tokens, recipe["tokens"], recipe["tokens_mask"])
         patches = match["image_att"][:, 1:].transpose(0, 1)  # (P, B, M)
         local = match["recipe_local"].transpose(0, 1)  # (P, B, M)
-        losses = {"loss_lc": info_nce(patches, local, temperature)}
-        if self.config.uses_global_matching:
-            losses["loss_gc"] = info_nce(match["image_global"], match["recipe_global"], temperature)
-        return losses
+        return (
+            info_nce(patches, local, temperature),
+            info_nce(match["image_global"], match["recipe_global"], temperature),
+        )
+
+    def _cross_pair_contrast(
+        self,
+        image_tokens: torch.Tensor,
+        recipe: dict[str, torch.Tensor],
+        temperature: torch.Tensor,
+        pairs: CrossPairs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_LC, L_GC) with ψ/ψ' run on the true pairs and on decoded hard negative pairs."""
+        match = self.matching(
+            image_tokens[pairs.image_index],  # (N, 1+P, M)
+            recipe["tokens"][pairs.recipe_index],  # (N, S, d)
+            recipe["tokens_mask"][pairs.recipe_index],  # (N, S)
+        )
+        local = F.cosine_similarity(match["image_att"][:, 1:], match["recipe_local"], dim=-1)  # (N, P)
+        overall = F.cosine_similarity(match["image_global"], match["recipe_global"], dim=-1)  # (N,)
+        return (
+            candidate_nce(*pairs.anchor_scores(local), temperature, pairs.valid),
+            candidate_nce(*pairs.anchor_scores(overall), temperature, pairs.valid),
+        )
 
     def _distillation_loss(self, images: torch.Tensor, image_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L_dist (Eq. 2) between T(I_f) and the EMA teacher's patch features on masked patches."""

@@ -1,7 +1,8 @@
 """Two-level image-recipe matching module ψ / ψ' (MALM, arXiv 2305.11327, Sec 3.2, Eqs. 3-10).
 
 Used only in training. Inputs are the (mask-appended, projected) image features I_f (B, 1+P, M) and
-the recipe token features R_f (B, S, d) of the SAME pairs (row i of each is a true pair):
+the recipe token features R_f (B, S, d) of the pairs to decode (row i of each is one pair; see
+`cross_pairs` for which pairs):
 
 - ψ (Eqs. 3-4): a transformer decoder with image tokens as queries and R_f (projected to M) as
   keys/values gives I_att (B, 1+P, M) and A_I (B, 1+P, S), the last layer's cross-attention
@@ -17,14 +18,22 @@ Choices where the paper is terse (the lead should know them):
 - "Transformer decoder" is taken literally: pre-norm layers with self-attention over the queries,
   cross-attention, MLP, residuals; I_att / R_att are the stack outputs (after a final LayerNorm),
   not the bare A·V of Eq. 4.
-- ψ/ψ' run once per true pair (B runs, not B²). Contrastive negatives for pair i are then the
-  features of the other pairs k (I_att[k], R_lp[k]), each computed from its own pair; this is the
-  literal reading of Eqs. 8 and 10 (Z sums over the batch index k). A consequence: I_att[i] already
-  mixes in recipe i, so L_GC / L_LC are regularisers of the towers, while retrieval itself is learned
-  by L_itc on the unimodal embeddings.
+- Pairs. Eqs. 8 and 10 contrast B positive pairs with B²-B negative pairs, but ψ/ψ' see an image
+  and a recipe together, so the features of (image i, recipe j) are not those of (image i, recipe
+  i). Two readings, chosen by `MalmConfig.matching_negatives`:
+  - 0 (default): ψ/ψ' run once per true pair, and pair i's features are contrasted with those of
+    the other true pairs k, each computed from its own pair (Z sums over the batch index k). I_att[i]
+    already mixes in recipe i, so ψ can solve L_GC / L_LC by carrying pair identity across; the
+    terms then act as regularisers of the towers, and retrieval is learned by L_itc.
+  - k > 0: negatives are decoded as pairs of their own (`cross_pairs`): each image with the k
+    recipes its L_itc embedding finds most similar, and each recipe with its k most similar images
+    (ALBEF-style hard negatives; k = B-1 is the full B² set). The module must then tell a true pair
+    from a close false one. Two photos of one recipe in a batch are never negatives.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -108,7 +117,7 @@ class TwoLevelMatching(nn.Module):
     def forward(
         self, image_tokens: torch.Tensor, recipe_tokens: torch.Tensor, recipe_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Match each image with its own recipe.
+        """Decode each image row with the recipe row of the same index (one pair per row).
 
         Args:
             image_tokens: (B, 1+P, M) projected I_f (cls first).
@@ -134,3 +143,62 @@ class TwoLevelMatching(nn.Module):
             "recipe_global": masked_mean(recipe_att, ~recipe_padding),
             "recipe_local": recipe_local,
         }
+
+
+@dataclass
+class CrossPairs:
+    """The (image, recipe) pairs to decode: B true pairs, then B*k image-anchored negatives (each
+    image with k recipes), then B*k recipe-anchored negatives (each recipe with k images).
+
+    Attributes:
+        image_index: (N,) int64 batch row of each pair's image, N = B * (1 + 2k).
+        recipe_index: (N,) int64 batch row of each pair's recipe.
+        negatives: k.
+        valid: ((B, k), (B, k)) bool, False for a negative that is really a positive (same recipe).
+    """
+
+    image_index: torch.Tensor
+    recipe_index: torch.Tensor
+    negatives: int
+    valid: tuple[torch.Tensor, torch.Tensor]
+
+    def anchor_scores(self, pair_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair scores (N, *rest) -> image-anchored and recipe-anchored (*rest, B, 1+k), true pair first."""
+        k = self.negatives
+        batch = pair_scores.shape[0] // (1 + 2 * k)
+        rest = pair_scores.shape[1:]
+        positive = pair_scores[:batch].unsqueeze(1)  # (B, 1, *rest)
+        image_negative = pair_scores[batch : batch * (1 + k)].reshape(batch, k, *rest)  # (B, k, *rest)
+        recipe_negative = pair_scores[batch * (1 + k) :].reshape(batch, k, *rest)  # (B, k, *rest)
+        return tuple(  # type: ignore[return-value]
+            torch.movedim(torch.cat([positive, negative], dim=1), (0, 1), (-2, -1))  # (*rest, B, 1+k)
+            for negative in (image_negative, recipe_negative)
+        )
+
+
+def cross_pairs(similarity: torch.Tensor, negatives: int, same_recipe: torch.Tensor | None = None) -> CrossPairs:
+    """Choose the hard negative pairs for ψ/ψ' from the batch's image-recipe similarities.
+
+    Args:
+        similarity: (B, B) [image, recipe] similarities (detached here).
+        negatives: k, negatives per anchor (capped at B-1).
+        same_recipe: Optional (B, B) bool, True where image i and recipe j belong to the same
+            recipe; those pairs are never negatives. The diagonal is always excluded.
+    """
+    batch = similarity.shape[0]
+    k = max(0, min(negatives, batch - 1))
+    excluded = torch.eye(batch, dtype=torch.bool, device=similarity.device)  # (B, B)
+    if same_recipe is not None:
+        excluded = excluded | same_recipe
+    scores = similarity.detach().masked_fill(excluded, float("-inf"))  # (B, B)
+    hard_recipes = scores.topk(k, dim=1).indices  # (B, k) for each image anchor
+    hard_images = scores.t().topk(k, dim=1).indices  # (B, k) for each recipe anchor
+    valid = (
+        torch.gather(~excluded, 1, hard_recipes),  # (B, k)
+        torch.gather(~excluded.t(), 1, hard_images),  # (B, k)
+    )
+    anchors = torch.arange(batch, device=similarity.device)
+    repeated = anchors.repeat_interleave(k)  # (B*k,)
+    image_index = torch.cat([anchors, repeated, hard_images.reshape(-1)])  # (N,)
+    recipe_index = torch.cat([anchors, hard_recipes.reshape(-1), repeated])  # (N,)
+    return CrossPairs(image_index, recipe_index, k, valid)
