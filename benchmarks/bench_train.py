@@ -4,10 +4,12 @@ Runs the real forward, backward, optimizer step and EMA update on batches of a c
 (data loading excluded: it runs in worker processes during training), after warm-up steps.
 
     python benchmarks/bench_train.py DATASET_DIR [--presets micro tiny] [--ablations full baseline]
-        [--steps 5] [--threads 2] [--batch-size N]
+        [--steps 5] [--threads 2] [--batch-size N] [--matching-negatives 0 3]
 
 `--batch-size` replaces the preset's batch (e.g. to fit `base` in CPU memory); `peak_rss_mb` is the
 process's peak resident memory after the preset ran (Linux ru_maxrss, so it only grows).
+`--matching-negatives` times each preset once per value (0: ψ/ψ' on the true pairs only; k: also on
+2k hard negative pairs per anchor), side by side in one run.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ from malm_edge.training.models.malm import count_parameters, create_model
 
 
 def measure(
-    dataset_dir: Path, preset: str, ablation: str, steps: int, warmup: int, batch_size: int | None = None
+    dataset_dir: Path,
+    preset: str,
+    ablation: str,
+    steps: int,
+    warmup: int,
+    batch_size: int | None = None,
+    matching_negatives: int = 0,
 ) -> dict:
     """Samples per second of full training steps for one preset and ablation."""
-    model_cfg, train_cfg = get_preset(preset, ablation=ablation)
+    model_cfg, train_cfg = get_preset(preset, ablation=ablation, matching_negatives=matching_negatives)
     if batch_size is not None:
         train_cfg.batch_size = batch_size
     tokenizer = train_tokenizer(load_recipes(dataset_dir, "train"), vocab_size=model_cfg.vocab_size)
@@ -49,7 +57,9 @@ def measure(
     timings = []
     for step in range(warmup + steps):
         start = time.perf_counter()
-        output = model(batch["image"], recipe_batch(batch, torch.device("cpu")), epoch=0)
+        output = model(
+            batch["image"], recipe_batch(batch, torch.device("cpu")), epoch=0, recipe_ids=batch["recipe_index"]
+        )
         optimizer.zero_grad(set_to_none=True)
         output["loss"].backward()
         optimizer.step()
@@ -60,6 +70,7 @@ def measure(
     return {
         "preset": preset,
         "ablation": ablation,
+        "matching_negatives": matching_negatives,
         "batch_size": train_cfg.batch_size,
         "image_size": model_cfg.image_size,
         "trainable_params": count_parameters(model),
@@ -78,13 +89,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, default=None, help="replace the preset's batch size")
+    parser.add_argument("--matching-negatives", type=int, nargs="+", default=[0], help="k values to time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.presets:
         for ablation in args.ablations:
-            record = measure(args.dataset, preset, ablation, args.steps, args.warmup, args.batch_size)
-            record.update(threads=args.threads, machine=platform.processor() or platform.machine(), torch=torch.__version__)
-            print(json.dumps(record), flush=True)
+            for negatives in args.matching_negatives:
+                record = measure(args.dataset, preset, ablation, args.steps, args.warmup, args.batch_size, negatives)
+                record.update(threads=args.threads, machine=platform.processor() or platform.machine(), torch=torch.__version__)
+                print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
