@@ -251,17 +251,19 @@ def test_cross_pair_matching_learns_a_planted_correspondence() -> None:
     assert loss.item() < 0.2 * math.log(4)
 
 
-def test_matching_losses_need_the_pair_to_match() -> None:
-    """The per-pair decoder is contrasted against decoded negatives, not against other true pairs."""
+def test_cross_pair_losses_skip_same_recipe_negatives_and_need_a_negative() -> None:
     config = micro(ablation="lc_gc", matching_negatives=3)
     torch.manual_seed(0)
     model = MALM(config)
-    batch = make_recipe_batch(4)
-    out = model(images(config, 4), batch, epoch=0)
-    ids = torch.tensor([0, 0, 1, 1])  # two recipes, two photos each: one valid negative per anchor
-    out_dup = model(images(config, 4), batch, epoch=0, recipe_ids=ids)
+    pixels, batch = images(config, 4), make_recipe_batch(4)
+    out = model(pixels, batch, epoch=0)
+    # two recipes, two photos each: every anchor keeps 2 of its 3 negatives
+    out_dup = model(pixels, batch, epoch=0, recipe_ids=torch.tensor([0, 0, 1, 1]))
     assert torch.isfinite(out_dup["loss_gc"]) and not torch.allclose(out["loss_gc"], out_dup["loss_gc"])
-    alone = model(images(config, 1), make_recipe_batch(1), epoch=0)  # no negatives at all
+    # one recipe only: no negative is left, so the matching terms vanish
+    out_same = model(pixels, batch, epoch=0, recipe_ids=torch.zeros(4, dtype=torch.long))
+    assert out_same["loss_gc"].item() == 0.0 and out_same["loss_lc"].item() == 0.0
+    alone = model(images(config, 1), make_recipe_batch(1), epoch=0)  # a batch of one pair
     assert alone["loss_gc"].item() == 0.0 and alone["loss_lc"].item() == 0.0
 
 

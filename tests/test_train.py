@@ -238,15 +238,26 @@ def test_all_ranks_skips_a_step_together_when_one_rank_has_no_images(tmp_path: P
 def test_default_micro_run_is_clearly_above_chance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --preset micro` on its default SynthFood (300 recipes x 6 renders, 64 px) learns.
 
-    On the 30 val recipes chance is medR 15.5 and R@10 0.33; seeds 0-2 reach medR 7.5-9.5 and R@10
-    0.57-0.63 (BENCHMARKS.md). Training is deterministic for a seed, so this guards the learning
-    itself: a loss, masking or data change that stops the model from learning fails here.
+    On a bag of 30 recipes chance is medR 15.5 and R@10 0.33. Over seeds 0-2 the val and test
+    splits average medR 6.3-7.3 and R@10 0.63-0.72 (BENCHMARKS.md). Averaging the two held-out
+    splits (60 queries) and fixing the thread count keeps the check steady; a loss, masking or data
+    change that stops the model from learning fails it.
     """
     monkeypatch.setenv("MALM_EDGE_CACHE", str(tmp_path / "cache"))
-    run = tmp_path / "micro"
-    result = runner.invoke(app, ["train", "--preset", "micro", "--seed", "0", "--out", str(run), "--json"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["eval", str(run), "--checkpoint", "last", "--bag-size", "30", "--json"])
-    assert result.exit_code == 0, result.output
-    image_to_recipe = json.loads(result.output)["metrics"]["image_to_recipe"]
-    assert image_to_recipe["medr"] <= 12.0 and image_to_recipe["r10"] >= 0.5, image_to_recipe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = tmp_path / "micro"
+        result = runner.invoke(app, ["train", "--preset", "micro", "--seed", "0", "--out", str(run), "--json"])
+        assert result.exit_code == 0, result.output
+        scores = []
+        for split in ("val", "test"):
+            args = ["eval", str(run), "--split", split, "--checkpoint", "last", "--bag-size", "30", "--json"]
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+            scores.append(json.loads(result.output)["metrics"]["image_to_recipe"])
+    finally:
+        torch.set_num_threads(threads)
+    medr = sum(s["medr"] for s in scores) / 2
+    r10 = sum(s["r10"] for s in scores) / 2
+    assert medr <= 11.0 and r10 >= 0.5, scores

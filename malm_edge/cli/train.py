@@ -89,6 +89,7 @@ def train(
         for name, value in model_overrides.items():
             if value is not None:
                 setattr(model_cfg, name, value)
+        model_cfg.validate()
         if clip_weights is not None:
             model_cfg.clip_weights = str(clip_weights)
         data_dir = data if data is not None else default_synthfood_for(preset.value)

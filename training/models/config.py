@@ -61,7 +61,8 @@ class MalmConfig:
             of a pair, so the terms act as regularisers). k > 0: each image is also decoded with
             the k recipes of the batch its embedding is closest to, and each recipe with its k
             closest images (matching.cross_pairs), so ψ/ψ' must tell true from false pairs;
-            k >= B-1 decodes all B² pairs. Costs 1 + 2k true-pair runs of ψ/ψ'.
+            k >= B-1 uses every false pair (each decoded twice, once per anchor side). Costs
+            1 + 2k true-pair runs of ψ/ψ'.
         predictor_layers: Layers of the masked-feature predictor T.
         predictor_heads: Heads of T.
         mask_ratio: Fraction of patches masked for the student (used by the `full` ablation).

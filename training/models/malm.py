@@ -166,8 +166,9 @@ class MALM(nn.Module):
             recipe_batch: Tokenised recipes (RecipeEncoder.forward), row i paired with image i.
             epoch: Current epoch (0-based), for the margin schedule.
             class_ids: Optional (B,) int64 semantic classes, -1 = none.
-            recipe_ids: Optional (B,) int64 recipe of each pair; two photos of one recipe are
-                then never each other's negatives in L_GC / L_LC.
+            recipe_ids: Optional (B,) int64 recipe of each pair; with `matching_negatives` > 0, two
+                photos of one recipe are then never each other's cross-decoded negatives (L_itc and
+                the true-pair reading do not use it).
             generator: Optional RNG for the patch mask.
 
         Returns:
@@ -200,7 +201,7 @@ class MALM(nn.Module):
             else:
                 local, overall = self._true_pair_contrast(image_tokens, recipe, temperature)
             out["loss_lc"] = local
-            if cfg.uses_global_matching:
+            if overall is not None:
                 out["loss_gc"] = overall
         if self.predictor is not None:
             out["loss_dist"] = self._distillation_loss(images, image_tokens, student["mask"])
@@ -215,15 +216,15 @@ class MALM(nn.Module):
 
     def _true_pair_contrast(
         self, image_tokens: torch.Tensor, recipe: dict[str, torch.Tensor], temperature: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_LC, L_GC) with ψ/ψ' run on the true pairs only; the other pairs are the negatives."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(L_LC, L_GC or None) with ψ/ψ' run on the true pairs only; the other pairs are the negatives."""
         match = self.matching(image_tokens, recipe["tokens"], recipe["tokens_mask"])
         patches = match["image_att"][:, 1:].transpose(0, 1)  # (P, B, M)
         local = match["recipe_local"].transpose(0, 1)  # (P, B, M)
-        return (
-            info_nce(patches, local, temperature),
-            info_nce(match["image_global"], match["recipe_global"], temperature),
-        )
+        overall = None
+        if self.config.uses_global_matching:
+            overall = info_nce(match["image_global"], match["recipe_global"], temperature)
+        return info_nce(patches, local, temperature), overall
 
     def _cross_pair_contrast(
         self,
@@ -231,19 +232,19 @@ class MALM(nn.Module):
         recipe: dict[str, torch.Tensor],
         temperature: torch.Tensor,
         pairs: CrossPairs,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_LC, L_GC) with ψ/ψ' run on the true pairs and on decoded hard negative pairs."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(L_LC, L_GC or None) with ψ/ψ' run on the true pairs and on decoded hard negative pairs."""
         match = self.matching(
             image_tokens[pairs.image_index],  # (N, 1+P, M)
             recipe["tokens"][pairs.recipe_index],  # (N, S, d)
             recipe["tokens_mask"][pairs.recipe_index],  # (N, S)
         )
         local = F.cosine_similarity(match["image_att"][:, 1:], match["recipe_local"], dim=-1)  # (N, P)
-        overall = F.cosine_similarity(match["image_global"], match["recipe_global"], dim=-1)  # (N,)
-        return (
-            candidate_nce(*pairs.anchor_scores(local), temperature, pairs.valid),
-            candidate_nce(*pairs.anchor_scores(overall), temperature, pairs.valid),
-        )
+        overall = None
+        if self.config.uses_global_matching:
+            pair_global = F.cosine_similarity(match["image_global"], match["recipe_global"], dim=-1)  # (N,)
+            overall = candidate_nce(*pairs.anchor_scores(pair_global), temperature, pairs.valid)
+        return candidate_nce(*pairs.anchor_scores(local), temperature, pairs.valid), overall
 
     def _distillation_loss(self, images: torch.Tensor, image_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L_dist (Eq. 2) between T(I_f) and the EMA teacher's patch features on masked patches."""

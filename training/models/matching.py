@@ -27,8 +27,9 @@ Choices where the paper is terse (the lead should know them):
     terms then act as regularisers of the towers, and retrieval is learned by L_itc.
   - k > 0: negatives are decoded as pairs of their own (`cross_pairs`): each image with the k
     recipes its L_itc embedding finds most similar, and each recipe with its k most similar images
-    (ALBEF-style hard negatives; k = B-1 is the full B² set). The module must then tell a true pair
-    from a close false one. Two photos of one recipe in a batch are never negatives.
+    (ALBEF-style hard negatives; k = B-1 uses all B²-B false pairs, each decoded twice: once
+    per anchor side). The module must then tell a true pair from a close false one. Two photos of
+    one recipe in a batch are never negatives.
 """
 
 from __future__ import annotations
