@@ -49,11 +49,6 @@ class ExecuTorchBackend(EncoderBackend):
         outputs = self._method.execute([self._torch.from_numpy(pixels)])
         return outputs[0].detach().cpu().numpy()  # (n, D)
 
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
-        if self._batch is None or self._batch == len(pixels):
-            return self._execute(pixels)
-        return np.concatenate([self._execute(pixels[i:i + 1]) for i in range(len(pixels))])
-
 
 def register_executorch_backend() -> None:
     """Let edge's `select_backend` / `Retriever` open the bundle's .pte encoders in this process."""

@@ -39,6 +39,7 @@ class EncoderBackend(ABC):
 
     name: str = "base"
     encoder: str | None = None  # the manifest encoder name, set by load_backend
+    _batch: int | None = None  # the model's fixed batch size, None when it takes any
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         self.path = Path(path)
@@ -58,9 +59,16 @@ class EncoderBackend(ABC):
             raise BackendError(f"{self.path}: expected (N, 3, S, S) pixels, got {pixels.shape}")
         return l2_normalize(self._run(pixels))
 
-    @abstractmethod
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw encoder output for (N, 3, S, S) pixels -> (N, D)."""
+        """Raw encoder output for (N, 3, S, S) pixels -> (N, D): one call, or one per image when
+        the model's batch is fixed at another size."""
+        if self._batch is None or self._batch == len(pixels):
+            return self._execute(pixels)
+        return np.concatenate([self._execute(pixels[i:i + 1]) for i in range(len(pixels))])
+
+    @abstractmethod
+    def _execute(self, pixels: np.ndarray) -> np.ndarray:
+        """One call of the runtime on a batch it accepts: (n, 3, S, S) -> (n, D)."""
 
 
 def static_batch(shape: list) -> int | None:
@@ -93,12 +101,8 @@ class OnnxBackend(EncoderBackend):
         self._input_name = model_input.name
         self._batch = static_batch(list(model_input.shape))
 
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
-        if self._batch is None or self._batch == len(pixels):
-            return self._session.run(None, {self._input_name: pixels})[0]  # (N, D)
-        rows = [self._session.run(None, {self._input_name: pixels[i:i + 1]})[0]
-                for i in range(len(pixels))]
-        return np.concatenate(rows)
+    def _execute(self, pixels: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: pixels})[0]  # (n, D)
 
 
 class CoreMLBackend(EncoderBackend):
@@ -118,14 +122,12 @@ class CoreMLBackend(EncoderBackend):
             raise BackendError("the coreml backend needs coremltools") from err
         self._model = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.ALL)
         self._input_name, self._output_name = input_name, output_name
+        self._batch = 1  # predict one image at a time
 
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
-        rows = []
-        for i in range(len(pixels)):
-            result = self._model.predict({self._input_name: pixels[i:i + 1]})
-            key = self._output_name or next(iter(result))
-            rows.append(np.asarray(result[key], dtype=np.float32).reshape(1, -1))
-        return np.concatenate(rows)
+    def _execute(self, pixels: np.ndarray) -> np.ndarray:
+        result = self._model.predict({self._input_name: pixels})
+        key = self._output_name or next(iter(result))
+        return np.asarray(result[key], dtype=np.float32).reshape(1, -1)  # (1, D)
 
 
 _CLASSES: dict[str, type[EncoderBackend]] = {"onnx": OnnxBackend, "coreml": CoreMLBackend}

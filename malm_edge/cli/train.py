@@ -78,20 +78,15 @@ def train(
                  "--seed": seed, "--save-every": save_every}
             )
             return train_teacher(resume, resume=True, progress=not as_json)
-        model_cfg, train_cfg = get_preset(preset.value)
-        for name, value in overrides.items():
-            if value is not None:
-                setattr(train_cfg, name, value)
         model_overrides = {
             "ablation": ablation.value if ablation is not None else None, "mask_ratio": mask_ratio,
             "lambda_itm": lambda_itm, "lambda_dist": lambda_dist, "matching_negatives": matching_negatives,
+            "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
-        for name, value in model_overrides.items():
+        model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})
+        for name, value in overrides.items():
             if value is not None:
-                setattr(model_cfg, name, value)
-        model_cfg.validate()
-        if clip_weights is not None:
-            model_cfg.clip_weights = str(clip_weights)
+                setattr(train_cfg, name, value)
         data_dir = data if data is not None else default_synthfood_for(preset.value)
         run_dir = out or Path("runs") / f"malm-{preset.value}-{datetime.now():%Y%m%d-%H%M%S}"
         return train_teacher(run_dir, data_dir=data_dir, model_cfg=model_cfg, train_cfg=train_cfg, progress=not as_json)
