@@ -1,5 +1,5 @@
 """Student encoders (.pte XNNPACK / ONNX, int8 / fp32) vs the teacher's image tower, table search
-and photo -> top-5 latency, in one run (issue 6, BENCHMARKS.md).
+and photo -> top-5 latency, in one run (BENCHMARKS.md).
 
 Method. One real photo is decoded and preprocessed once per preprocessing (the bundle manifest's for
 the exported encoders, the teacher's own `Preprocessing` for its image tower, the student run's for
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from malm_edge.edge.backends import BackendError, load_backend
 from malm_edge.edge.bench import RECIPE1M_ROWS, synthetic_table
 from malm_edge.edge.bundle import Bundle, EncoderEntry, read_bundle
@@ -143,7 +142,7 @@ def eager_call(encode: Callable[[Any], Any], pixels: Any) -> Callable[[], Any]:
 
 def teacher_model(run: Path, photo: Path) -> Timed:
     """The teacher's image tower (`encode_images`), eager, at the teacher's input size."""
-    from malm_edge.training.teacher import load_teacher
+    from malm_edge.training.harness.teacher import load_teacher
 
     teacher = load_teacher(run)
     pixels = eager_input(photo, teacher.preprocessing)
@@ -155,7 +154,7 @@ def teacher_model(run: Path, photo: Path) -> Timed:
 
 def student_model(run: Path, photo: Path) -> Timed:
     """The distilled student as trained (eager torch, not re-parameterised), for reference."""
-    from malm_edge.training.student_run import load_student
+    from malm_edge.training.harness.student import load_student
 
     student = load_student(run)
     pixels = eager_input(photo, student.preprocessing)

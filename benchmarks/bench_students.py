@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from malm_edge.training.models.flops import count_flops, count_params
-from malm_edge.training.models.student import STUDENT_PRESETS, create_student, get_student_preset, prepare_for_export
+from malm_edge.training.models.student import create_student, prepare_for_export
+from malm_edge.training.presets import STUDENT_PRESETS, get_student_preset
+from torch import nn
 
 
 class TeacherImageTower(nn.Module):
@@ -54,7 +54,7 @@ def build_models(
     records = []
     for name in teachers:
         try:
-            from malm_edge.training.models.config import get_preset
+            from malm_edge.training.presets import get_preset
         except ImportError:
             print(f"teacher config not available; skipping teacher {name}")
             continue

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from malm_edge.training.data.synthfood import generate_synthfood
-from malm_edge.training.data.synthfood_layouts import render_recipe_image
-from malm_edge.training.data.synthfood_recipes import sample_families
+from malm_edge.training.data.synthfood.generate import generate_synthfood
+from malm_edge.training.data.synthfood.layouts import render_recipe_image
+from malm_edge.training.data.synthfood.recipes import sample_families
 
 
 def render_only(n_recipes: int, images_per_recipe: int, size: int, seed: int) -> tuple[float, float]:

@@ -22,14 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from malm_edge.training.data.canonical import load_recipes
 from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
 from malm_edge.training.data.tokenizer import train_tokenizer
 from malm_edge.training.data.transforms import TrainTransform
-from malm_edge.training.evaluate import recipe_batch
-from malm_edge.training.models.config import get_preset
+from malm_edge.training.harness.evaluate import recipe_batch
 from malm_edge.training.models.malm import count_parameters, create_model
+from malm_edge.training.presets import get_preset
 
 
 def measure(
@@ -96,7 +95,9 @@ def main() -> None:
         for ablation in args.ablations:
             for negatives in args.matching_negatives:
                 record = measure(args.dataset, preset, ablation, args.steps, args.warmup, args.batch_size, negatives)
-                record.update(threads=args.threads, machine=platform.processor() or platform.machine(), torch=torch.__version__)
+                record.update(
+                    threads=args.threads, machine=platform.processor() or platform.machine(), torch=torch.__version__
+                )
                 print(json.dumps(record), flush=True)
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from malm_edge.training.evaluate import evaluate_teacher
-from malm_edge.training.models.config import MalmConfig, TrainConfig, get_preset
-from malm_edge.training.train import train_teacher
+from malm_edge.training.harness.teacher import evaluate_teacher, train_teacher
+from malm_edge.training.models.config import MalmConfig
+from malm_edge.training.presets import get_preset
+from malm_edge.training.schedule import TrainConfig
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

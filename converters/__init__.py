@@ -1,4 +1,4 @@
-"""converters: training artifacts (teacher/student runs) -> edge artifacts (bundle), issue 5.
+"""converters: training artifacts (teacher/student runs) -> edge artifacts (bundle).
 
 Modules (flat; heavy libraries are imported inside functions):
     calibration      real photos for calibration / verification (training EvalTransform)

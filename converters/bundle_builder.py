@@ -27,22 +27,37 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from malm_edge.converters import calibration as cal
+from malm_edge.converters.errors import ConverterError
 from malm_edge.converters.evaluation import ValPairs, image_to_recipe, load_val_pairs
 from malm_edge.converters.export_executorch import ExportReport
-from malm_edge.converters.index import (build_index, embed_recipes, finalize, mixed_recipe_queries,
-                                        table_quality, teacher_image_queries)
-from malm_edge.converters.verify import eager_embeddings, parity_details, verify_export
+from malm_edge.converters.index import (
+    build_index,
+    embed_recipes,
+    finalize,
+    mixed_recipe_queries,
+    table_quality,
+    teacher_image_queries,
+)
+from malm_edge.converters.verify import (
+    eager_embeddings,
+    open_backend,
+    parity_details,
+    run_backend,
+    verify_export,
+)
 from malm_edge.edge import bundle as eb
 from malm_edge.edge.catalog import CATALOG_FILE
 from malm_edge.edge.table import read_table
+from malm_edge.training.configs import config_hash
+from malm_edge.training.harness.student import load_student
+from malm_edge.training.harness.teacher import load_teacher
+from malm_edge.training.models.config import MalmConfig
 
-TARGETS = ("executorch", "onnx", "coreml")
 logger = logging.getLogger(__name__)
 
 
-class ConvertError(RuntimeError):
+class ConvertError(ConverterError, RuntimeError):
     """The conversion cannot proceed; the message names the file or setting at fault."""
 
 
@@ -66,7 +81,7 @@ class ConvertOptions:
         progress: Show progress bars.
     """
 
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = eb.TARGETS
     quantize: str = "int8"
     table_dtype: str = "int8"
     calibration: Path | None = None
@@ -116,10 +131,10 @@ class ConvertResult:
 
 def export_plan(targets: tuple[str, ...], quantize: str) -> list[tuple[str, str]]:
     """(target, quantization) pairs to export, quantized variant first within a target."""
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in eb.TARGETS]
     if unknown or quantize not in ("none", "int8"):
         raise ConvertError(f"targets {list(targets)} / quantize {quantize!r}: expected targets from "
-                           f"{TARGETS} and quantize none|int8")
+                           f"{eb.TARGETS} and quantize none|int8")
     floats = {"executorch": "none", "onnx": "none", "coreml": "fp16"}
     quantized = {"executorch": "int8", "onnx": "int8", "coreml": "int8_weights"}
     plan = []
@@ -140,14 +155,13 @@ def encoder_name(target: str, quantization: str) -> str:
     return f"student_{'fp32' if quantization == 'none' else quantization}_{target}"
 
 
-def to_edge_preprocessing(prep: Any) -> eb.Preprocessing:
-    """The manifest `Preprocessing` from the training one (same contract, edge's dataclass)."""
-    prep = cal.to_training_preprocessing(prep)
+def bundle_preprocessing(prep: Any) -> eb.Preprocessing:
+    """The student's own `Preprocessing` for the manifest, refused when bundle format v1 cannot hold it."""
+    prep = cal.as_preprocessing(prep)
     if prep.channel_order != "RGB" or prep.layout != "NCHW" or prep.interpolation != "bicubic":
         raise ConvertError(f"bundle format v{eb.FORMAT_VERSION} needs RGB, NCHW, bicubic "
                            f"preprocessing; the student uses {prep}")
-    return eb.Preprocessing(input_size=prep.input_size, resize_size=prep.resize_size,
-                            mean=prep.mean, std=prep.std)
+    return prep
 
 
 def export_one(model: torch.nn.Module, prep: Any, target: str, quantization: str, path: Path,
@@ -164,7 +178,7 @@ def export_one(model: torch.nn.Module, prep: Any, target: str, quantization: str
         return export_onnx(model, example, path, quantize=quantization, calibration=calibration)
     from malm_edge.converters.export_coreml import check_mlpackage, export_coreml
 
-    report = export_coreml(model, cal.to_training_preprocessing(prep), path,
+    report = export_coreml(model, cal.as_preprocessing(prep), path,
                            compression="none" if quantization == "fp16" else quantization)
     check_mlpackage(path, input_size=example.shape[-1], embed_dim=report.output_shape[-1],
                     quantization=report.quantization)
@@ -188,7 +202,7 @@ def verification_photos(student_prep: Any, recipes_dir: Path, options: ConvertOp
         return val_pixels[: options.n_verify]
     source = options.calibration or recipes_dir
     try:
-        pixels, _ = cal.calibration_pixels(source, cal.to_training_preprocessing(student_prep),
+        pixels, _ = cal.calibration_pixels(source, cal.as_preprocessing(student_prep),
                                            options.n_verify, partition="train", skip=options.n_calibration)
     except cal.CalibrationError as error:
         raise ConvertError(f"no held-out verification photos: {recipes_dir} has no val photos and "
@@ -220,15 +234,9 @@ def _publish(staging: Path, out: Path, overwrite: bool) -> None:
 
 
 def _provenance(student: Any, teacher: Any, recipes_dir: Path) -> dict[str, Any]:
-    from malm_edge.training.models.config import MalmConfig, config_hash
-
     student_hash = student.config.get("config_hash") if isinstance(student.config, dict) else None
     if student_hash is None:
-        import hashlib
-        import json
-
-        text = json.dumps(getattr(student.model, "config").to_dict(), sort_keys=True)
-        student_hash = hashlib.sha256(text.encode()).hexdigest()[:12]
+        student_hash = config_hash(student.model.config)
     teacher_hash = teacher.config.get("config_hash") or config_hash(MalmConfig.from_dict(teacher.config["model"]))
     return {"teacher_config_hash": teacher_hash, "student_config_hash": student_hash,
             "teacher_run": str(teacher.checkpoint.parent.parent),
@@ -297,7 +305,7 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     if student_dim != table.dim:
         raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
                            f"table has {table.dim}; was it distilled from this teacher?")
-    prep = cal.to_training_preprocessing(student.preprocessing)
+    prep = cal.as_preprocessing(student.preprocessing)
     calibration, _ = cal.calibration_pixels(options.calibration or recipes_dir, prep,
                                             options.n_calibration, partition="train")
     val = load_val_pairs(recipes_dir, options.val_limit)
@@ -324,7 +332,7 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
                       non_delegated_ops={e.entry.name: e.report.non_delegated_ops
                                          for e in encoders if e.entry.target == "executorch"},
                       parity={e.entry.name: e.parity for e in encoders if e.parity is not None})
-    manifest = eb.Manifest(embedding_dim=int(table.dim), preprocessing=to_edge_preprocessing(prep),
+    manifest = eb.Manifest(embedding_dim=int(table.dim), preprocessing=bundle_preprocessing(prep),
                            encoders=[e.entry for e in encoders], table=table,
                            catalog=eb.make_catalog_entry(staging, CATALOG_FILE, count),
                            provenance=provenance)
@@ -369,8 +377,6 @@ def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarr
 
 
 def _embed_file(path: Path, target: str, pixels: np.ndarray) -> np.ndarray:
-    from malm_edge.converters.verify import open_backend, run_backend
-
     return run_backend(open_backend(path, target), np.ascontiguousarray(pixels, dtype=np.float32))
 
 
@@ -388,9 +394,6 @@ def convert(student_run: str | os.PathLike, recipes_dir: str | os.PathLike | Non
     Raises:
         ConvertError / RunError / CheckpointError: naming the run folder at fault.
     """
-    from malm_edge.training.student_run import load_student
-    from malm_edge.training.teacher import load_teacher
-
     student = load_student(Path(student_run), which=which)
     teacher = load_teacher(Path(student.teacher_run), which="best")
     if recipes_dir is None:

@@ -14,21 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-
-from malm_edge.training.data.transforms import EvalTransform, ImageError, Preprocessing, load_rgb
+from malm_edge.converters.errors import ConverterError
+from malm_edge.training.data.canonical import iter_records, resolve_image_path
+from malm_edge.training.data.records import RECIPES_FILE
+from malm_edge.training.data.transforms import (
+    EvalTransform,
+    ImageError,
+    Preprocessing,
+    load_rgb,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 logger = logging.getLogger(__name__)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ConverterError, ValueError):
     """No usable photo was found where calibration or verification images were expected."""
 
 
 def is_dataset(folder: Path) -> bool:
     """True when `folder` is a canonical dataset (holds recipes.jsonl)."""
-    from malm_edge.training.data.records import RECIPES_FILE
-
     return (Path(folder) / RECIPES_FILE).is_file()
 
 
@@ -41,8 +46,6 @@ def folder_images(folder: Path) -> Iterator[Path]:
 
 def dataset_images(dataset_dir: Path, partition: str) -> Iterator[Path]:
     """The first image of every recipe of `partition`, in recipes.jsonl order (streamed)."""
-    from malm_edge.training.data.canonical import iter_records, resolve_image_path
-
     for recipe in iter_records(dataset_dir):
         if recipe.partition == partition and recipe.images:
             yield resolve_image_path(dataset_dir, recipe.images[0])
@@ -96,6 +99,6 @@ def calibration_pixels(source: Path, preprocessing: Preprocessing, limit: int = 
                                f"{error}") from None
 
 
-def to_training_preprocessing(value: object) -> Preprocessing:
-    """A training `Preprocessing` from itself or its dict form."""
+def as_preprocessing(value: object) -> Preprocessing:
+    """The `Preprocessing` itself, or one rebuilt from its dict form (a run config's)."""
     return value if isinstance(value, Preprocessing) else Preprocessing.from_dict(dict(value))

@@ -16,10 +16,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-
-from malm_edge.converters.calibration import to_training_preprocessing
+from malm_edge.converters.calibration import as_preprocessing
+from malm_edge.training.data.canonical import iter_records, resolve_image_path
 from malm_edge.training.data.records import Recipe
-from malm_edge.training.data.transforms import EvalTransform, ImageError, Preprocessing, load_rgb
+from malm_edge.training.data.transforms import (
+    EvalTransform,
+    ImageError,
+    Preprocessing,
+    load_rgb,
+)
+from malm_edge.training.metrics import retrieval_metrics
 
 DEFAULT_VAL_LIMIT = 1000
 
@@ -33,12 +39,12 @@ class ValPairs:
 
     def pixels(self, preprocessing: Preprocessing | dict) -> torch.Tensor:
         """(N, 3, S, S) float32 photos through the eval transform of `preprocessing`."""
-        transform = EvalTransform(to_training_preprocessing(preprocessing))
+        transform = EvalTransform(as_preprocessing(preprocessing))
         return torch.stack([transform(load_rgb(p)) for p in self.photos])
 
     def raw_rgb(self, preprocessing: Preprocessing | dict) -> np.ndarray:
         """(N, 3, S, S) float32 0..255 RGB (resized and cropped, not normalised)."""
-        prep = to_training_preprocessing(preprocessing)
+        prep = as_preprocessing(preprocessing)
         pixels = self.pixels(prep).numpy()  # (N, 3, S, S) normalised
         mean = np.asarray(prep.mean, np.float32)[None, :, None, None]
         std = np.asarray(prep.std, np.float32)[None, :, None, None]
@@ -48,8 +54,6 @@ class ValPairs:
 def load_val_pairs(recipes_dir: Path, limit: int = DEFAULT_VAL_LIMIT,
                    partition: str = "val") -> ValPairs | None:
     """The first `limit` val recipes with a readable photo, or None when there are none."""
-    from malm_edge.training.data.canonical import iter_records, resolve_image_path
-
     photos, recipes = [], []
     for recipe in iter_records(recipes_dir):
         if len(photos) >= limit:
@@ -68,8 +72,6 @@ def load_val_pairs(recipes_dir: Path, limit: int = DEFAULT_VAL_LIMIT,
 
 def image_to_recipe(image_emb: np.ndarray, recipe_emb: np.ndarray) -> dict[str, float]:
     """{"r1", "r5", "r10", "medr", "bag_size", "n_bags"} image -> recipe on aligned rows."""
-    from malm_edge.training.metrics import retrieval_metrics
-
     metrics = retrieval_metrics(np.asarray(image_emb, np.float32), np.asarray(recipe_emb, np.float32))
     out = {k: float(v) for k, v in metrics["image_to_recipe"].items()}
     out.update(bag_size=int(metrics["bag_size"]), n_bags=int(metrics["n_bags"]))

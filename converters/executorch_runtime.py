@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-from malm_edge.edge.backends import BackendError, EncoderBackend, register_backend, static_batch
+from malm_edge.edge.backends import (
+    BackendError,
+    EncoderBackend,
+    register_backend,
+    static_batch,
+)
 
 
 class ExecuTorchBackend(EncoderBackend):

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
+from malm_edge.converters.errors import ConverterError
 from malm_edge.training.models.student import prepare_for_export
+from torch import nn
 
 QUANTIZE_MODES = ("none", "int8")
 DELEGATE_CALL = "executorch_call_delegate"
@@ -29,7 +29,7 @@ _BOOKKEEPING = {"getitem", "executorch_call_delegate", "alloc", "delegate"}
 logger = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(ConverterError, RuntimeError):
     """An export step failed; the message names the step and the output file."""
 
 
@@ -151,7 +151,9 @@ def export_executorch(model: nn.Module, example_input: torch.Tensor, out_path: s
     Raises:
         ExportError: Bad arguments or a failed export step.
     """
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
     from executorch.exir import to_edge_transform_and_lower
 
     if quantize not in QUANTIZE_MODES:

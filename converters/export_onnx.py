@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from malm_edge.converters.export_executorch import QUANTIZE_MODES, ExportError, ExportReport, check_calibration
+from malm_edge.converters.export_executorch import (
+    QUANTIZE_MODES,
+    ExportError,
+    ExportReport,
+    check_calibration,
+)
 from malm_edge.training.models.student import prepare_for_export
+from torch import nn
 
 OPSET = 18
 INPUT_NAME = "pixels"
@@ -67,7 +71,12 @@ class _PhotoReader:
 
 def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
     """QDQ static int8 (per-channel weights) of an fp32 .onnx, calibrated on real photos."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     CalibrationDataReader.register(_PhotoReader)

@@ -33,13 +33,19 @@ from typing import Any
 
 import numpy as np
 import torch
-
+from malm_edge.converters.calibration import (
+    CalibrationError,
+    as_preprocessing,
+    calibration_pixels,
+)
+from malm_edge.converters.errors import ConverterError
+from malm_edge.converters.progress import recipe_progress
 from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
-from malm_edge.training.distributed import WorldInfo, world_info_from_env
+from malm_edge.training.harness.distributed import WorldInfo, world_info_from_env
 
 INDEX_META = "index.json"
 DEFAULT_SHARD_SIZE = 8192
@@ -47,7 +53,7 @@ DEFAULT_BATCH_SIZE = 128
 logger = logging.getLogger(__name__)
 
 
-class IndexFolderError(RuntimeError):
+class IndexFolderError(ConverterError, RuntimeError):
     """An index folder is inconsistent (other teacher, other recipes, missing or bad shard)."""
 
 
@@ -191,8 +197,6 @@ def build_index(teacher: Any, recipes_dir: str | os.PathLike, out_dir: str | os.
     Returns:
         An `IndexResult` for this process's shards.
     """
-    from malm_edge.converters.progress import recipe_progress
-
     recipes_dir, out_dir = Path(recipes_dir), Path(out_dir)
     world = world or world_info_from_env()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,10 +355,8 @@ def mixed_recipe_queries(index_dir: str | os.PathLike, n: int = 200, seed: int =
 
 def teacher_image_queries(teacher: Any, recipes_dir: str | os.PathLike, n: int = 200) -> np.ndarray | None:
     """(n, D) teacher image embeddings of the dataset's val photos, or None when it has none."""
-    from malm_edge.converters.calibration import CalibrationError, calibration_pixels, to_training_preprocessing
-
     try:
-        pixels, _ = calibration_pixels(Path(recipes_dir), to_training_preprocessing(teacher.preprocessing),
+        pixels, _ = calibration_pixels(Path(recipes_dir), as_preprocessing(teacher.preprocessing),
                                        n, partition="val")
     except CalibrationError:
         return None

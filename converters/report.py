@@ -20,16 +20,36 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from malm_edge.converters.evaluation import (ValPairs, image_to_recipe, load_val_pairs, module_bytes,
-                                             torch_latency_ms)
+from malm_edge.converters.calibration import (
+    CalibrationError,
+    as_preprocessing,
+    calibration_pixels,
+)
+from malm_edge.converters.errors import ConverterError
+from malm_edge.converters.evaluation import (
+    ValPairs,
+    image_to_recipe,
+    load_val_pairs,
+    module_bytes,
+    torch_latency_ms,
+)
+from malm_edge.converters.index import embed_recipes
+from malm_edge.converters.verify import (
+    eager_embeddings,
+    open_backend,
+    run_backend,
+    single_image_latency_ms,
+)
 from malm_edge.edge.bundle import EncoderEntry, read_bundle
+from malm_edge.training.harness.student import load_student
+from malm_edge.training.harness.teacher import load_teacher
+from malm_edge.training.models.student import prepare_for_export
 
 REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
 logger = logging.getLogger(__name__)
 
 
-class ReportError(ValueError):
+class ReportError(ConverterError, ValueError):
     """The report cannot be measured (no val photos, teacher run missing)."""
 
 
@@ -48,8 +68,6 @@ class StageRow:
 
 def _eager_rows(val: ValPairs, recipe_emb: np.ndarray, student: Any, teacher: Any,
                 calibration: torch.Tensor | None) -> list[StageRow]:
-    from malm_edge.converters.verify import eager_embeddings
-    from malm_edge.training.models.student import prepare_for_export
 
     rows = []
     if teacher is not None:
@@ -97,7 +115,6 @@ def _row(stage: str, detail: str, size_bytes: int | None, image_emb: np.ndarray 
 
 def _export_rows(bundle_dir: Path, entries: list[EncoderEntry], val: ValPairs, recipe_emb: np.ndarray,
                  prep: Any) -> list[StageRow]:
-    from malm_edge.converters.verify import open_backend, run_backend, single_image_latency_ms
 
     rows = []
     for entry in entries:
@@ -173,8 +190,6 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
     Returns:
         The report.md path.
     """
-    from malm_edge.converters.index import embed_recipes
-
     bundle_dir = Path(bundle_dir)
     bundle = read_bundle(bundle_dir, verify_checksums=False)
     if recipe_emb is None:
@@ -207,9 +222,6 @@ def build_report(bundle_dir: str | os.PathLike, data: str | os.PathLike | None =
     Raises:
         ReportError: no val photos, or the teacher run is missing.
     """
-    from malm_edge.converters.calibration import CalibrationError, calibration_pixels, to_training_preprocessing
-    from malm_edge.training.teacher import load_teacher
-
     bundle = read_bundle(bundle_dir)
     provenance = bundle.manifest.provenance
     data = Path(data or provenance.get("recipes") or "")
@@ -223,7 +235,7 @@ def build_report(bundle_dir: str | os.PathLike, data: str | os.PathLike | None =
     student, calibration = _load_student_if_present(provenance.get("student_run")), None
     if student is not None:
         try:
-            calibration, _ = calibration_pixels(data, to_training_preprocessing(student.preprocessing), 64)
+            calibration, _ = calibration_pixels(data, as_preprocessing(student.preprocessing), 64)
         except CalibrationError:
             calibration = None
     return write_report(bundle_dir, val=val, student=student, teacher=teacher, calibration=calibration)
@@ -231,10 +243,5 @@ def build_report(bundle_dir: str | os.PathLike, data: str | os.PathLike | None =
 
 def _load_student_if_present(run: str | None) -> Any:
     if not run or not (Path(run) / "config.json").is_file():
-        return None
-    try:
-        from malm_edge.training.student_run import load_student
-    except ImportError:
-        logger.warning("malm_edge.training.student_run is missing; student rows skipped")
         return None
     return load_student(Path(run))

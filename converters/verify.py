@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from malm_edge.converters.executorch_runtime import ExecuTorchBackend
-from malm_edge.edge.backends import EncoderBackend, OnnxBackend, l2_normalize
+from malm_edge.edge.backends import (
+    CoreMLBackend,
+    EncoderBackend,
+    OnnxBackend,
+    l2_normalize,
+)
 from malm_edge.edge.bundle import Verification
 from malm_edge.edge.table import EmbeddingTable, search_topk
+from torch import nn
 
 TOP_K = 10
 
@@ -35,7 +39,6 @@ def eager_embeddings(model: nn.Module, pixels: torch.Tensor, batch_size: int = 3
 def open_backend(path: str | os.PathLike, target: str) -> EncoderBackend:
     """The edge runtime backend for an exported file ("onnx", "executorch", "coreml")."""
     if target == "coreml":
-        from malm_edge.edge.backends import CoreMLBackend
 
         return CoreMLBackend(path, output_name="embedding")
     return {"onnx": OnnxBackend, "executorch": ExecuTorchBackend}[target](path)

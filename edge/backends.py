@@ -19,17 +19,19 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
-
 from malm_edge.edge.bundle import Bundle, EncoderEntry
+from malm_edge.edge.errors import EdgeError
 
 
-class BackendError(RuntimeError):
+class BackendError(EdgeError, RuntimeError):
     """A backend is unavailable or cannot run the encoder; the message says which and why."""
 
 
 def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation. embeddings: (N, D) -> (N, D) float32."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
+    """Row-wise L2 normalisation (zero rows stay zero). (N, D) -> (N, D), float64 kept, else float32."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.dtype != np.float64:
+        embeddings = embeddings.astype(np.float32, copy=False)
     norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)  # (N, 1)
     return embeddings / np.maximum(norms, eps)
 

@@ -1,4 +1,4 @@
-"""Latency and memory of the edge pipeline, per backend and thread count (issue 6, `malm-edge bench`).
+"""Latency and memory of the edge pipeline, per backend and thread count (`malm-edge bench`).
 
 Plain functions returning dicts; the CLI prints them. Latencies are wall-clock medians and 90th
 percentiles (milliseconds) after warm-up runs. Peak memory: the process's peak resident set
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from malm_edge.edge.backends import BackendError, load_backend
 from malm_edge.edge.bundle import Bundle, TableEntry, read_bundle, size_path
 from malm_edge.edge.preprocess import preprocess_image
+from malm_edge.edge.retriever import Retriever
 from malm_edge.edge.table import (
     DEFAULT_CHUNK_ROWS,
     INT8_FILE,
@@ -105,8 +105,6 @@ def bench_encoder(bundle: Bundle, entry_name: str, pixels: np.ndarray, threads: 
 def bench_end_to_end(bundle: Bundle, entry_name: str, photo: Any, k: int = 5,
                      repeats: int = 20) -> dict[str, Any]:
     """Photo -> top-k recipes (preprocess, encoder, search, catalog lookup), default threads."""
-    from malm_edge.edge.retriever import Retriever
-
     with Retriever(bundle.root, backend=entry_name) as retriever:
         timing = time_ms(lambda: retriever.search(photo, k), repeats=repeats)
     return {"encoder": entry_name, **timing}

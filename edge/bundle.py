@@ -1,6 +1,6 @@
 """The on-device bundle, format v1: `manifest.json` dataclasses, writer and validating reader.
 
-A bundle is a folder (ARCHITECTURE.md, "Bundle format (v1)")::
+A bundle is a folder (docs/architecture.md, "Bundle format (v1)")::
 
     bundle/
       manifest.json            this module
@@ -38,6 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from malm_edge.edge.errors import EdgeError
+
 FORMAT_NAME = "malm-edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -47,10 +49,17 @@ PIXEL_INPUTS = ("normalized", "rgb_0_255")
 TABLE_DTYPES = {"int8": 1, "float16": 2, "float32": 4}  # dtype -> bytes per element
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREPROCESSING_CHOICES = {
+    "resize": ("shorter_side",),
+    "interpolation": ("bicubic", "bilinear"),
+    "crop": ("center",),
+    "channel_order": ("RGB", "BGR"),
+    "layout": ("NCHW", "NHWC"),
+}
 _HASH_BLOCK = 1 << 20
 
 
-class BundleError(ValueError):
+class BundleError(EdgeError, ValueError):
     """A bundle is malformed or tampered with; the message names the file and what is wrong."""
 
 
@@ -59,20 +68,23 @@ class BundleError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preprocessing:
-    """Image preprocessing the encoders expect (the training evaluation transform).
+    """Everything needed to turn a photo into the encoder's input: the one preprocessing type, from
+    the training run's config to the bundle manifest (training's eval transform and edge/preprocess.py
+    both read it).
 
     Attributes:
         input_size: Side S of the square crop fed to the encoder.
-        resize_size: The shorter side is resized to this before the centre crop (>= input_size).
-        resize: Resize rule; only "shorter_side" in v1.
-        interpolation: PIL resampling filter; only "bicubic" in v1.
-        crop: Crop rule; only "center" in v1 (left = round((w - S) / 2)).
+        resize_size: The shorter side is resized to this before the centre crop (>= input_size;
+            None: input_size).
+        resize: Resize rule; only "shorter_side".
+        interpolation: PIL resampling filter, "bicubic" or "bilinear" (bundle format v1: bicubic).
+        crop: Crop rule; only "center" (left = round((w - S) / 2)).
         mean: Per-channel mean subtracted after scaling, RGB order.
         std: Per-channel std divided by after subtracting the mean.
-        channel_order: "RGB".
-        layout: "NCHW".
+        channel_order: "RGB" or "BGR" channel order of the output (bundle format v1: RGB).
+        layout: "NCHW" or "NHWC" (unbatched: CHW or HWC; bundle format v1: NCHW).
         scale: Multiplier from 8-bit values to 0..1 (1/255).
     """
 
@@ -89,9 +101,38 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.resize_size is None:
-            self.resize_size = self.input_size
-        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+            object.__setattr__(self, "resize_size", self.input_size)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.input_size < 1 or self.resize_size < self.input_size:
+            raise ValueError(f"need 1 <= input_size <= resize_size, got {self.input_size}, {self.resize_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values (std > 0), got {self.mean}, {self.std}")
+        for name, allowed in PREPROCESSING_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"preprocessing.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def crop_ratio(self) -> float:
+        """input_size / resize_size (1.0 means no border is cut beyond the square)."""
+        return self.input_size / self.resize_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (lists for mean and std)."""
+        record = dataclasses.asdict(self)
+        record["mean"], record["std"] = list(self.mean), list(self.std)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Preprocessing":
+        """Inverse of `to_dict`; unknown keys are an error (a newer format should not pass silently)."""
+        unknown = set(record) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        return cls(**record)
 
 
 @dataclass
@@ -105,7 +146,7 @@ class TensorSpec:
 
 @dataclass
 class Verification:
-    """How the exported file compared with the eager model on real photos (issue 5)."""
+    """How the exported file compared with the eager model on real photos."""
 
     cosine_mean: float
     cosine_min: float

@@ -29,6 +29,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from malm_edge.edge.errors import EdgeError
+
 CATALOG_FILE = "catalog.sqlite"
 CATALOG_FORMAT = "malm-edge-catalog"
 CATALOG_VERSION = 1
@@ -49,7 +51,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-class CatalogError(ValueError):
+class CatalogError(EdgeError, ValueError):
     """A catalog cannot be written or read; the message names the file."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, read_bundle
+from malm_edge.edge.errors import EdgeError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ _GZIP_TYPES = {".html", ".js", ".mjs", ".css", ".json", ".webmanifest", ".wasm",
 _GZIP_MIN_BYTES = 1024
 
 
-class DemoError(ValueError):
+class DemoError(EdgeError, ValueError):
     """The demo cannot be served (no app files, no ONNX encoder in the bundle); names the path."""
 
 

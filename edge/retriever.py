@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from malm_edge.edge.backends import EncoderBackend, select_backend
 from malm_edge.edge.bundle import Bundle, BundleError, read_bundle
 from malm_edge.edge.catalog import Catalog, CatalogError

@@ -42,7 +42,7 @@ def real_photos() -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_synthfood(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small SynthFood dataset (60 recipes x 2 renders at 64 px), generated once per session."""
-    from malm_edge.training.data.synthfood import generate_synthfood
+    from malm_edge.training.data.synthfood.generate import generate_synthfood
 
     out = tmp_path_factory.mktemp("synthfood") / "data"
     generate_synthfood(out, n_recipes=60, images_per_recipe=2, image_size=64, seed=0, progress=False)
@@ -52,8 +52,8 @@ def tiny_synthfood(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def micro_teacher_run(tiny_synthfood: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `micro` MALM teacher trained for one short epoch on `tiny_synthfood`."""
-    from malm_edge.training.models.config import get_preset
-    from malm_edge.training.train import train_teacher
+    from malm_edge.training.harness.teacher import train_teacher
+    from malm_edge.training.presets import get_preset
 
     model_cfg, train_cfg = get_preset("micro")
     train_cfg.epochs, train_cfg.batch_size = 1, 16

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from edge_bundle_fixture import fake_recipes
-
 from malm_edge.edge.bundle import (
     Manifest,
     Preprocessing,
@@ -64,14 +63,14 @@ def build_student_bundle(out_dir: Path, photo_paths: list[Path], *, preset: str 
         seed: Weights, table and recipe seed.
     """
     import torch
-
     from malm_edge.converters.export_onnx import export_onnx
     from malm_edge.training.models.student import create_student
+    from malm_edge.training.presets import get_student_preset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = create_student(preset).eval()
+    model = create_student(get_student_preset(preset)).eval()
     size = model.config.image_size
     pre = Preprocessing(input_size=size)
     photos = np.concatenate([preprocess_image(p, pre) for p in photo_paths])  # (P, 3, S, S)

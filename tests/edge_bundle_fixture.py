@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from malm_edge.edge.bundle import (
     Manifest,
     Preprocessing,

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from malm_edge.training.data.records import Recipe, write_recipes_jsonl
+from torch import nn
 
 _WORDS = ["chicken", "curry", "tomato", "basil", "lemon", "garlic", "rice", "noodle", "beef", "tofu",
           "salmon", "mushroom", "pepper", "ginger", "apple", "chocolate", "onion", "butter"]
@@ -69,13 +68,14 @@ def make_dataset(out_dir: Path, photos: list[Path] | None = None, *, n_train_pho
 
 def make_teacher_run(run_dir: Path, data_dir: Path, *, seed: int = 0) -> Path:
     """Save a random-init `micro` MALM as a teacher run folder readable by `load_teacher`."""
-    from malm_edge.training import checkpoint as ckpt
+    from malm_edge.training.configs import config_hash
     from malm_edge.training.data.canonical import load_recipes
     from malm_edge.training.data.tokenizer import train_tokenizer
-    from malm_edge.training.models.config import config_hash, get_preset
+    from malm_edge.training.harness import checkpoint as ckpt
+    from malm_edge.training.harness.run import RunPaths
+    from malm_edge.training.harness.teacher import run_config
     from malm_edge.training.models.malm import create_model
-    from malm_edge.training.run import RunPaths
-    from malm_edge.training.train import run_config
+    from malm_edge.training.presets import get_preset
 
     run_dir = Path(run_dir)
     paths = RunPaths(run_dir)
@@ -108,7 +108,8 @@ def calibrate_batchnorm(model: nn.Module, pixels: torch.Tensor) -> nn.Module:
 def make_student(preset: str, pixels: torch.Tensor, *, embed_dim: int | None = None,
                  seed: int = 0) -> nn.Module:
     """A random-init student with BN statistics from real photos (eval mode)."""
-    from malm_edge.training.models.student import create_student, get_student_preset
+    from malm_edge.training.models.student import create_student
+    from malm_edge.training.presets import get_student_preset
 
     torch.manual_seed(seed)
     overrides = {"embed_dim": embed_dim} if embed_dim else {}
@@ -118,21 +119,19 @@ def make_student(preset: str, pixels: torch.Tensor, *, embed_dim: int | None = N
 def make_student_run(run_dir: Path, teacher_run: Path, model: nn.Module, preprocessing: object) -> Path:
     """Save a student as a run folder readable by `training.student_run.load_student`
     (the layout of training/distill.py: config.json kind "student", checkpoints/)."""
-    import hashlib
-    import json
 
-    from malm_edge.training import checkpoint as ckpt
-    from malm_edge.training.run import RunPaths
+    from malm_edge.training.configs import config_hash
+    from malm_edge.training.harness import checkpoint as ckpt
+    from malm_edge.training.harness.run import RunPaths
 
     run_dir = Path(run_dir)
     paths = RunPaths(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     student_cfg = model.config.to_dict()
-    text = json.dumps(student_cfg, sort_keys=True, separators=(",", ":"))
     config = {"kind": "student", "arch": student_cfg["arch"], "student": student_cfg,
               "teacher_run": str(Path(teacher_run).resolve()),
               "preprocessing": preprocessing.to_dict(),
-              "config_hash": hashlib.sha256(text.encode()).hexdigest()[:12]}
+              "config_hash": config_hash(model.config)}
     ckpt.write_json_atomic(paths.config, config)
     ckpt.save_checkpoint(paths.checkpoints, model.state_dict(), {"counters": {}},
                          {"epoch": 0, "global_step": 0}, tag="step-00000000", is_best=True)

@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from PIL import Image
-from typer.testing import CliRunner
-
-from malm_edge.cli import data as data_cli
 from malm_edge.training.data.canonical import (
     DatasetError,
     check_dataset,
@@ -20,6 +16,10 @@ from malm_edge.training.data.canonical import (
     write_dataset,
 )
 from malm_edge.training.data.records import Recipe
+from PIL import Image
+from typer.testing import CliRunner
+
+from malm_edge.cli import data as data_cli
 
 GOOD = {"id": "r1", "title": "Tomato soup", "ingredients": ["2 tomatoes"], "instructions": ["Boil."],
         "images": [], "partition": "train"}
@@ -211,9 +211,9 @@ def test_synth_command_passes_its_options(tmp_path: Path, monkeypatch: pytest.Mo
         (Path(out_dir) / "recipes.jsonl").write_text("")
         return {"n_recipes": kwargs["n_recipes"], "images_per_second": 1234.5, "partitions": {"train": 8}}
 
-    fake = types.ModuleType("malm_edge.training.data.synthfood")
+    fake = types.ModuleType("malm_edge.training.data.synthfood.generate")
     fake.generate_synthfood = fake_generate
-    monkeypatch.setitem(sys.modules, "malm_edge.training.data.synthfood", fake)
+    monkeypatch.setitem(sys.modules, "malm_edge.training.data.synthfood.generate", fake)
     args = ["data", "synth", "--out", str(tmp_path / "sf"), "--recipes", "10", "--images-per-recipe", "2",
             "--size", "64", "--seed", "7", "--workers", "2"]
     result = CliRunner().invoke(_cli(), args)

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from torch import nn
-
 from malm_edge.training.models.clip_weights import (
     ClipWeightsError,
     _is_torchscript_archive,
     load_clip_vision_weights,
-    read_state_dict,
+    read_clip_state_dict,
 )
-from malm_edge.training.models.config import get_preset
 from malm_edge.training.models.malm import create_model
 from malm_edge.training.models.vit import VisionTransformer
+from malm_edge.training.presets import get_preset
+from safetensors.torch import save_file
+from torch import nn
 
 
 def clip_vit_b16_state_dict(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -169,7 +168,7 @@ def test_unreadable_and_non_clip_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ClipWeightsError, match="cannot read"):
-        read_state_dict(garbage)
+        read_clip_state_dict(garbage)
     text_only = tmp_path / "text.safetensors"
     save_file({"token_embedding.weight": torch.zeros(4, 4)}, str(text_only))
     with pytest.raises(ClipWeightsError, match="visual"):

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import typer
+from malm_edge.edge.bundle import read_bundle
 from run_fixtures import make_dataset, make_student, make_student_run, make_teacher_run
 from typer.testing import CliRunner
-
-from malm_edge.edge.bundle import read_bundle
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "photos"
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -33,7 +32,7 @@ def _cli() -> typer.Typer:
 def built(tmp_path_factory):
     """Dataset of real photos, teacher and student runs, and a bundle made by the CLI."""
     from malm_edge.converters.calibration import calibration_pixels
-    from malm_edge.training.teacher import load_teacher
+    from malm_edge.training.harness.teacher import load_teacher
 
     photos = sorted(p for p in PHOTOS.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if len(photos) < N_PHOTOS + 8:
@@ -76,7 +75,7 @@ def test_exports_match_eager_on_real_photos(built, target):
     """Manifest verification (held-out val photos) and an independent check on unseen photos."""
     from malm_edge.converters.calibration import load_pixels
     from malm_edge.converters.verify import eager_embeddings, verify_export
-    from malm_edge.training.student_run import load_student
+    from malm_edge.training.harness.student import load_student
 
     bundle = read_bundle(built["out"])
     student = load_student(built["student_run"])
@@ -120,7 +119,7 @@ def test_round_trip_through_edge_retriever(built, backend):
     from malm_edge.edge.retriever import Retriever
     from malm_edge.training.data.canonical import iter_records
     from malm_edge.training.data.transforms import EvalTransform, load_rgb
-    from malm_edge.training.student_run import load_student
+    from malm_edge.training.harness.student import load_student
 
     photo = built["extra_photos"][0]
     student = load_student(built["student_run"])

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from run_fixtures import make_dataset, make_teacher_run
-from typer.testing import CliRunner
-
 from malm_edge.converters import index as idx
 from malm_edge.edge.catalog import CATALOG_FILE, Catalog
 from malm_edge.edge.table import read_table
 from malm_edge.training.data.canonical import iter_records
-from malm_edge.training.distributed import WorldInfo
+from malm_edge.training.harness.distributed import WorldInfo
+from run_fixtures import make_dataset, make_teacher_run
+from typer.testing import CliRunner
 
 SHARD = 8
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from malm_edge.training.teacher import load_teacher
+    from malm_edge.training.harness.teacher import load_teacher
 
     root = tmp_path_factory.mktemp("index")
     data = make_dataset(root / "data", None, n_train_photos=8, n_val_photos=8, n_text_only=20)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from malm_edge.training.harness.student import FrozenTeacher, TeacherImageCache
+from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss
+from malm_edge.training.schedule import DistillConfig
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
-from malm_edge.training.distill import DistillConfig, FrozenTeacher, TeacherImageCache
-from malm_edge.training.distill_losses import feature_distillation_loss, similarity_kl_loss
 
 runner = CliRunner()
 
@@ -70,8 +71,9 @@ def test_teacher_cache_computes_each_augmentation_once() -> None:
 
 
 def test_frozen_teacher_stays_in_eval_and_gets_no_gradient(micro_teacher_run: Path) -> None:
-    from malm_edge.training.models.student import create_student, get_student_preset
-    from malm_edge.training.teacher import load_teacher
+    from malm_edge.training.harness.teacher import load_teacher
+    from malm_edge.training.models.student import create_student
+    from malm_edge.training.presets import get_student_preset
 
     frozen = FrozenTeacher(load_teacher(micro_teacher_run), torch.device("cpu"))
     frozen.model.train()  # a careless caller; encode_* puts it back in eval
@@ -115,6 +117,8 @@ def test_distill_requires_a_teacher(tmp_path: Path) -> None:
 
 
 def test_distill_rejects_unknown_loss_terms(micro_teacher_run: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["distill", "--teacher", str(micro_teacher_run), "--losses", "feature,l2", "--out", str(tmp_path / "s")])
+    result = runner.invoke(
+        app, ["distill", "--teacher", str(micro_teacher_run), "--losses", "feature,l2", "--out", str(tmp_path / "s")]
+    )
     assert result.exit_code == 2 and "l2" in result.output
     assert not (tmp_path / "s").exists()

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from edge_bundle_fixture import EMBED_DIM, ONNX_FILE, PTE_FILE, ROWS, get_bundle
 from malm_edge.edge.bundle import (
     FORMAT_NAME,

@@ -7,17 +7,12 @@ import math
 
 import pytest
 import torch
+from malm_edge.training.configs import config_hash, from_dict, to_dict
+from malm_edge.training.models.config import ABLATIONS, MalmConfig
+from malm_edge.training.presets import TEACHER_PRESETS, get_preset
+from malm_edge.training.schedule import TrainConfig
 
-from malm_edge.training.models.config import (
-    ABLATIONS,
-    PRESETS,
-    MalmConfig,
-    TrainConfig,
-    config_hash,
-    from_dict,
-    get_preset,
-    to_dict,
-)
+PRESETS = tuple(TEACHER_PRESETS)
 from malm_edge.training.models.losses import candidate_nce
 from malm_edge.training.models.malm import MALM, create_model, iter_loss_names
 from malm_edge.training.models.matching import TwoLevelMatching, cross_pairs

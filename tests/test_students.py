@@ -6,19 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from malm_edge.training.models.flops import count_flops, count_params_and_flops
 from malm_edge.training.models.mobileone import MobileOneBlock
 from malm_edge.training.models.pretrained import PretrainedWeightsError, load_torchvision_mobilenet_v3
-from malm_edge.training.models.student import (
-    STUDENT_PRESETS,
-    StudentConfig,
-    StudentEncoder,
-    create_student,
-    get_student_preset,
-    prepare_for_export,
-)
+from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, prepare_for_export
+from malm_edge.training.presets import STUDENT_PRESETS, get_student_preset
+from torch import nn
 
 MICRO_PRESETS = ("mnv3_micro", "mobileone_micro")
 # Ops allowed outside the XNNPACK delegate: delegate plumbing, layout copies and the final
@@ -73,7 +66,7 @@ def _pixels(config: StudentConfig, batch: int = 2, seed: int = 0) -> torch.Tenso
 def test_preset_output_is_unit_norm_embedding(name: str) -> None:
     # full-size presets at 64 px keep this fast; the layers do not depend on the input size
     config = get_student_preset(name, image_size=64)
-    model = _calibrate_batch_norms(create_student(name), config.image_size)
+    model = _calibrate_batch_norms(create_student(get_student_preset(name)), config.image_size)
     pixels = _pixels(config)
     pixels[1] = torch.linspace(-2, 2, config.image_size).expand(3, config.image_size, -1)  # a smooth ramp
     with torch.no_grad():
@@ -104,8 +97,8 @@ def test_width_mult_and_input_size_are_configurable() -> None:
 
 def test_mobilenetv3_matches_paper_size() -> None:
     """Backbone parameter and MAC counts of the paper / torchvision (classifier excluded)."""
-    small = create_student("mnv3_s")
-    large = create_student("mnv3_l")
+    small = create_student(get_student_preset("mnv3_s"))
+    large = create_student(get_student_preset("mnv3_l"))
     # torchvision totals 2,542,856 and 5,483,032 include hidden and a 1000-way classifier
     assert sum(p.numel() for p in small.backbone.parameters()) == 2_542_856 - (576 * 1024 + 1024) - (1024 * 1000 + 1000)
     assert sum(p.numel() for p in large.backbone.parameters()) == 5_483_032 - (960 * 1280 + 1280) - (1280 * 1000 + 1000)
@@ -141,7 +134,7 @@ def test_mobileone_block_reparameterization(in_channels, out_channels, kernel, s
 
 @pytest.mark.parametrize("name", MICRO_PRESETS)
 def test_prepare_for_export_is_equivalent(name: str) -> None:
-    model = _calibrate_batch_norms(create_student(name), STUDENT_PRESETS[name].image_size)
+    model = _calibrate_batch_norms(create_student(get_student_preset(name)), STUDENT_PRESETS[name].image_size)
     pixels = _pixels(model.config)
     exported = prepare_for_export(model)
     with torch.no_grad():
@@ -156,7 +149,7 @@ def test_prepare_for_export_is_equivalent(name: str) -> None:
 
 
 def test_reparameterized_mobileone_has_fewer_params_same_embedding() -> None:
-    model = create_student("mobileone_micro").eval()
+    model = create_student(get_student_preset("mobileone_micro")).eval()
     exported = prepare_for_export(model)
     assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in model.parameters())
     assert all(block.is_reparameterized for block in exported.modules() if isinstance(block, MobileOneBlock))
@@ -182,7 +175,7 @@ def _ops_outside_delegate(lowered) -> tuple[list[str], int]:
 
 def _assert_fully_delegated(name: str, run_program: bool = False) -> None:
     config = STUDENT_PRESETS[name]
-    model = prepare_for_export(create_student(name))
+    model = prepare_for_export(create_student(get_student_preset(name)))
     example = _pixels(config, batch=1)
     lowered = _lower_to_xnnpack(model, example)
     outside, delegates = _ops_outside_delegate(lowered)
@@ -289,7 +282,7 @@ def test_load_torchvision_mobilenet_v3_small(tmp_path: Path, suffix: str) -> Non
         save_file(state, str(path))
     else:
         torch.save({f"module.{k}": v for k, v in state.items()}, path)  # DDP prefix is stripped
-    student = create_student("mnv3_s")
+    student = create_student(get_student_preset("mnv3_s"))
     report = load_torchvision_mobilenet_v3(student, path)
 
     assert report["ignored"] == ["classifier.3.bias", "classifier.3.weight"]
@@ -318,22 +311,25 @@ def test_load_rejects_wrong_shapes_and_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "small.pth"
     torch.save(state, path)
     narrow = create_student(get_student_preset("mnv3_s", width_mult=0.75))
-    first_mismatch = r"features\.2\.block\.0\.0\.weight \(72, 16, 1, 1\) -> backbone\.blocks\.1\.expand\.conv\.weight \(56, 16, 1, 1\)"
+    first_mismatch = (
+        r"features\.2\.block\.0\.0\.weight \(72, 16, 1, 1\) -> "
+        r"backbone\.blocks\.1\.expand\.conv\.weight \(56, 16, 1, 1\)"
+    )
     with pytest.raises(PretrainedWeightsError, match=r"shape mismatches \(179\):\n  " + first_mismatch):
         load_torchvision_mobilenet_v3(narrow, path)
 
     torch.save({**state, "features.99.0.weight": torch.zeros(1)}, path)
     with pytest.raises(PretrainedWeightsError, match=r"unknown keys \(1\):\n  features\.99\.0\.weight"):
-        load_torchvision_mobilenet_v3(create_student("mnv3_s"), path)
+        load_torchvision_mobilenet_v3(create_student(get_student_preset("mnv3_s")), path)
 
     del state["features.3.block.1.0.weight"]
     torch.save(state, path)
     missing = r"model keys not in file \(1\):\n  backbone\.blocks\.2\.depthwise\.conv\.weight"
     with pytest.raises(PretrainedWeightsError, match=missing):
-        load_torchvision_mobilenet_v3(create_student("mnv3_s"), path)
+        load_torchvision_mobilenet_v3(create_student(get_student_preset("mnv3_s")), path)
 
     with pytest.raises(PretrainedWeightsError, match="MobileNetV3 backbone"):
-        load_torchvision_mobilenet_v3(create_student("mobileone_micro"), path)
+        load_torchvision_mobilenet_v3(create_student(get_student_preset("mobileone_micro")), path)
 
 
 # ---------------------------------------------------------------- FLOP counter

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from malm_edge.training.data import synthfood
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe
-from malm_edge.training.data.synthfood import (
+from malm_edge.training.data.synthfood import generate as synthfood
+from malm_edge.training.data.synthfood.generate import (
     DISH_TYPES,
     INGREDIENTS,
     PANTRY_INGREDIENTS,
@@ -21,7 +19,8 @@ from malm_edge.training.data.synthfood import (
     generate_synthfood,
     synthfood_recipes,
 )
-from malm_edge.training.data.synthfood_recipes import sample_families
+from malm_edge.training.data.synthfood.recipes import sample_families
+from PIL import Image
 
 SIZE = 48
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import torch
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.distributed import WorldInfo
+from malm_edge.training.harness.loop import EpochSampler, NonFiniteLossError, lr_factor
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
-from malm_edge.training import checkpoint as ckpt
-from malm_edge.training.loop import EpochSampler, NonFiniteLossError, lr_factor
-from malm_edge.training.distributed import WorldInfo
 
 runner = CliRunner()
 SMALL = ["--preset", "micro", "--epochs", "2", "--batch-size", "16", "--seed", "3"]
@@ -37,7 +37,9 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_train_then_eval_end_to_end(tiny_synthfood: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     loss_options = ["--mask-ratio", "0.6", "--lambda-itm", "0.5", "--lambda-dist", "0.2", "--matching-negatives", "2"]
-    result = runner.invoke(app, ["train", "--data", str(tiny_synthfood), "--out", str(run), *SMALL, *loss_options, "--json"])
+    result = runner.invoke(
+        app, ["train", "--data", str(tiny_synthfood), "--out", str(run), *SMALL, *loss_options, "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["epochs_done"] == 2 and summary["last_val"]["bag_size"] == 6
@@ -56,7 +58,9 @@ def test_train_then_eval_end_to_end(tiny_synthfood: Path, tmp_path: Path) -> Non
     assert 0.0 <= report["metrics"]["image_to_recipe"]["r1"] <= 1.0
 
 
-def test_refuses_to_overwrite_a_run_and_names_missing_runs(tiny_synthfood: Path, micro_teacher_run: Path, tmp_path: Path) -> None:
+def test_refuses_to_overwrite_a_run_and_names_missing_runs(
+    tiny_synthfood: Path, micro_teacher_run: Path, tmp_path: Path
+) -> None:
     result = runner.invoke(app, ["train", "--data", str(tiny_synthfood), "--out", str(micro_teacher_run), *SMALL])
     assert result.exit_code == 1 and "--resume" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path)])
@@ -64,7 +68,20 @@ def test_refuses_to_overwrite_a_run_and_names_missing_runs(tiny_synthfood: Path,
 
 
 def _train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "malm_edge", "train", "--data", str(data), "--out", str(run), *SMALL, "--save-every", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "malm_edge",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *SMALL,
+        "--save-every",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -72,7 +89,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_synthfood: Path, tmp_p
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(tiny_synthfood, straight), check=True, env=_env(), capture_output=True)
 
-    process = subprocess.Popen(_train_cmd(tiny_synthfood, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_cmd(tiny_synthfood, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     pointer = killed / "checkpoints" / "last.json"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -86,13 +105,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_synthfood: Path, tmp_p
     assert killed_at["epoch"] == 0 or killed_at["step_in_epoch"] > 0  # mid-run, not at the end
 
     subprocess.run(
-        [sys.executable, "-m", "malm_edge", "train", "--resume", str(killed)], check=True, env=_env(), capture_output=True
+        [sys.executable, "-m", "malm_edge", "train", "--resume", str(killed)],
+        check=True,
+        env=_env(),
+        capture_output=True,
     )
     expected, resumed = _final_weights(straight), _final_weights(killed)
     assert expected.keys() == resumed.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
-    epochs = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "epoch"]  # noqa: E731
+    epochs = lambda run: [
+        r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "epoch"
+    ]  # noqa: E731
     assert [r["val"] for r in epochs(killed)] == [r["val"] for r in epochs(straight)]
 
 
@@ -100,23 +124,46 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_synthfood: Path, tmp_p
 def test_torchrun_two_processes_step_in_sync(tiny_synthfood: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-        "-m", "malm_edge", "train", "--data", str(tiny_synthfood), "--out", str(run),
-        "--preset", "micro", "--epochs", "1", "--batch-size", "8",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "malm_edge",
+        "train",
+        "--data",
+        str(tiny_synthfood),
+        "--out",
+        str(run),
+        "--preset",
+        "micro",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
     ]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    n_pairs = sum(len(json.loads(line)["images"]) for line in (tiny_synthfood / "recipes.jsonl").read_text().splitlines() if json.loads(line)["partition"] == "train")
+    n_pairs = sum(
+        len(json.loads(line)["images"])
+        for line in (tiny_synthfood / "recipes.jsonl").read_text().splitlines()
+        if json.loads(line)["partition"] == "train"
+    )
     expected_steps = n_pairs // (8 * 2)
     stops = sorted(line.split("rank ")[1] for line in done.stderr.splitlines() if "stopped at global step" in line)
     assert stops == [f"0 stopped at global step {expected_steps}", f"1 stopped at global step {expected_steps}"]
     assert json.loads((run / "checkpoints" / "last.json").read_text())["global_step"] == expected_steps
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_synthfood: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from malm_edge.training.models.config import get_preset
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_synthfood: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from malm_edge.training.harness.teacher import train_teacher
     from malm_edge.training.models.malm import MALM
-    from malm_edge.training.train import train_teacher
+    from malm_edge.training.presets import get_preset
 
     model_cfg, train_cfg = get_preset("micro")
     train_cfg.epochs, train_cfg.batch_size, train_cfg.save_every_steps = 1, 16, 1
@@ -198,7 +245,7 @@ def test_resume_refuses_options_it_would_ignore(micro_teacher_run: Path) -> None
 
 
 def test_run_config_follows_a_moved_run_tree(tmp_path: Path) -> None:
-    from malm_edge.training.run import RunError, read_run_config, record_linked_paths
+    from malm_edge.training.harness.run import RunError, read_run_config, record_linked_paths
 
     run, data = tmp_path / "old" / "run", tmp_path / "old" / "data"
     run.mkdir(parents=True), data.mkdir()
@@ -216,8 +263,7 @@ def test_run_config_follows_a_moved_run_tree(tmp_path: Path) -> None:
 
 def _all_ranks_worker(rank: int, init_file: str, results: Any) -> None:
     import torch.distributed as dist
-
-    from malm_edge.training.distributed import all_ranks
+    from malm_edge.training.harness.distributed import all_ranks
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

@@ -9,8 +9,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from malm_edge.training.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -23,6 +21,7 @@ from malm_edge.training.data.transforms import (
     eval_transform,
     load_rgb,
 )
+from PIL import Image
 
 
 def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -130,7 +129,7 @@ def test_load_rgb_errors(tmp_path, monkeypatch):
         load_rgb(tmp_path / "nope.jpg")
     text = tmp_path / "text.jpg"
     text.write_text("not an image")
-    with pytest.raises(UnreadableImageError, match="text.jpg: not an image"):
+    with pytest.raises(UnreadableImageError, match="text.jpg: not a readable image"):
         load_rgb(text)
     buffer = io.BytesIO()
     _random_image(64, 64).save(buffer, format="JPEG")

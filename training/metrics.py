@@ -1,4 +1,4 @@
-"""Cross-modal retrieval metrics: median rank and recall@k over bags (ARCHITECTURE.md, "Evaluation").
+"""Cross-modal retrieval metrics: median rank and recall@k over bags (docs/architecture.md, "Evaluation").
 
 Two protocols share one ranking core:
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from malm_edge.edge.backends import l2_normalize
+from malm_edge.training.errors import TrainingError
 
 PROTOCOLS = ("tfood", "ht")
 DEFAULT_SEEDS = {"tfood": 1338, "ht": 1234}
@@ -28,14 +30,8 @@ HT_BAGS = 10
 _ROW_CHUNK = 2048  # rows of the similarity matrix held at once (2048 x 10k float32 = 80 MB)
 
 
-class MetricsError(ValueError):
+class MetricsError(TrainingError, ValueError):
     """Raised for inputs the metrics cannot be computed on (shapes, protocol, bag count)."""
-
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # (N, 1)
-    return x / np.maximum(norms, eps)
 
 
 def true_match_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -174,8 +170,8 @@ def retrieval_metrics(
     recipe_emb = np.asarray(recipe_emb)
     _check_inputs(image_emb, recipe_emb, protocol, bag_size)
     dtype = np.result_type(image_emb.dtype, recipe_emb.dtype, np.float32)
-    images = l2_normalise(image_emb.astype(dtype, copy=False))  # (N, D)
-    recipes = l2_normalise(recipe_emb.astype(dtype, copy=False))  # (N, D)
+    images = l2_normalize(image_emb.astype(dtype, copy=False))  # (N, D)
+    recipes = l2_normalize(recipe_emb.astype(dtype, copy=False))  # (N, D)
     n_rows = images.shape[0]
     seed = DEFAULT_SEEDS[protocol] if seed is None else seed
     order = _id_order(ids, n_rows) if protocol == "ht" else None

@@ -56,8 +56,9 @@ def convert(
 ) -> None:
     """Export a distilled student (ExecuTorch / CoreML / ONNX), build the recipe table and catalog,
     verify every file on real photos and write a checked bundle."""
-    from malm_edge.converters.bundle_builder import TARGETS, ConvertOptions
+    from malm_edge.converters.bundle_builder import ConvertOptions
     from malm_edge.converters.bundle_builder import convert as run_convert
+    from malm_edge.edge.bundle import TARGETS
 
     names = TARGETS if Target.all in target else tuple(t.value for t in target)
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,

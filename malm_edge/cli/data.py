@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from malm_edge.cli._errors import run_or_exit
+
 app = typer.Typer(help="Create, import and check datasets in the canonical format.", no_args_is_help=True)
 import_app = typer.Typer(help="Import an existing dataset (read in place) into the canonical format.",
                          no_args_is_help=True)
@@ -47,7 +49,6 @@ def check(
     max_problems: Annotated[int, typer.Option(min=0, help="Problems to list.")] = 20,
 ) -> None:
     """Validate every line and image; print counts and the first problems (exit 1 if any)."""
-    from malm_edge.cli._errors import run_or_exit
     from malm_edge.training.data.canonical import check_dataset
 
     mode = ImageCheckChoice.none if no_images else images
@@ -93,8 +94,8 @@ def import_recipe1m(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Import Recipe1M in place: recipes.jsonl points at the original photos."""
-    from malm_edge.cli._errors import run_or_exit
-    from malm_edge.training.data.recipe1m import Recipe1MOptions, import_recipe1m as run_import
+    from malm_edge.training.data.recipe1m import Recipe1MOptions
+    from malm_edge.training.data.recipe1m import import_recipe1m as run_import
 
     options = Recipe1MOptions.ht() if ht_filters else Recipe1MOptions()
     options.max_images = max_images
@@ -126,7 +127,6 @@ def import_epicurious(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Import the Epicurious (Kaggle) set in place; bad rows are reported and skipped."""
-    from malm_edge.cli._errors import run_or_exit
     from malm_edge.training.data.epicurious import import_epicurious as run_import
 
     report = run_or_exit(
@@ -162,8 +162,7 @@ def synth(
     as_json: Annotated[bool, typer.Option("--json", help="Print the generator's stats as JSON.")] = False,
 ) -> None:
     """Generate SynthFood, the built-in procedural dataset of recipes and matching food photos."""
-    from malm_edge.cli._errors import run_or_exit
-    from malm_edge.training.data.synthfood import generate_synthfood
+    from malm_edge.training.data.synthfood.generate import generate_synthfood
 
     def job() -> dict:
         try:

@@ -10,16 +10,23 @@ from typing import Annotated, Optional
 
 import typer
 
+from malm_edge.cli._errors import run_or_exit
+
 
 class Arch(str, Enum):
+    """Student presets: the keys of training/presets.py STUDENT_PRESETS (a test keeps them equal)."""
+
     mnv3_s = "mnv3_s"
     mnv3_l = "mnv3_l"
     mobileone_s0 = "mobileone_s0"
+    mobileone_s1 = "mobileone_s1"
     mnv3_micro = "mnv3_micro"
     mobileone_micro = "mobileone_micro"
 
 
 class Schedule(str, Enum):
+    """Distillation schedules: one per teacher preset (training/presets.py TEACHER_PRESETS)."""
+
     micro = "micro"
     tiny = "tiny"
     small = "small"
@@ -31,13 +38,15 @@ def distill(
         Optional[Path], typer.Option(help="Teacher run folder (from `malm-edge train`).", exists=True, file_okay=False)
     ] = None,
     data: Annotated[
-        Optional[Path], typer.Option(help="Canonical dataset folder (default: the teacher's).", exists=True, file_okay=False)
+        Optional[Path],
+        typer.Option(help="Canonical dataset folder (default: the teacher's).", exists=True, file_okay=False),
     ] = None,
     arch: Annotated[Arch, typer.Option(help="Student architecture preset.")] = Arch.mnv3_s,
     preset: Annotated[Schedule, typer.Option(help="Schedule preset (epochs, batch, lr).")] = Schedule.tiny,
     out: Annotated[Optional[Path], typer.Option(help="Run folder. Default: runs/student-<arch>-<time>.")] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue this student run from its last checkpoint.", exists=True, file_okay=False)
+        Optional[Path],
+        typer.Option(help="Continue this student run from its last checkpoint.", exists=True, file_okay=False),
     ] = None,
     losses: Annotated[
         str, typer.Option(help="Comma-separated loss terms: feature, kl, triplet ('triplet' alone = RecipeSnap-style).")
@@ -56,32 +65,50 @@ def distill(
 
     The teacher stays frozen (eval mode, outside DDP); its recipe embeddings are computed once.
     """
-    from malm_edge.cli._errors import run_or_exit
     from malm_edge.cli.train import print_summary, reject_with_resume
 
     def job() -> dict:
-        from malm_edge.training.distill import LOSS_NAMES, distill_student, get_distill_preset
+        from malm_edge.training.harness.student import distill_student
+        from malm_edge.training.presets import get_distill_preset
+        from malm_edge.training.schedule import DISTILL_LOSSES
 
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augmentations": augmentations, "num_workers": workers, "seed": seed}
+        overrides = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "augmentations": augmentations,
+            "num_workers": workers,
+            "seed": seed,
+        }
         if resume is not None:
             reject_with_resume(
-                {"--teacher": teacher, "--data": data, "--out": out, "--epochs": epochs, "--batch-size": batch_size,
-                 "--lr": lr, "--augmentations": augmentations, "--workers": workers, "--seed": seed}
+                {
+                    "--teacher": teacher,
+                    "--data": data,
+                    "--out": out,
+                    "--epochs": epochs,
+                    "--batch-size": batch_size,
+                    "--lr": lr,
+                    "--augmentations": augmentations,
+                    "--workers": workers,
+                    "--seed": seed,
+                }
             )
             return distill_student(resume, resume=True, progress=not as_json)
         if teacher is None:
             raise typer.BadParameter("--teacher is required for a new run", param_hint="--teacher")
-        cfg = get_distill_preset(preset.value)
-        cfg.losses = tuple(name.strip() for name in losses.split(",") if name.strip())
-        unknown = set(cfg.losses) - set(LOSS_NAMES)
-        if unknown or not cfg.losses:
-            raise typer.BadParameter(f"unknown loss term(s) {sorted(unknown)}; use {', '.join(LOSS_NAMES)}", param_hint="--losses")
-        for name, value in overrides.items():
-            if value is not None:
-                setattr(cfg, name, value)
-        cfg.__post_init__()
+        terms = tuple(name.strip() for name in losses.split(",") if name.strip())
+        unknown = set(terms) - set(DISTILL_LOSSES)
+        if unknown or not terms:
+            raise typer.BadParameter(
+                f"unknown loss term(s) {sorted(unknown)}; use {', '.join(DISTILL_LOSSES)}", param_hint="--losses"
+            )
+        given = {name: value for name, value in overrides.items() if value is not None}
+        cfg = get_distill_preset(preset.value, losses=terms, **given)
         run_dir = out or Path("runs") / f"student-{arch.value}-{datetime.now():%Y%m%d-%H%M%S}"
-        return distill_student(run_dir, teacher_run=teacher, data_dir=data, arch=arch.value, distill_cfg=cfg, progress=not as_json)
+        return distill_student(
+            run_dir, teacher_run=teacher, data_dir=data, arch=arch.value, distill_cfg=cfg, progress=not as_json
+        )
 
     summary = run_or_exit(job)
     if as_json:

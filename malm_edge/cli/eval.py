@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from malm_edge.cli._errors import run_or_exit
+
 
 class Split(str, Enum):
     val = "val"
@@ -29,7 +31,8 @@ class Protocol(str, Enum):
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A teacher or student run folder.", exists=True, file_okay=False)],
     data: Annotated[
-        Optional[Path], typer.Option(help="Canonical dataset folder (default: the run's own).", exists=True, file_okay=False)
+        Optional[Path],
+        typer.Option(help="Canonical dataset folder (default: the run's own).", exists=True, file_okay=False),
     ] = None,
     split: Annotated[Split, typer.Option(help="Partition to evaluate.")] = Split.val,
     protocol: Annotated[Protocol, typer.Option(help="tfood (MALM's) or ht (H-T's) bag sampling.")] = Protocol.tfood,
@@ -42,14 +45,16 @@ def evaluate(
     For a student run, the student's images and the teacher's images both rank the teacher's recipe
     embeddings on the same bags, and retention = student R@1 / teacher R@1 (image to recipe).
     """
-    from malm_edge.cli._errors import run_or_exit
-    from malm_edge.training import evaluate as ev
-    from malm_edge.training.run import read_run_config
+    from malm_edge.training.harness.run import read_run_config
+    from malm_edge.training.harness.student import evaluate_student
+    from malm_edge.training.harness.teacher import evaluate_teacher
 
     def job() -> dict:
         kind = read_run_config(run).get("kind")
-        evaluate_run = ev.evaluate_student if kind == "student" else ev.evaluate_teacher
-        return evaluate_run(run, data, split=split.value, protocol=protocol.value, bag_size=bag_size, which=checkpoint.value)
+        evaluate_run = evaluate_student if kind == "student" else evaluate_teacher
+        return evaluate_run(
+            run, data, split=split.value, protocol=protocol.value, bag_size=bag_size, which=checkpoint.value
+        )
 
     result = run_or_exit(job)
     if as_json:
@@ -69,6 +74,4 @@ def _print_metrics(title: str, metrics: dict, protocol: str) -> None:
     typer.echo(f"{title} ({protocol}, {metrics['n_bags']} bag(s) of {metrics['bag_size']})")
     for direction in ("image_to_recipe", "recipe_to_image"):
         m = metrics[direction]
-        typer.echo(
-            f"  {direction:16s} R@1 {m['r1']:.3f}  R@5 {m['r5']:.3f}  R@10 {m['r10']:.3f}  medR {m['medr']:.1f}"
-        )
+        typer.echo(f"  {direction:16s} R@1 {m['r1']:.3f}  R@5 {m['r5']:.3f}  R@10 {m['r10']:.3f}  medR {m['medr']:.1f}")

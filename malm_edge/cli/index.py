@@ -29,8 +29,12 @@ def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 
     import torch
 
     from malm_edge.converters import index as idx
-    from malm_edge.training.distributed import barrier, cleanup_distributed, init_distributed
-    from malm_edge.training.teacher import load_teacher
+    from malm_edge.training.harness.distributed import (
+        barrier,
+        cleanup_distributed,
+        init_distributed,
+    )
+    from malm_edge.training.harness.teacher import load_teacher
 
     world = init_distributed("cpu")
     torch.manual_seed(0)

@@ -10,8 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from malm_edge.cli._errors import run_or_exit
+
 
 class Preset(str, Enum):
+    """Teacher presets: the keys of training/presets.py TEACHER_PRESETS (a test keeps them equal)."""
+
     micro = "micro"
     tiny = "tiny"
     small = "small"
@@ -28,24 +32,39 @@ class Ablation(str, Enum):
 def train(
     data: Annotated[
         Optional[Path],
-        typer.Option(help="Canonical dataset folder. Default: SynthFood, generated into the cache on first use.", exists=True, file_okay=False),
+        typer.Option(
+            help="Canonical dataset folder. Default: SynthFood, generated into the cache on first use.",
+            exists=True,
+            file_okay=False,
+        ),
     ] = None,
     preset: Annotated[Preset, typer.Option(help="Model and schedule preset.")] = Preset.tiny,
     out: Annotated[Optional[Path], typer.Option(help="Run folder. Default: runs/malm-<preset>-<time>.")] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue this run folder from its last checkpoint.", exists=True, file_okay=False)
+        Optional[Path],
+        typer.Option(help="Continue this run folder from its last checkpoint.", exists=True, file_okay=False),
     ] = None,
-    ablation: Annotated[Optional[Ablation], typer.Option(help="Paper Table 2 row: baseline, lc, lc_gc or full.")] = None,
+    ablation: Annotated[
+        Optional[Ablation], typer.Option(help="Paper Table 2 row: baseline, lc, lc_gc or full.")
+    ] = None,
     mask_ratio: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Fraction of patches masked.")] = None,
     lambda_itm: Annotated[Optional[float], typer.Option(min=0.0, help="Weight of L_GC + L_LC (paper: 1).")] = None,
-    lambda_dist: Annotated[Optional[float], typer.Option(min=0.0, help="Weight of the masked distillation loss (paper: 1).")] = None,
+    lambda_dist: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Weight of the masked distillation loss (paper: 1).")
+    ] = None,
     matching_negatives: Annotated[
         Optional[int],
-        typer.Option(min=0, help="L_GC/L_LC negatives: 0 contrasts the true pairs' features; k decodes each image with its k hardest recipes and vice versa."),
+        typer.Option(
+            min=0,
+            help="L_GC/L_LC negatives: 0 contrasts the true pairs' features; k decodes each image with its k "
+            "hardest recipes and vice versa.",
+        ),
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")
+    ] = None,
     image_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of the image tower.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
@@ -53,7 +72,12 @@ def train(
         Optional[int], typer.Option(min=0, help="Also checkpoint every N steps within an epoch (0: epoch ends only).")
     ] = None,
     clip_weights: Annotated[
-        Optional[Path], typer.Option(help="Local CLIP ViT state dict (.pt/.bin/.safetensors) to start the image tower from.", exists=True, dir_okay=False)
+        Optional[Path],
+        typer.Option(
+            help="Local CLIP ViT state dict (.pt/.bin/.safetensors) to start the image tower from.",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -62,31 +86,52 @@ def train(
     With no arguments: the `tiny` preset on SynthFood, about 13 minutes on 2 CPU cores. Launch with
     `torchrun --nproc-per-node N -m malm_edge train ...` for several GPUs or processes.
     """
-    from malm_edge.cli._errors import run_or_exit
-    from malm_edge.training.models.config import get_preset
 
     def job() -> dict:
-        from malm_edge.training.defaults import default_synthfood_for
-        from malm_edge.training.train import train_teacher
+        from malm_edge.training.configs import with_overrides
+        from malm_edge.training.harness.teacher import train_teacher
+        from malm_edge.training.presets import default_synthfood_for, get_preset
 
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "image_lr": image_lr, "num_workers": workers, "seed": seed, "save_every_steps": save_every}
+        overrides = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "image_lr": image_lr,
+            "num_workers": workers,
+            "seed": seed,
+            "save_every_steps": save_every,
+        }
         if resume is not None:
             reject_with_resume(
-                {"--data": data, "--out": out, "--ablation": ablation, "--mask-ratio": mask_ratio, "--clip-weights": clip_weights,
-                 "--matching-negatives": matching_negatives, "--lambda-itm": lambda_itm, "--lambda-dist": lambda_dist,
-                 "--epochs": epochs, "--batch-size": batch_size, "--lr": lr, "--image-lr": image_lr, "--workers": workers,
-                 "--seed": seed, "--save-every": save_every}
+                {
+                    "--data": data,
+                    "--out": out,
+                    "--ablation": ablation,
+                    "--mask-ratio": mask_ratio,
+                    "--clip-weights": clip_weights,
+                    "--matching-negatives": matching_negatives,
+                    "--lambda-itm": lambda_itm,
+                    "--lambda-dist": lambda_dist,
+                    "--epochs": epochs,
+                    "--batch-size": batch_size,
+                    "--lr": lr,
+                    "--image-lr": image_lr,
+                    "--workers": workers,
+                    "--seed": seed,
+                    "--save-every": save_every,
+                }
             )
             return train_teacher(resume, resume=True, progress=not as_json)
         model_overrides = {
-            "ablation": ablation.value if ablation is not None else None, "mask_ratio": mask_ratio,
-            "lambda_itm": lambda_itm, "lambda_dist": lambda_dist, "matching_negatives": matching_negatives,
+            "ablation": ablation.value if ablation is not None else None,
+            "mask_ratio": mask_ratio,
+            "lambda_itm": lambda_itm,
+            "lambda_dist": lambda_dist,
+            "matching_negatives": matching_negatives,
             "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
         model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})
-        for name, value in overrides.items():
-            if value is not None:
-                setattr(train_cfg, name, value)
+        train_cfg = with_overrides(train_cfg, **{k: v for k, v in overrides.items() if v is not None})
         data_dir = data if data is not None else default_synthfood_for(preset.value)
         run_dir = out or Path("runs") / f"malm-{preset.value}-{datetime.now():%Y%m%d-%H%M%S}"
         return train_teacher(run_dir, data_dir=data_dir, model_cfg=model_cfg, train_cfg=train_cfg, progress=not as_json)

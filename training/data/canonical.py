@@ -1,4 +1,4 @@
-"""Read and validate the canonical dataset format (ARCHITECTURE.md, "Canonical dataset format").
+"""Read and validate the canonical dataset format (docs/architecture.md, "Canonical dataset format").
 
 A dataset is a folder holding `recipes.jsonl` (one JSON object a line, see `records.Recipe`) and,
 optionally, `dataset.json`: a small metadata file written by the importers that read images in place
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
+from malm_edge.training.errors import TrainingError
 
 DATASET_META_FILE = "dataset.json"
 DATASET_FORMAT = "malm-edge-dataset"
@@ -41,7 +42,7 @@ _LIST_FIELDS = ("ingredients", "instructions", "images")
 T = TypeVar("T")
 
 
-class DatasetError(ValueError):
+class DatasetError(TrainingError, ValueError):
     """A dataset (or importer input) is missing or malformed; the message names file and line."""
 
 

@@ -1,4 +1,4 @@
-"""The canonical recipe record (ARCHITECTURE.md, "Canonical dataset format").
+"""The canonical recipe record (docs/architecture.md, "Canonical dataset format").
 
 A dataset is a folder with `recipes.jsonl`, one recipe a line, and its images. Every importer
 (SynthFood, Recipe1M, Epicurious) writes this format and every reader streams it.

@@ -2,8 +2,9 @@
 
 A WordPiece tokenizer (lower-cased, NFD with accents stripped, split on whitespace and punctuation)
 of the `tokenizers` library, its vocabulary built deterministically from the training partition only
-(frequent words plus character pieces, see `_word_vocabulary`), saved as `tokenizer.json`. A recipe is encoded with H-T's truncation (Salvador et al. 2021, also used by
-TFood and MALM): title 15 tokens, 20 ingredient lines x 15 tokens, 20 instruction steps x 20 tokens.
+(frequent words plus character pieces, see `_word_vocabulary`), saved as `tokenizer.json`. A recipe
+is encoded with H-T's truncation (Salvador et al. 2021, also used by TFood and MALM): title 15 tokens,
+20 ingredient lines x 15 tokens, 20 instruction steps x 20 tokens.
 
 The recipe batch contract (the recipe encoder in training/models codes against it):
 
@@ -26,16 +27,15 @@ all-False mask for that component. No [CLS]/[SEP] are added: the encoder mean-po
 from __future__ import annotations
 
 from collections import Counter
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
 from malm_edge.training.data.records import Recipe
+from malm_edge.training.errors import TrainingError
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 TOKENIZER_FILE = "tokenizer.json"
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
@@ -51,7 +51,7 @@ RECIPE_KEYS = (
 )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(TrainingError, ValueError):
     """Raised for a tokenizer that cannot be trained or loaded as a recipe tokenizer."""
 
 
@@ -150,9 +150,7 @@ def _word_vocabulary(texts: Iterable[str], vocab_size: int, min_frequency: int) 
     return {piece: i for i, piece in enumerate([*base, *sorted(frequent)])}
 
 
-def _pack(
-    encodings: Sequence, max_rows: int, max_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pack(encodings: Sequence, max_rows: int, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids and mask of the first `max_rows` non-empty encoded sentences, each cut to `max_tokens`."""
     ids = np.zeros((max_rows, max_tokens), dtype=np.int64)  # (rows, tokens)
     mask = np.zeros((max_rows, max_tokens), dtype=np.bool_)  # (rows, tokens)
@@ -261,9 +259,7 @@ class RecipeTokenizer:
         ingredient_ids, ingredient_mask = _pack(
             encodings[1 : 1 + n_ingredients], limits.max_ingredients, limits.ingredient_tokens
         )
-        step_ids, step_mask = _pack(
-            encodings[1 + n_ingredients :], limits.max_steps, limits.step_tokens
-        )
+        step_ids, step_mask = _pack(encodings[1 + n_ingredients :], limits.max_steps, limits.step_tokens)
         return {
             "title": title_ids[0],  # (title_tokens,)
             "title_mask": title_mask[0],

@@ -17,32 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from malm_edge.training.errors import TrainingError
+from malm_edge.training.models.weights import strip_prefixes
 from safetensors.torch import load_file, save_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
-_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TrainingError, RuntimeError):
     """A checkpoint is missing, incomplete or does not fit the model."""
-
-
-def strip_prefix(key: str) -> str:
-    """A key without DDP's `module.` and torch.compile's `_orig_mod.` prefixes (repeatedly)."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict with `strip_prefix` applied to every key."""
-    return {strip_prefix(key): value for key, value in state_dict.items()}
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,18 @@ def cleanup_distributed() -> None:
     """Leave the process group if we joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def default_device() -> torch.device:
+    """The device a job runs on: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def wrap_ddp(
+    model: torch.nn.Module, world: WorldInfo, device: torch.device, *, find_unused_parameters: bool = False
+) -> torch.nn.Module:
+    """`model` in DistributedDataParallel when the job is distributed, else `model` itself."""
+    if not world.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

@@ -1,4 +1,4 @@
-"""Embed a split with a trained model and score it with `retrieval_metrics`."""
+"""Embed an evaluation split with a model's image and recipe towers (scored by training/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
+from malm_edge.training.data.tokenizer import RECIPE_KEYS, RecipeTokenizer
+from malm_edge.training.data.transforms import EvalTransform, Preprocessing
+from malm_edge.training.harness.run import RunError
 from torch.utils.data import DataLoader, Dataset
-
-from malm_edge.training.data.dataset import collate_batch
-from malm_edge.training.data.tokenizer import RECIPE_KEYS
 
 
 def recipe_batch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -48,82 +49,13 @@ def embed_pairs(
             recipes.append(encode_recipes(recipe_batch(batch, device)).float().cpu())  # (B, D)
         indices.append(batch["recipe_index"])
     if not images:
-        from malm_edge.training.run import RunError
-
         raise RunError("the evaluation split has no readable image-recipe pairs (is the partition empty?)")
     recipe_emb = torch.cat(recipes).numpy() if recipes else np.zeros((0, 0), dtype=np.float32)
     return torch.cat(images).numpy(), recipe_emb, torch.cat(indices).numpy()
 
 
-
-def evaluate_teacher(
-    run_dir: Path,
-    data_dir: Path | None = None,
-    *,
-    split: str = "val",
-    protocol: str = "tfood",
-    bag_size: int = 1000,
-    n_bags: int | None = None,
-    which: str = "best",
-) -> dict:
-    """Retrieval metrics of a teacher run on a split (`{"run", "split", "metrics"}`)."""
-    from malm_edge.training.data.dataset import RecipeImageDataset
-    from malm_edge.training.data.transforms import EvalTransform
-    from malm_edge.training.metrics import retrieval_metrics
-    from malm_edge.training.teacher import load_teacher
-
-    teacher = load_teacher(run_dir, which)
-    data_dir = Path(data_dir or teacher.config["data"])
-    dataset = RecipeImageDataset(
-        data_dir,
-        split,
-        teacher.tokenizer,
-        EvalTransform(teacher.preprocessing),
-        one_image_per_recipe=True,
-    )
-    image_emb, recipe_emb, recipe_index = embed_pairs(
-        teacher.model.encode_images, teacher.model.encode_recipes, dataset
-    )
-    ids = [dataset.recipes[i].id for i in recipe_index]
-    metrics = retrieval_metrics(
-        image_emb, recipe_emb, protocol=protocol, bag_size=bag_size, n_bags=n_bags, ids=ids
-    )
-    return {"run": str(run_dir), "split": split, "metrics": metrics}
-
-
-def evaluate_student(
-    run_dir: Path,
-    data_dir: Path | None = None,
-    *,
-    split: str = "val",
-    protocol: str = "tfood",
-    bag_size: int = 1000,
-    n_bags: int | None = None,
-    which: str = "best",
-) -> dict:
-    """Student and teacher metrics on the same bags, and retention = student R@1 / teacher R@1.
-
-    Both rank the teacher's recipe embeddings; only the image tower differs.
-    """
-    from malm_edge.training.data.dataset import RecipeImageDataset
-    from malm_edge.training.data.transforms import EvalTransform
-    from malm_edge.training.metrics import retrieval_metrics
-    from malm_edge.training.student_run import load_student
-    from malm_edge.training.teacher import load_teacher
-
-    student = load_student(run_dir, which)
-    teacher = load_teacher(student.teacher_run)
-    data_dir = Path(data_dir or student.config["data"])
-    dataset = RecipeImageDataset(
-        data_dir, split, teacher.tokenizer, EvalTransform(student.preprocessing), one_image_per_recipe=True
-    )
-    teacher_images, recipe_emb, recipe_index = embed_pairs(teacher.model.encode_images, teacher.model.encode_recipes, dataset)
-    student_images, _, _ = embed_pairs(student.model, None, dataset)
-    ids = [dataset.recipes[i].id for i in recipe_index]
-    scores = {
-        name: retrieval_metrics(images, recipe_emb, protocol=protocol, bag_size=bag_size, n_bags=n_bags, ids=ids)
-        for name, images in (("teacher", teacher_images), ("student", student_images))
-    }
-    teacher_r1 = scores["teacher"]["image_to_recipe"]["r1"]
-    retention = scores["student"]["image_to_recipe"]["r1"] / teacher_r1 if teacher_r1 > 0 else None
-    return {"run": str(run_dir), "split": split, **scores, "retention": retention}
+def eval_split(
+    data_dir: Path, split: str, tokenizer: RecipeTokenizer, preprocessing: Preprocessing
+) -> RecipeImageDataset:
+    """One image per recipe of a split, through the eval transform."""
+    return RecipeImageDataset(data_dir, split, tokenizer, EvalTransform(preprocessing), one_image_per_recipe=True)

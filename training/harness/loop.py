@@ -1,4 +1,4 @@
-"""Pieces shared by the teacher's and the student's training loops.
+"""The run template and epoch loop shared by the teacher's and the student's jobs.
 
 Randomness is derived from (seed, epoch, step, rank) rather than carried along: each batch's sample
 order comes from a per-epoch permutation, each sample's augmentation from a per-sample seed, and the
@@ -12,23 +12,73 @@ import hashlib
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
+from malm_edge.training.data.dataset import collate_batch
+from malm_edge.training.errors import TrainingError
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.distributed import (
+    WorldInfo,
+    all_ranks,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    default_device,
+    init_distributed,
+)
+from malm_edge.training.harness.progress import TrainProgress
+from malm_edge.training.harness.run import (
+    RunError,
+    RunPaths,
+    append_metrics,
+    truncate_metrics_after,
+)
+from malm_edge.training.schedule import DistillConfig, TrainConfig
 from torch.utils.data import Dataset, Sampler
-
-from malm_edge.training import checkpoint as ckpt
-from malm_edge.training.distributed import WorldInfo, all_ranks, barrier
-from malm_edge.training.run import truncate_metrics_after
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+RunT = TypeVar("RunT")
+
+
+class NonFiniteLossError(TrainingError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def run_job(open_run: Callable[[WorldInfo], RunT], fit: Callable[[RunT, WorldInfo, torch.device], dict]) -> dict:
+    """The template of every training job: pick the device, join the process group (under torchrun),
+    open the run (new or resumed), fit it, and always leave the process group.
+
+    Args:
+        open_run: `open_run(world) -> run`: start a new run folder or reopen one to resume.
+        fit: `fit(run, world, device) -> summary`: build the model and run the epochs.
+    """
+    device = default_device()
+    world = init_distributed(device.type)
+    try:
+        return fit(open_run(world), world, device)
+    finally:
+        cleanup_distributed()
+
+
+def loss_terms(terms: dict[str, Any]) -> dict[str, float]:
+    """The named loss terms of a forward output (`loss`, `loss_*`), as floats for logging."""
+    return {k: float(v.detach()) for k, v in terms.items() if k.startswith("loss") and torch.is_tensor(v)}
+
+
+def raise_if_non_finite(loss: torch.Tensor, terms: dict[str, Any], epoch: int) -> None:
+    """Raise NonFiniteLossError (naming the terms) when the loss is NaN or infinite on any rank.
+
+    Ranks call it together, before any backward pass, so the weights are never touched by a bad step.
+    """
+    if not bool(torch.isfinite(all_reduce_mean(loss.detach()))):
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch}: {loss_terms(terms)}")
 
 
 @dataclass
@@ -199,30 +249,25 @@ class LoopSpec:
         model: The module whose state is checkpointed (not the DDP wrapper).
         optimizer: Its optimizer; every param group has `base_lr` and `name`.
         train_set: Map-style dataset of training items (None for an unreadable image).
-        collate: Batch collation that drops None items and counts them in `n_skipped`.
         step: `step(batch, epoch) -> {name: float}` does forward, backward and the optimizer step.
         validate: `validate() -> retrieval_metrics dict`, called on rank 0 after each epoch.
-        epochs, batch_size, warmup_steps, seed, num_workers, log_every, save_every_steps: schedule.
-        augmentations: Cycle each item through this many fixed augmentations (0: fresh each epoch).
+        schedule: A TrainConfig or DistillConfig (epochs, batch_size, warmup_steps, seed, num_workers,
+            log_every, save_every_steps are read from it).
         config_hash: Recorded in each checkpoint.
+        collate: Batch collation that drops None items and counts them in `n_skipped`.
         frozen_group_epochs: Epochs during which the param group named `frozen_group` has rate 0.
+        augmentations: Cycle each item through this many fixed augmentations (0: fresh each epoch).
     """
 
     run_dir: Path
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     train_set: Dataset
-    collate: Any
-    step: Any
-    validate: Any
-    epochs: int
-    batch_size: int
-    warmup_steps: int
-    seed: int
-    num_workers: int
-    log_every: int
-    save_every_steps: int
+    step: Callable[[dict, int], dict[str, float]]
+    validate: Callable[[], dict]
+    schedule: TrainConfig | DistillConfig
     config_hash: str
+    collate: Callable[[list], dict] = collate_batch
     frozen_group: str = "image"
     frozen_group_epochs: int = 0
     augmentations: int = 0
@@ -232,21 +277,25 @@ def run_epochs(
     spec: LoopSpec, world: WorldInfo, state: TrainState, *, progress: bool, stop_after_steps: int | None
 ) -> dict:
     """Train from `state` to the last epoch (or `stop_after_steps`); return a summary."""
-    from malm_edge.training.progress import TrainProgress
-
-    steps_per_epoch = EpochSampler(len(spec.train_set), spec.batch_size, seed=spec.seed, epoch=0, world=world).steps_per_epoch()
+    first_epoch = EpochSampler(len(spec.train_set), spec.schedule.batch_size, seed=spec.schedule.seed, epoch=0, world=world)
+    steps_per_epoch = first_epoch.steps_per_epoch()
     if steps_per_epoch == 0:
-        from malm_edge.training.run import RunError
-
         raise RunError(
             f"{spec.run_dir}: {len(spec.train_set)} training pairs are fewer than one batch of "
-            f"{spec.batch_size * world.world_size}; lower --batch-size"
+            f"{spec.schedule.batch_size * world.world_size}; lower --batch-size"
         )
-    total_steps = steps_per_epoch * spec.epochs
+    total_steps = steps_per_epoch * spec.schedule.epochs
     summary: dict = {"run": str(spec.run_dir), "stopped_early": False}
     with TrainProgress(total_steps, enabled=progress and world.is_main, completed=state.global_step) as bar:
-        while state.epoch < spec.epochs:
-            if not _run_epoch(spec, world, state, bar, total_steps, stop_after_steps):
+        while state.epoch < spec.schedule.epochs:
+            try:
+                finished = _run_epoch(spec, world, state, bar, total_steps, stop_after_steps)
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(
+                    f"{error}; the run stopped, its last good checkpoint is kept in "
+                    f"{RunPaths(spec.run_dir).checkpoints}"
+                ) from None
+            if not finished:
                 summary["stopped_early"] = True
                 break
             _end_epoch(spec, world, state)
@@ -262,29 +311,33 @@ def run_epochs(
     return summary
 
 
-def _run_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, total_steps: int, stop_after_steps: int | None) -> bool:
+def _run_epoch(
+    spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, total_steps: int, stop_after_steps: int | None
+) -> bool:
     """Train the rest of the current epoch; False when stopped by `stop_after_steps`."""
-    import time
-
-    from malm_edge.training.run import append_metrics
-
     sampler = EpochSampler(
         len(spec.train_set),
-        spec.batch_size,
-        seed=spec.seed,
+        spec.schedule.batch_size,
+        seed=spec.schedule.seed,
         epoch=state.epoch,
         world=world,
         start_step=state.step_in_epoch,
         augmentations=spec.augmentations,
     )
     loader = torch.utils.data.DataLoader(
-        SeededItems(spec.train_set), batch_size=spec.batch_size, sampler=sampler, num_workers=spec.num_workers, collate_fn=spec.collate
+        SeededItems(spec.train_set),
+        batch_size=spec.schedule.batch_size,
+        sampler=sampler,
+        num_workers=spec.schedule.num_workers,
+        collate_fn=spec.collate,
     )
     frozen = state.epoch < spec.frozen_group_epochs
     window_start, window_samples = time.perf_counter(), 0
     for batch in loader:
-        torch.manual_seed(derive_seed(spec.seed, "step", state.global_step, world.rank))
-        set_learning_rates(spec.optimizer, lr_factor(state.global_step, total_steps, spec.warmup_steps), frozen, spec.frozen_group)
+        torch.manual_seed(derive_seed(spec.schedule.seed, "step", state.global_step, world.rank))
+        set_learning_rates(
+            spec.optimizer, lr_factor(state.global_step, total_steps, spec.schedule.warmup_steps), frozen, spec.frozen_group
+        )
         terms = spec.step(batch, state.epoch) if all_ranks("image" in batch) else {}
         state.step_in_epoch += 1
         state.global_step += 1
@@ -292,11 +345,14 @@ def _run_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, to
         window_samples += len(batch.get("image", ())) * world.world_size
         terms["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
         bar.update(state.epoch, terms)
-        if world.is_main and state.global_step % spec.log_every == 0:
+        if world.is_main and state.global_step % spec.schedule.log_every == 0:
             lr = spec.optimizer.param_groups[-1]["lr"]
-            append_metrics(spec.run_dir, {"type": "step", "epoch": state.epoch, "global_step": state.global_step, "lr": lr, **terms})
+            append_metrics(
+                spec.run_dir,
+                {"type": "step", "epoch": state.epoch, "global_step": state.global_step, "lr": lr, **terms},
+            )
             window_start, window_samples = time.perf_counter(), 0
-        if spec.save_every_steps and state.global_step % spec.save_every_steps == 0:
+        if spec.schedule.save_every_steps and state.global_step % spec.schedule.save_every_steps == 0:
             _save(spec, world, state, is_best=False)
         if stop_after_steps is not None and state.global_step >= stop_after_steps:
             _save(spec, world, state, is_best=False)
@@ -306,26 +362,39 @@ def _run_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, to
 
 def _save(spec: LoopSpec, world: WorldInfo, state: TrainState, *, is_best: bool) -> None:
     checkpoint_on_main(
-        world, spec.run_dir / "checkpoints", spec.model, spec.optimizer, state, config_hash=spec.config_hash, is_best=is_best
+        world,
+        RunPaths(spec.run_dir).checkpoints,
+        spec.model,
+        spec.optimizer,
+        state,
+        config_hash=spec.config_hash,
+        is_best=is_best,
     )
 
 
 def _end_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState) -> None:
     """Validate, log, move the counters to the next epoch and checkpoint (best by val R@1)."""
-    from malm_edge.training.run import append_metrics
-
     is_best = False
     if world.is_main:
         metrics = spec.validate()
         r1 = metrics["image_to_recipe"]["r1"]
         is_best = r1 > state.best_r1
         state.best_r1 = max(state.best_r1, r1)
-        record = {"type": "epoch", "epoch": state.epoch, "global_step": state.global_step, "val": metrics, "skipped_images": state.n_skipped_images}
+        record = {
+            "type": "epoch",
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "val": metrics,
+            "skipped_images": state.n_skipped_images,
+        }
         state.history.append(record)
         append_metrics(spec.run_dir, record)
         log.info(
             "epoch %d: val image->recipe R@1 %.3f medR %.1f (bag %d)",
-            state.epoch, r1, metrics["image_to_recipe"]["medr"], metrics["bag_size"],
+            state.epoch,
+            r1,
+            metrics["image_to_recipe"]["medr"],
+            metrics["bag_size"],
         )
     state.epoch += 1
     state.step_in_epoch = 0

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from malm_edge.training.errors import TrainingError
+
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
@@ -22,7 +24,7 @@ CHECKPOINT_DIR = "checkpoints"
 RELATIVE_PATHS_KEY = "relative_paths"
 
 
-class RunError(RuntimeError):
+class RunError(TrainingError, RuntimeError):
     """A run folder is missing, incomplete or of the wrong kind."""
 
 

@@ -11,101 +11,59 @@ run at all (MobileCLIP's dataset reinforcement, in memory).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch.nn.parallel import DistributedDataParallel
-
-from malm_edge.training import checkpoint as ckpt
-from malm_edge.training.data.dataset import RecipeImageDataset, RecipeTextDataset, collate_batch
-from malm_edge.training.data.transforms import EvalTransform, TrainTransform
-from malm_edge.training.distill_losses import feature_distillation_loss, similarity_kl_loss
-from malm_edge.training.distributed import WorldInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
-from malm_edge.training.evaluate import embed_pairs, recipe_batch
-from malm_edge.training.loop import LoopSpec, NonFiniteLossError, TrainState, derive_seed, restore_state_checkpoint, run_epochs
+from malm_edge.training.configs import config_hash
+from malm_edge.training.data.dataset import (
+    RecipeImageDataset,
+    RecipeTextDataset,
+    collate_batch,
+)
+from malm_edge.training.data.transforms import (
+    EvalTransform,
+    Preprocessing,
+    TrainTransform,
+)
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.distributed import WorldInfo, barrier, wrap_ddp
+from malm_edge.training.harness.evaluate import embed_pairs, eval_split, recipe_batch
+from malm_edge.training.harness.loop import (
+    LoopSpec,
+    TrainState,
+    derive_seed,
+    loss_terms,
+    raise_if_non_finite,
+    restore_state_checkpoint,
+    run_epochs,
+    run_job,
+)
+from malm_edge.training.harness.run import (
+    RunPaths,
+    check_new_run_dir,
+    read_run_config,
+    record_linked_paths,
+)
+from malm_edge.training.harness.teacher import LoadedTeacher, load_teacher
 from malm_edge.training.metrics import retrieval_metrics
-from malm_edge.training.models.losses import adaptive_triplet_loss
-from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, get_student_preset
-from malm_edge.training.run import RunPaths, check_new_run_dir, read_run_config, record_linked_paths
-from malm_edge.training.teacher import LoadedTeacher, load_teacher
+from malm_edge.training.models.losses import (
+    adaptive_triplet_loss,
+    feature_distillation_loss,
+    similarity_kl_loss,
+)
+from malm_edge.training.models.student import (
+    StudentConfig,
+    StudentEncoder,
+    create_student,
+)
+from malm_edge.training.presets import get_distill_preset, get_student_preset
+from malm_edge.training.schedule import DistillConfig
+from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
 TEACHER_RECIPES_FILE = "teacher_recipes.safetensors"
-LOSS_NAMES = ("feature", "kl", "triplet")
-
-
-@dataclass
-class DistillConfig:
-    """Distillation schedule and losses.
-
-    Attributes:
-        losses: Which terms are on: any of "feature", "kl", "triplet" ("triplet" alone is the
-            RecipeSnap-style baseline: the student against frozen recipe embeddings).
-        feature_loss: "cosine" or "mse" on normalised embeddings.
-        kl_temperature: Temperature of the image->recipe softmax in the KL term.
-        kl_table_samples: Table recipes sampled per step as extra KL candidates (beside the batch's).
-        triplet_margin: Margin of the adaptive triplet term.
-        augmentations: Fixed augmentations per image whose teacher embeddings are cached (0: fresh
-            augmentation each epoch, no cache).
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    num_workers: int = 4
-    seed: int = 0
-    log_every: int = 10
-    save_every_steps: int = 0
-    losses: tuple[str, ...] = LOSS_NAMES
-    feature_weight: float = 1.0
-    feature_loss: str = "cosine"
-    kl_weight: float = 1.0
-    kl_temperature: float = 0.05
-    kl_table_samples: int = 1024
-    triplet_weight: float = 1.0
-    triplet_margin: float = 0.3
-    augmentations: int = 4
-
-    def __post_init__(self) -> None:
-        self.losses = tuple(self.losses)
-        unknown = set(self.losses) - set(LOSS_NAMES)
-        if unknown or not self.losses:
-            raise ValueError(f"losses must be a non-empty subset of {LOSS_NAMES}, got {self.losses}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict."""
-        data = asdict(self)
-        data["losses"] = list(self.losses)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
-        """Rebuild from `to_dict` output; unknown keys raise ValueError."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"DistillConfig has no fields {sorted(unknown)}")
-        return cls(**data)
-
-
-DISTILL_PRESETS: dict[str, dict[str, Any]] = {
-    "micro": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "num_workers": 0, "kl_table_samples": 128},
-    "tiny": {"epochs": 12, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "num_workers": 0, "kl_table_samples": 512},
-    "small": {"epochs": 30, "batch_size": 128, "num_workers": 4},
-    "base": {"epochs": 60, "batch_size": 256, "num_workers": 8, "kl_table_samples": 4096},
-}
-
-
-def get_distill_preset(name: str) -> DistillConfig:
-    """The DistillConfig of a named schedule preset."""
-    if name not in DISTILL_PRESETS:
-        raise ValueError(f"unknown distillation preset {name!r}; choose one of {sorted(DISTILL_PRESETS)}")
-    return DistillConfig(**DISTILL_PRESETS[name])
 
 
 class FrozenTeacher:
@@ -165,15 +123,6 @@ class StudentRun:
     teacher: LoadedTeacher
 
 
-def student_config_hash(student_cfg: StudentConfig) -> str:
-    """A short stable hash of the student architecture."""
-    import hashlib
-    import json
-
-    text = json.dumps(student_cfg.to_dict(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def start_student_run(
     out_dir: Path, teacher_run: Path, data_dir: Path | None, arch: str, distill_cfg: DistillConfig, world: WorldInfo
 ) -> StudentRun:
@@ -197,7 +146,7 @@ def start_student_run(
             "teacher_config_hash": teacher.config["config_hash"],
             "data": str(data_dir.resolve()),
             "preprocessing": teacher.preprocessing.to_dict(),
-            "config_hash": student_config_hash(student_cfg),
+            "config_hash": config_hash(student_cfg),
         }
         ckpt.write_json_atomic(paths.config, record_linked_paths(out_dir, config, ("teacher_run", "data")))
     barrier()
@@ -254,7 +203,8 @@ def distill_step(
     recipes = recipe_table[batch["recipe_index"]].to(device)  # (B, D)
     terms: dict[str, torch.Tensor] = {}
     if "feature" in cfg.losses:
-        terms["loss_feature"] = cfg.feature_weight * feature_distillation_loss(student_emb, teacher_emb, cfg.feature_loss)
+        feature = feature_distillation_loss(student_emb, teacher_emb, cfg.feature_loss)
+        terms["loss_feature"] = cfg.feature_weight * feature
     if "kl" in cfg.losses:
         sampled = torch.randint(len(recipe_table), (cfg.kl_table_samples,))
         rows = torch.unique(torch.cat([batch["recipe_index"], sampled]))
@@ -263,12 +213,11 @@ def distill_step(
     if "triplet" in cfg.losses:
         terms["loss_triplet"] = cfg.triplet_weight * adaptive_triplet_loss(student_emb, recipes, cfg.triplet_margin)
     loss = sum(terms.values())
-    if not bool(torch.isfinite(all_reduce_mean(loss.detach()))):
-        raise NonFiniteLossError(f"non-finite distillation loss at epoch {epoch}: { {k: float(v) for k, v in terms.items()} }")
+    raise_if_non_finite(loss, terms, epoch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+    return loss_terms({"loss": loss, **terms})
 
 
 def validate_student(
@@ -300,27 +249,28 @@ def distill_student(
         out_dir: The student run folder.
         teacher_run: The teacher run folder (not needed on resume).
         data_dir: Canonical dataset (default: the teacher's).
-        arch: Student preset name (training/models/student.py STUDENT_PRESETS).
+        arch: Student preset name (training/presets.py STUDENT_PRESETS).
         distill_cfg: Schedule and losses (default: the `tiny` preset).
         resume: Continue `out_dir` from its last checkpoint.
         progress: Show a progress bar (rank 0).
         stop_after_steps: Stop after this many global steps (checkpointed), for tests.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    world = init_distributed(device.type)
-    try:
+
+    def open_run(world: WorldInfo) -> StudentRun:
         if resume:
-            run = reopen_student_run(out_dir)
-        else:
-            if teacher_run is None:
-                raise ValueError("a new distillation run needs teacher_run")
-            run = start_student_run(out_dir, teacher_run, data_dir, arch, distill_cfg or get_distill_preset("tiny"), world)
-        return _distill(run, world, device, resume=resume, progress=progress, stop_after_steps=stop_after_steps)
-    finally:
-        cleanup_distributed()
+            return reopen_student_run(out_dir)
+        if teacher_run is None:
+            raise ValueError("a new distillation run needs teacher_run")
+        return start_student_run(out_dir, teacher_run, data_dir, arch, distill_cfg or get_distill_preset("tiny"), world)
+
+    return run_job(
+        open_run, lambda run, world, device: _distill(run, world, device, resume, progress, stop_after_steps)
+    )
 
 
-def _distill(run: StudentRun, world: WorldInfo, device: torch.device, *, resume: bool, progress: bool, stop_after_steps: int | None) -> dict:
+def _distill(
+    run: StudentRun, world: WorldInfo, device: torch.device, resume: bool, progress: bool, stop_after_steps: int | None
+) -> dict:
     cfg = run.distill_cfg
     frozen = FrozenTeacher(run.teacher, device)
     recipe_table = teacher_recipe_table(run, frozen, world)
@@ -330,15 +280,25 @@ def _distill(run: StudentRun, world: WorldInfo, device: torch.device, *, resume:
     for group in optimizer.param_groups:
         group.update(base_lr=cfg.lr, name="student")
     state = restore_state_checkpoint(run.paths.root, student, optimizer) if resume else TrainState()
-    model = DistributedDataParallel(student) if world.distributed else student
+    model = wrap_ddp(student, world, device)
     prep = run.teacher.preprocessing
     train_set = RecipeImageDataset(run.data_dir, "train", run.teacher.tokenizer, TrainTransform(prep))
-    val_set = RecipeImageDataset(run.data_dir, "val", run.teacher.tokenizer, EvalTransform(prep), one_image_per_recipe=True)
+    val_set = RecipeImageDataset(
+        run.data_dir, "val", run.teacher.tokenizer, EvalTransform(prep), one_image_per_recipe=True
+    )
     cache = TeacherImageCache(len(train_set), cfg.augmentations, recipe_table.shape[1])
 
     def step(batch: dict, epoch: int) -> dict[str, float]:
         return distill_step(
-            model, optimizer, batch, frozen=frozen, cache=cache, recipe_table=recipe_table, cfg=cfg, epoch=epoch, device=device
+            model,
+            optimizer,
+            batch,
+            frozen=frozen,
+            cache=cache,
+            recipe_table=recipe_table,
+            cfg=cfg,
+            epoch=epoch,
+            device=device,
         )
 
     spec = LoopSpec(
@@ -346,17 +306,68 @@ def _distill(run: StudentRun, world: WorldInfo, device: torch.device, *, resume:
         model=student,
         optimizer=optimizer,
         train_set=train_set,
-        collate=collate_batch,
         step=step,
         validate=lambda: validate_student(student, frozen, val_set, cfg.batch_size),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        warmup_steps=cfg.warmup_steps,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        log_every=cfg.log_every,
-        save_every_steps=cfg.save_every_steps,
-        config_hash=student_config_hash(run.student_cfg),
+        schedule=cfg,
+        config_hash=config_hash(run.student_cfg),
         augmentations=cfg.augmentations,
     )
     return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
+
+
+# --------------------------------------------------------------------------------------------
+# A trained run, for inference and export
+
+
+@dataclass
+class LoadedStudent:
+    """A student encoder in eval mode with what export and evaluation need."""
+
+    model: StudentEncoder
+    preprocessing: Preprocessing
+    config: dict
+    teacher_run: Path
+    checkpoint: Path
+
+
+def load_student(run_dir: Path, which: str = "best") -> LoadedStudent:
+    """Load a student run's `best` (or `last`) checkpoint in eval mode on the CPU."""
+    config = read_run_config(run_dir, kind="student")
+    model = create_student(StudentConfig.from_dict(config["student"]))
+    folder = ckpt.resolve_checkpoint(run_dir, which)
+    ckpt.load_weights_into(model, ckpt.load_model_state(folder), source=folder)
+    model.eval()
+    return LoadedStudent(
+        model, Preprocessing.from_dict(config["preprocessing"]), config, Path(config["teacher_run"]), folder
+    )
+
+
+def evaluate_student(
+    run_dir: Path,
+    data_dir: Path | None = None,
+    *,
+    split: str = "val",
+    protocol: str = "tfood",
+    bag_size: int = 1000,
+    n_bags: int | None = None,
+    which: str = "best",
+) -> dict:
+    """Student and teacher metrics on the same bags, and retention = student R@1 / teacher R@1.
+
+    Both rank the teacher's recipe embeddings; only the image tower differs.
+    """
+    student = load_student(run_dir, which)
+    teacher = load_teacher(student.teacher_run)
+    dataset = eval_split(Path(data_dir or student.config["data"]), split, teacher.tokenizer, student.preprocessing)
+    teacher_images, recipe_emb, recipe_index = embed_pairs(
+        teacher.model.encode_images, teacher.model.encode_recipes, dataset
+    )
+    student_images, _, _ = embed_pairs(student.model, None, dataset)
+    ids = [dataset.recipes[i].id for i in recipe_index]
+    scores = {
+        name: retrieval_metrics(images, recipe_emb, protocol=protocol, bag_size=bag_size, n_bags=n_bags, ids=ids)
+        for name, images in (("teacher", teacher_images), ("student", student_images))
+    }
+    teacher_r1 = scores["teacher"]["image_to_recipe"]["r1"]
+    retention = scores["student"]["image_to_recipe"]["r1"] / teacher_r1 if teacher_r1 > 0 else None
+    return {"run": str(run_dir), "split": split, **scores, "retention": retention}

@@ -1,6 +1,7 @@
-"""Train the MALM teacher: run set-up, the optimisation step and validation.
+"""The MALM teacher job: run set-up, the optimisation step, validation, and loading a trained run.
 
-The epoch loop, checkpoints and exact resume are shared with distillation (training/loop.py).
+The run template, the epoch loop, checkpoints and exact resume are shared with distillation
+(harness/loop.py).
 """
 
 from __future__ import annotations
@@ -8,31 +9,42 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
-
-from malm_edge.training import checkpoint as ckpt
-from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
+from malm_edge.training.configs import config_hash
 from malm_edge.training.data.canonical import load_recipes
+from malm_edge.training.data.dataset import RecipeImageDataset
 from malm_edge.training.data.tokenizer import RecipeTokenizer, train_tokenizer
-from malm_edge.training.data.transforms import EvalTransform, TrainTransform
-from malm_edge.training.distributed import WorldInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
-from malm_edge.training.evaluate import embed_pairs, recipe_batch
-from malm_edge.training.metrics import retrieval_metrics
-from malm_edge.training.models.config import MalmConfig, TrainConfig, config_hash
-from malm_edge.training.models.malm import MALM, create_model
-from malm_edge.training.loop import (
+from malm_edge.training.data.transforms import (
+    EvalTransform,
+    Preprocessing,
+    TrainTransform,
+)
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.distributed import WorldInfo, barrier, wrap_ddp
+from malm_edge.training.harness.evaluate import embed_pairs, eval_split, recipe_batch
+from malm_edge.training.harness.loop import (
     LoopSpec,
-    NonFiniteLossError,
     TrainState,
     derive_seed,
+    loss_terms,
+    raise_if_non_finite,
     restore_state_checkpoint,
     run_epochs,
+    run_job,
 )
-from malm_edge.training.run import RunError, RunPaths, check_new_run_dir, read_run_config, record_linked_paths
+from malm_edge.training.harness.run import (
+    RunError,
+    RunPaths,
+    check_new_run_dir,
+    read_run_config,
+    record_linked_paths,
+)
+from malm_edge.training.metrics import retrieval_metrics
+from malm_edge.training.models.config import MalmConfig
+from malm_edge.training.models.malm import MALM, create_model
+from malm_edge.training.schedule import TrainConfig
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +52,16 @@ log = logging.getLogger(__name__)
 def build_optimizer(model: MALM, train_cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam(W) with the paper's two learning rates: the CLIP image tower and everything else."""
     groups = [
-        {"params": [p for p in model.image_tower_parameters() if p.requires_grad], "lr": train_cfg.image_lr, "name": "image"},
+        {
+            "params": [p for p in model.image_tower_parameters() if p.requires_grad],
+            "lr": train_cfg.image_lr,
+            "name": "image",
+        },
         {"params": [p for p in model.other_parameters() if p.requires_grad], "lr": train_cfg.lr, "name": "other"},
     ]
     for group in groups:
         group["base_lr"] = group["lr"]
     return torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,7 +77,7 @@ class TeacherRun:
     train_cfg: TrainConfig
     data_dir: Path
     tokenizer: RecipeTokenizer
-    preprocessing: Any
+    preprocessing: Preprocessing
 
 
 def start_run(
@@ -90,7 +105,7 @@ def start_run(
     return TeacherRun(paths, model_cfg, train_cfg, data_dir, tokenizer, preprocessing)
 
 
-def run_config(model_cfg: MalmConfig, train_cfg: TrainConfig, data_dir: Path, preprocessing: Any) -> dict:
+def run_config(model_cfg: MalmConfig, train_cfg: TrainConfig, data_dir: Path, preprocessing: Preprocessing) -> dict:
     """The resolved, JSON-safe description of a teacher run."""
     return {
         "kind": "teacher",
@@ -115,9 +130,7 @@ def reopen_run(out_dir: Path) -> TeacherRun:
 
 def build_datasets(run: TeacherRun) -> tuple[Dataset, Dataset]:
     """The training pairs (augmented) and the validation pairs (one image per recipe)."""
-    train_set = RecipeImageDataset(
-        run.data_dir, "train", run.tokenizer, TrainTransform(run.preprocessing)
-    )
+    train_set = RecipeImageDataset(run.data_dir, "train", run.tokenizer, TrainTransform(run.preprocessing))
     val_set = RecipeImageDataset(
         run.data_dir,
         "val",
@@ -126,10 +139,6 @@ def build_datasets(run: TeacherRun) -> tuple[Dataset, Dataset]:
         one_image_per_recipe=True,
     )
     return train_set, val_set
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,11 +153,6 @@ def validate(model: MALM, val_set: Dataset, batch_size: int, device: torch.devic
     )
     model.train()
     return retrieval_metrics(image_emb, recipe_emb, protocol="tfood", bag_size=bag_size)
-
-
-def loss_terms(output: dict) -> dict[str, float]:
-    """The named loss terms of a forward output, as floats for logging."""
-    return {k: float(v.detach()) for k, v in output.items() if k.startswith("loss") and torch.is_tensor(v)}
 
 
 def train_step(
@@ -168,8 +172,7 @@ def train_step(
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         output = model(images, recipe_batch(batch, device), epoch=epoch, class_ids=class_ids, recipe_ids=recipe_ids)
     loss = output["loss"]
-    if not bool(torch.isfinite(all_reduce_mean(loss.detach()))):
-        raise NonFiniteLossError(f"non-finite loss at epoch {epoch}: {loss_terms(output)}")
+    raise_if_non_finite(loss, output, epoch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -201,22 +204,19 @@ def train_teacher(
         stop_after_steps: Stop (after checkpointing) once this many global steps are done; for tests
             and time-boxed benchmarks.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    world = init_distributed(device.type)
-    try:
+
+    def open_run(world: WorldInfo) -> TeacherRun:
         if resume:
-            run = reopen_run(out_dir)
-        else:
-            if data_dir is None or model_cfg is None or train_cfg is None:
-                raise ValueError("a new run needs data_dir, model_cfg and train_cfg")
-            run = start_run(out_dir, data_dir, model_cfg, train_cfg, world)
-        return _train(run, world, device, resume=resume, progress=progress, stop_after_steps=stop_after_steps)
-    finally:
-        cleanup_distributed()
+            return reopen_run(out_dir)
+        if data_dir is None or model_cfg is None or train_cfg is None:
+            raise ValueError("a new run needs data_dir, model_cfg and train_cfg")
+        return start_run(out_dir, data_dir, model_cfg, train_cfg, world)
+
+    return run_job(open_run, lambda run, world, device: _train(run, world, device, resume, progress, stop_after_steps))
 
 
 def _train(
-    run: TeacherRun, world: WorldInfo, device: torch.device, *, resume: bool, progress: bool, stop_after_steps: int | None
+    run: TeacherRun, world: WorldInfo, device: torch.device, resume: bool, progress: bool, stop_after_steps: int | None
 ) -> dict:
     cfg = run.train_cfg
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # identical initial weights on every rank
@@ -224,40 +224,69 @@ def _train(
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     state = restore_state_checkpoint(run.paths.root, model, optimizer) if resume else TrainState()
-    ddp_model = (
-        DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-        if world.distributed
-        else model
-    )
+    ddp_model = wrap_ddp(model, world, device, find_unused_parameters=True)
     train_set, val_set = build_datasets(run)
 
     def step(batch: dict, epoch: int) -> dict[str, float]:
-        try:
-            return train_step(ddp_model, model, optimizer, batch, epoch=epoch, grad_clip=cfg.grad_clip, device=device)
-        except NonFiniteLossError as error:
-            raise NonFiniteLossError(
-                f"{error}; the run stopped, its last good checkpoint is kept in {run.paths.checkpoints}"
-            ) from None
+        return train_step(ddp_model, model, optimizer, batch, epoch=epoch, grad_clip=cfg.grad_clip, device=device)
 
     spec = LoopSpec(
         run_dir=run.paths.root,
         model=model,
         optimizer=optimizer,
         train_set=train_set,
-        collate=collate_batch,
         step=step,
         validate=lambda: validate(model, val_set, cfg.batch_size, device, cfg.eval_bag_size),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        warmup_steps=cfg.warmup_steps,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        log_every=cfg.log_every,
-        save_every_steps=cfg.save_every_steps,
+        schedule=cfg,
         config_hash=config_hash(run.model_cfg),
         frozen_group="image",
         frozen_group_epochs=cfg.freeze_image_epochs,
     )
     return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
+
+
+# --------------------------------------------------------------------------------------------
+# A trained run, for inference
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher ready for `encode_images` / `encode_recipes`."""
+
+    model: MALM
+    tokenizer: RecipeTokenizer
+    preprocessing: Preprocessing
+    config: dict
+    checkpoint: Path
+
+
+def load_teacher(run_dir: Path, which: str = "best") -> LoadedTeacher:
+    """Load a teacher run's `best` (or `last`) checkpoint in eval mode on the CPU."""
+    config = read_run_config(run_dir, kind="teacher")
+    model, preprocessing = create_model(MalmConfig.from_dict(config["model"]), load_clip_weights=False)
+    folder = ckpt.resolve_checkpoint(run_dir, which)
+    ckpt.load_weights_into(model, ckpt.load_model_state(folder), source=folder)
+    model.eval()
+    tokenizer = RecipeTokenizer.load(RunPaths(run_dir).tokenizer)
+    return LoadedTeacher(model, tokenizer, preprocessing, config, folder)
+
+
+def evaluate_teacher(
+    run_dir: Path,
+    data_dir: Path | None = None,
+    *,
+    split: str = "val",
+    protocol: str = "tfood",
+    bag_size: int = 1000,
+    n_bags: int | None = None,
+    which: str = "best",
+) -> dict:
+    """Retrieval metrics of a teacher run on a split (`{"run", "split", "metrics"}`)."""
+    teacher = load_teacher(run_dir, which)
+    dataset = eval_split(Path(data_dir or teacher.config["data"]), split, teacher.tokenizer, teacher.preprocessing)
+    image_emb, recipe_emb, recipe_index = embed_pairs(
+        teacher.model.encode_images, teacher.model.encode_recipes, dataset
+    )
+    ids = [dataset.recipes[i].id for i in recipe_index]
+    metrics = retrieval_metrics(image_emb, recipe_emb, protocol=protocol, bag_size=bag_size, n_bags=n_bags, ids=ids)
+    return {"run": str(run_dir), "split": split, "metrics": metrics}

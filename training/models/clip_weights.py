@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from malm_edge.training.checkpoint import strip_prefix
+from malm_edge.training.errors import TrainingError
+from malm_edge.training.models import weights
 from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ VISUAL_PREFIX = "visual."
 MALM_ONLY_KEYS = frozenset({"mask_token"})
 
 
-class ClipWeightsError(ValueError):
+class ClipWeightsError(TrainingError, ValueError):
     """A checkpoint that cannot be loaded into the ViT (unreadable, missing or mis-shaped keys)."""
 
 
@@ -68,31 +68,20 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat {key: tensor} dict without unsafe unpickling.
+def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a CLIP checkpoint into a flat {key: tensor} dict (TorchScript archive or `weights.read_state_dict`).
 
     Raises:
         ClipWeightsError: The file is missing or not a readable state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ClipWeightsError(f"{path}: no such file")
+    if not (path.is_file() and _is_torchscript_archive(path)):
+        return weights.read_state_dict(path, error=ClipWeightsError)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        elif _is_torchscript_archive(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as error:  # noqa: BLE001 - re-raised with the file name
         raise ClipWeightsError(f"{path}: cannot read as a state dict ({type(error).__name__}: {error})") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ClipWeightsError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    return weights.tensors_of(state, path, ClipWeightsError)
 
 
 def map_clip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -104,7 +93,7 @@ def map_clip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     mapped: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
     for raw_key, value in state.items():
-        key = strip_prefix(raw_key)
+        key = weights.strip_prefix(raw_key)
         if key.startswith(VISUAL_PREFIX):
             mapped[key[len(VISUAL_PREFIX) :]] = value
         else:
@@ -125,7 +114,7 @@ def load_clip_vision_weights(model: VisionTransformer, path: str | Path) -> Load
     Raises:
         ClipWeightsError: Unreadable file, no `visual.*` keys, mismatched shapes or missing keys.
     """
-    mapped, ignored = map_clip_keys(read_state_dict(path))
+    mapped, ignored = map_clip_keys(read_clip_state_dict(path))
     if not mapped:
         raise ClipWeightsError(f"{path}: no `visual.*` keys; is this a CLIP checkpoint?")
     target = model.state_dict()

@@ -1,14 +1,13 @@
-"""MALM model and training configuration: dataclasses, named presets, ablation switches.
+"""The MALM teacher's architecture and loss settings (`MalmConfig`) and its ablation switches.
 
-The `base` preset reproduces the paper's setup (MALM, arXiv 2305.11327, Sec 4.3): CLIP ViT-B/16 at
-224 px, a d=512 hierarchical recipe transformer (2 layers, 4 heads), projections to 768, a 4-layer
-4-head matching module, a 2-layer 2-head predictor, mask ratio 0.75, Adam lr 1e-5 (image tower 1e-6),
-image tower frozen for 20 epochs, batch 128, 120 epochs, λ_itm = λ_dist = 1 (Eq. 11). The margin
-schedule and the semantic weight are TFood's adaptive triplet (0.18, +0.005 per epoch, capped at 0.3;
-semantic weight 0.1).
+The defaults are the paper's setup (MALM, arXiv 2305.11327, Sec 4.3), which the `base` preset uses
+(training/presets.py holds every named preset): CLIP ViT-B/16 at 224 px, a d=512 hierarchical recipe
+transformer (2 layers, 4 heads), projections to 768, a 4-layer 4-head matching module, a 2-layer
+2-head predictor, mask ratio 0.75, λ_itm = λ_dist = 1 (Eq. 11). The margin schedule and the semantic
+weight are TFood's adaptive triplet (0.18, +0.005 per epoch, capped at 0.3; semantic weight 0.1).
 
 Joint embedding size: the paper does not state it. H-T and TFood use 1024; `base` keeps 1024. The
-smaller presets use smaller joint spaces (64 / 256 / 512) to keep the recipe table on the phone small.
+smaller presets use smaller joint spaces to keep the recipe table on the phone small.
 
 Ablations (paper Table 2 rows):
     baseline: L_itc only (no matching module, no masking, no teacher, no distillation).
@@ -20,13 +19,12 @@ Ablations (paper Table 2 rows):
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
+from malm_edge.training import configs
+
 ABLATIONS = ("baseline", "lc", "lc_gc", "full")
-PRESETS = ("micro", "tiny", "small", "base")
 
 
 @dataclass
@@ -151,13 +149,13 @@ class MalmConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (see module-level `to_dict`)."""
-        return to_dict(self)
+        """A JSON-safe dict."""
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MalmConfig":
-        """Rebuild from `to_dict` output (see module-level `from_dict`)."""
-        return from_dict(cls, data)
+        """Rebuild from `to_dict` output; unknown keys raise ValueError."""
+        return configs.from_dict(cls, data)
 
     @property
     def grid_size(self) -> int:
@@ -188,148 +186,3 @@ class MalmConfig:
     def effective_mask_ratio(self) -> float:
         """The mask ratio the student sees in training (0 unless distillation is on)."""
         return self.mask_ratio if self.uses_distillation else 0.0
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings (the image size lives in MalmConfig, the single source of truth).
-
-    Attributes:
-        epochs: Training epochs.
-        batch_size: Batch size per process (under torchrun the global batch is this times the world size).
-        lr: Adam learning rate of everything but the image tower.
-        image_lr: Learning rate of the (CLIP) image tower.
-        weight_decay: Adam(W) weight decay.
-        freeze_image_epochs: Epochs during which the image tower is frozen.
-        warmup_steps: Linear warm-up steps.
-        num_workers: DataLoader workers.
-        grad_clip: Gradient-norm clip (0 disables).
-        seed: Base seed (rank is added by the loop).
-        eval_bag_size: Validation bag size for retrieval metrics.
-        log_every: Steps between metrics.jsonl step records.
-        save_every_steps: Steps between mid-epoch checkpoints (0: only at epoch ends).
-    """
-
-    epochs: int = 120
-    batch_size: int = 128
-    lr: float = 1e-5
-    image_lr: float = 1e-6
-    weight_decay: float = 0.0
-    freeze_image_epochs: int = 20
-    warmup_steps: int = 0
-    num_workers: int = 4
-    grad_clip: float = 0.0
-    seed: int = 0
-    eval_bag_size: int = 1000
-    log_every: int = 10
-    save_every_steps: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (see module-level `to_dict`)."""
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild from `to_dict` output (see module-level `from_dict`)."""
-        return from_dict(cls, data)
-
-
-def _micro() -> tuple[MalmConfig, TrainConfig]:
-    # From scratch on 300 recipes, the matching and distillation terms at the paper's weight 1 and a
-    # 75% mask hold L_itc back (BENCHMARKS.md, `micro`): they are kept, at weight 0.1 and mask 0.5.
-    model = MalmConfig(
-        image_size=64, patch_size=8, vit_width=64, vit_layers=2, vit_heads=2, vit_output_dim=64,
-        quick_gelu=False, vocab_size=4096, recipe_dropout=0.0, recipe_width=64, recipe_heads=2, sentence_layers=1,
-        sequence_layers=1, decoder_layers=1, embed_dim=64, match_width=64, matching_layers=1,
-        matching_heads=2, predictor_layers=1, predictor_heads=2, ema_momentum=0.99,
-        mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
-    )
-    train = TrainConfig(
-        epochs=5, batch_size=32, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
-        warmup_steps=10, num_workers=0, eval_bag_size=100,
-    )
-    return model, train
-
-
-def _tiny() -> tuple[MalmConfig, TrainConfig]:
-    # Sized for 2 CPU cores: SynthFood's default set trains in about 15 minutes.
-    model = MalmConfig(
-        image_size=64, patch_size=8, vit_width=128, vit_layers=4, vit_heads=4, vit_output_dim=128,
-        quick_gelu=False, vocab_size=8192, recipe_width=96, recipe_heads=4, sentence_layers=1,
-        sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, embed_dim=128, match_width=96,
-        matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2, ema_momentum=0.995,
-    )
-    train = TrainConfig(
-        epochs=10, batch_size=64, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
-        warmup_steps=50, num_workers=1, eval_bag_size=1000,
-    )
-    return model, train
-
-
-def _small() -> tuple[MalmConfig, TrainConfig]:
-    model = MalmConfig(
-        image_size=160, patch_size=16, vit_width=384, vit_layers=12, vit_heads=6, vit_output_dim=384,
-        quick_gelu=False, vocab_size=30000, recipe_width=384, recipe_heads=4, sentence_layers=2,
-        sequence_layers=2, decoder_layers=2, embed_dim=512, match_width=384, matching_layers=2,
-        matching_heads=4, predictor_layers=2, predictor_heads=2, ema_momentum=0.998,
-    )
-    train = TrainConfig(
-        epochs=40, batch_size=128, lr=1e-4, image_lr=5e-5, weight_decay=0.0, freeze_image_epochs=0,
-        warmup_steps=500, num_workers=4,
-    )
-    return model, train
-
-
-def _base() -> tuple[MalmConfig, TrainConfig]:
-    return MalmConfig(), TrainConfig()
-
-
-_PRESET_BUILDERS = {"micro": _micro, "tiny": _tiny, "small": _small, "base": _base}
-
-
-def get_preset(name: str, **model_overrides: Any) -> tuple[MalmConfig, TrainConfig]:
-    """Return the (MalmConfig, TrainConfig) of a named preset.
-
-    Args:
-        name: One of PRESETS.
-        **model_overrides: MalmConfig fields to replace (e.g. ablation="lc", mask_ratio=0.5).
-
-    Raises:
-        ValueError: Unknown preset name or override field.
-    """
-    if name not in _PRESET_BUILDERS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    model, train = _PRESET_BUILDERS[name]()
-    unknown = set(model_overrides) - {f.name for f in fields(MalmConfig)}
-    if unknown:
-        raise ValueError(f"unknown MalmConfig fields: {sorted(unknown)}")
-    return replace(model, **model_overrides), train
-
-
-def to_dict(config: MalmConfig | TrainConfig) -> dict[str, Any]:
-    """A JSON-safe dict of a config."""
-    return asdict(config)
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from `to_dict` output.
-
-    Raises:
-        ValueError: `data` has keys that `cls` does not define (a config from another version).
-    """
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}")
-    return cls(**data)
-
-
-HASH_EXCLUDED = frozenset({"clip_weights"})  # a machine-local path, not part of what the model is
-
-
-def config_hash(config: MalmConfig | TrainConfig) -> str:
-    """A short stable hash (sha256 of the sorted JSON, first 12 hex digits; clip_weights excluded)."""
-    data = {k: v for k, v in to_dict(config).items() if k not in HASH_EXCLUDED}
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-

@@ -21,13 +21,20 @@
   averaged over the feature dimension and then over the masked patches only. The teacher targets
   are detached and normalised by the paper's "Normalize" block, which we read as a LayerNorm
   without affine parameters over the feature dimension (as in data2vec, the paper's ref. [2]).
+
+Distillation of the image tower into a student (all inputs L2-normalised; recipe embeddings come
+from the frozen teacher):
+- `feature_distillation_loss`: the student's image embedding towards the teacher's (cosine or MSE);
+- `similarity_kl_loss`: the student's image->recipe similarity distribution over candidate recipes
+  matches the teacher's (as in CLIP-KD / MobileCLIP's reinforced distillation);
+- the contrastive term is `adaptive_triplet_loss` against the true recipe embedding (RecipeSnap-style
+  when used alone).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from malm_edge.training.models.config import MalmConfig
 
 
@@ -173,3 +180,34 @@ def masked_distillation_loss(
     per_patch = F.smooth_l1_loss(prediction.float(), target, reduction="none", beta=beta).mean(-1)  # (B, P)
     weights = mask.to(per_patch.dtype)
     return (per_patch * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Mean over the batch of (1 - cos) or of the squared distance between normalised embeddings.
+
+    Args:
+        student: (B, D) normalised student image embeddings.
+        teacher: (B, D) normalised teacher image embeddings.
+        kind: "cosine" or "mse".
+    """
+    if kind == "cosine":
+        return (1.0 - (student * teacher).sum(dim=-1)).mean()
+    if kind == "mse":
+        return (student - teacher).pow(2).sum(dim=-1).mean()
+    raise ValueError(f"unknown feature loss {kind!r}; use 'cosine' or 'mse'")
+
+
+def similarity_kl_loss(
+    student: torch.Tensor, teacher: torch.Tensor, candidates: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) of the image->recipe softmax over candidate recipes, batch mean.
+
+    Args:
+        student: (B, D) student image embeddings.
+        teacher: (B, D) teacher image embeddings.
+        candidates: (C, D) recipe embeddings (the batch's recipes plus a sample of the table).
+        temperature: Softmax temperature of both distributions.
+    """
+    student_logp = F.log_softmax(student @ candidates.T / temperature, dim=-1)  # (B, C)
+    teacher_logp = F.log_softmax(teacher @ candidates.T / temperature, dim=-1)  # (B, C)
+    return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")

@@ -19,10 +19,11 @@ masking and L_dist. Disabled terms are absent from the output dict.
 `forward` always applies the configured (effective) mask ratio, in train and eval mode alike: it is
 the training objective. Retrieval uses `encode_images` / `encode_recipes`.
 
-DDP notes for the loop: every parameter with requires_grad=True is used by `forward` in every
-ablation (unused modules are not built; the mask token is frozen when nothing is masked), so
-`find_unused_parameters=False` works. The teacher's parameters never require gradients; call
-`model.module.update_ema()` on the wrapped model.
+DDP notes for the loop: every parameter with requires_grad=True is meant to be used by `forward` in
+every ablation (unused modules are not built; the mask token is frozen when nothing is masked); the
+harness (harness/teacher.py) still wraps with `find_unused_parameters=True`, which costs a graph walk
+per step and keeps a step correct should a term ever skip a module. The teacher's parameters never
+require gradients; call `model.module.update_ema()` on the wrapped model.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
+from malm_edge.edge.bundle import CLIP_MEAN, CLIP_STD, Preprocessing
 from malm_edge.training.models.clip_weights import LoadReport, load_clip_vision_weights
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.losses import (
@@ -49,9 +49,8 @@ from malm_edge.training.models.matching import CrossPairs, TwoLevelMatching, cro
 from malm_edge.training.models.predictor import MaskedFeaturePredictor
 from malm_edge.training.models.recipe_encoder import RecipeEncoder
 from malm_edge.training.models.vit import VisionTransformer
+from torch import nn
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: τ >= 0.01
 
 
@@ -265,27 +264,14 @@ class MALM(nn.Module):
         return total
 
 
-def default_preprocessing(config: MalmConfig) -> Any:
-    """The eval-time image preprocessing matching `config` (data.transforms.Preprocessing if present)."""
-    try:
-        from malm_edge.training.data.transforms import Preprocessing
-    except ImportError:
-        return {
-            "input_size": config.image_size,
-            "resize_size": config.image_size,
-            "interpolation": "bicubic",
-            "crop": "center",
-            "mean": CLIP_MEAN,
-            "std": CLIP_STD,
-            "channel_order": "RGB",
-            "layout": "NCHW",
-        }
+def default_preprocessing(config: MalmConfig) -> Preprocessing:
+    """The eval-time image preprocessing of `config`: its image size, CLIP's mean and std."""
     return Preprocessing(input_size=config.image_size, mean=CLIP_MEAN, std=CLIP_STD)
 
 
 def create_model(
     config: MalmConfig, *, build: bool = True, load_clip_weights: bool = True
-) -> tuple[MALM | None, Any]:
+) -> tuple[MALM | None, Preprocessing]:
     """Build MALM and its preprocessing.
 
     Args:
@@ -296,8 +282,8 @@ def create_model(
             on this machine).
 
     Returns:
-        (model, preprocessing): a `training.data.transforms.Preprocessing` when that module
-        exists, otherwise a plain dict with the same fields.
+        (model, preprocessing): the preprocessing object travels unchanged to the run config, the
+        export and the bundle manifest.
     """
     preprocessing = default_preprocessing(config)
     if not build:

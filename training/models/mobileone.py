@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from malm_edge.training.models.conv_layers import ConvBNAct, fuse_conv_bn_weights, init_conv_weights
+from torch import nn
 
 
 @dataclass(frozen=True)

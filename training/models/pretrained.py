@@ -24,44 +24,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
-from malm_edge.training.checkpoint import strip_prefix
+from malm_edge.training.errors import TrainingError
 from malm_edge.training.models.conv_layers import ConvBNAct
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
+from malm_edge.training.models.weights import read_state_dict
+from torch import nn
 
 _IGNORED_PREFIXES = ("classifier.3.",)
 _MAX_LISTED = 20
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(TrainingError, ValueError):
     """A pretrained weight file does not fit the model (names the file and the offending keys)."""
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)`` (no unsafe fallback).
-
-    Unwraps a ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoint and strips ``module.`` and
-    ``_orig_mod.`` prefixes.
-
-    Raises:
-        PretrainedWeightsError: The file is missing or does not hold a tensor dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedWeightsError(f"{path}: no such weight file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(f"{path}: expected a dict of tensors (a state dict)")
-    return {strip_prefix(key): value for key, value in state.items()}
 
 
 def _conv_bn_pairs(torchvision_path: str, ours: str) -> dict[str, str]:
@@ -184,7 +158,7 @@ def load_torchvision_mobilenet_v3(model: nn.Module, path: str | Path) -> dict[st
     Raises:
         PretrainedWeightsError: Unreadable file, or keys/shapes that do not fit (all listed).
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, error=PretrainedWeightsError)
     mapped, ignored = map_torchvision_state_dict(state, model, source=str(path))
     result = model.load_state_dict(mapped, strict=False)
     if result.unexpected_keys:  # cannot happen after the checks above; keep the invariant loud

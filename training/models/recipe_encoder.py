@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from malm_edge.training.models.config import MalmConfig
+from torch import nn
 
 COMPONENTS = ("title", "ingredients", "instructions")
 

@@ -1,6 +1,6 @@
 """Compact student image encoders that land in the MALM teacher's joint embedding space.
 
-The phone runs only the image tower (ARCHITECTURE.md); recipes are embedded offline by the teacher.
+The phone runs only the image tower (docs/architecture.md); recipes are embedded offline by the teacher.
 A student is a mobile CNN backbone (MobileNetV3 or MobileOne), global average pooling, an optional
 hidden linear + hardswish (MobileNetV3's "efficient last stage", Howard et al. 2019, Sec. 5.1),
 dropout, a linear projection to the teacher's ``embed_dim`` and L2 normalisation.
@@ -14,26 +14,28 @@ delegate and CoreML run natively. The final normalisation may stay outside the d
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
+from malm_edge.training import configs
 from malm_edge.training.models.conv_layers import fuse_all_conv_bn, init_conv_weights
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 from malm_edge.training.models.mobileone import MobileOne, reparameterize_mobileone
+from torch import nn
 
-# arch name -> (backbone class, variant)
+# arch name (also the student preset's name, training/presets.py) -> (backbone class, variant)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
-    "mobilenetv3_small": (MobileNetV3, "small"),
-    "mobilenetv3_large": (MobileNetV3, "large"),
-    "mobilenetv3_micro": (MobileNetV3, "micro"),
+    "mnv3_s": (MobileNetV3, "small"),
+    "mnv3_l": (MobileNetV3, "large"),
+    "mnv3_micro": (MobileNetV3, "micro"),
     "mobileone_s0": (MobileOne, "s0"),
     "mobileone_s1": (MobileOne, "s1"),
     "mobileone_micro": (MobileOne, "micro"),
 }
+# Run folders written before the names were unified still load.
+_FORMER_ARCH_NAMES = {"mobilenetv3_small": "mnv3_s", "mobilenetv3_large": "mnv3_l", "mobilenetv3_micro": "mnv3_micro"}
 
 
 @dataclass
@@ -51,7 +53,7 @@ class StudentConfig:
             (1024 / 1280 in MobileNetV3-Small / Large); 0 disables it.
     """
 
-    arch: str = "mobilenetv3_small"
+    arch: str = "mnv3_s"
     width_mult: float = 1.0
     image_size: int = 224
     embed_dim: int = 1024
@@ -70,39 +72,13 @@ class StudentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the config."""
-        return asdict(self)
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys raise ValueError."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"StudentConfig has no fields {sorted(unknown)}")
-        return cls(**data)
-
-
-STUDENT_PRESETS: dict[str, StudentConfig] = {
-    "mnv3_s": StudentConfig("mobilenetv3_small", 1.0, 224, 1024, 0.2, hidden_dim=1024),
-    "mnv3_l": StudentConfig("mobilenetv3_large", 1.0, 224, 1024, 0.2, hidden_dim=1280),
-    "mobileone_s0": StudentConfig("mobileone_s0", 1.0, 224, 1024, 0.1, hidden_dim=0),
-    # test-sized, matching the teacher's `micro` preset (64 px, 64-d joint space)
-    "mnv3_micro": StudentConfig("mobilenetv3_micro", 1.0, 64, 64, 0.0, hidden_dim=96),
-    "mobileone_micro": StudentConfig("mobileone_micro", 1.0, 64, 64, 0.0, hidden_dim=0),
-}
-
-
-def get_student_preset(name: str, **overrides: Any) -> StudentConfig:
-    """Return a copy of a named preset with fields replaced (e.g. ``embed_dim=teacher.embed_dim``).
-
-    Raises:
-        ValueError: Unknown preset or field.
-    """
-    if name not in STUDENT_PRESETS:
-        raise ValueError(f"unknown student preset {name!r}; choose one of {sorted(STUDENT_PRESETS)}")
-    unknown = set(overrides) - {f.name for f in fields(StudentConfig)}
-    if unknown:
-        raise ValueError(f"StudentConfig has no fields {sorted(unknown)}")
-    return replace(STUDENT_PRESETS[name], **overrides)
+        arch = data.get("arch")
+        return configs.from_dict(cls, {**data, "arch": _FORMER_ARCH_NAMES.get(arch, arch)} if arch else data)
 
 
 class StudentEncoder(nn.Module):
@@ -154,10 +130,8 @@ class StudentEncoder(nn.Module):
         return self.forward_head(self.forward_features(pixels), normalize)
 
 
-def create_student(config: StudentConfig | str) -> StudentEncoder:
-    """Build a randomly initialised student from a config or a preset name."""
-    if isinstance(config, str):
-        config = get_student_preset(config)
+def create_student(config: StudentConfig) -> StudentEncoder:
+    """Build a randomly initialised student (named configs: presets.get_student_preset)."""
     return StudentEncoder(config)
 
 

@@ -18,9 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from malm_edge.training.models.config import MalmConfig
+from torch import nn
 
 
 class QuickGELU(nn.Module):

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from malm_edge.training.data.records import RECIPES_FILE
+from malm_edge.training.data.synthfood.generate import generate_synthfood
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,6 @@ def default_synthfood(
     *, n_recipes: int = 2000, images_per_recipe: int = 3, image_size: int = 128, seed: int = 0
 ) -> Path:
     """The SynthFood folder for these settings, generating it when it is not cached yet."""
-    from malm_edge.training.data.synthfood import generate_synthfood
-
     folder = cache_root() / f"synthfood-n{n_recipes}-k{images_per_recipe}-px{image_size}-seed{seed}"
     if not (folder / RECIPES_FILE).exists():
         log.info("generating SynthFood into %s (first use)", folder)
@@ -35,17 +34,3 @@ def default_synthfood(
             overwrite=True,
         )
     return folder
-
-
-# SynthFood size per preset: enough data for the preset's model, little enough to generate quickly.
-SYNTHFOOD_FOR_PRESET: dict[str, dict[str, int]] = {
-    "micro": {"n_recipes": 300, "images_per_recipe": 6, "image_size": 64},
-    "tiny": {"n_recipes": 2000, "images_per_recipe": 3, "image_size": 128},
-    "small": {"n_recipes": 6000, "images_per_recipe": 3, "image_size": 160},
-    "base": {"n_recipes": 10000, "images_per_recipe": 3, "image_size": 224},
-}
-
-
-def default_synthfood_for(preset: str) -> Path:
-    """The default SynthFood folder for a preset."""
-    return default_synthfood(**SYNTHFOOD_FOR_PRESET[preset])

@@ -41,7 +41,7 @@ Rendering (`synthfood_render`, `synthfood_layouts`)
 
 Determinism and output
     Recipes come from one stream seeded by `seed`; each image from (seed, recipe index, render), so
-    `workers` does not change any byte. Output is the canonical format (ARCHITECTURE.md):
+    `workers` does not change any byte. Output is the canonical format (docs/architecture.md):
     `images/<id>_<k>.jpg` first, `recipes.jsonl` last and atomically, so a folder without
     `recipes.jsonl` is never a finished dataset. Partitions are drawn per recipe (seeded), `class`
     is the dish type.
@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import Iterator
 
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
-from malm_edge.training.data.synthfood_layouts import render_recipe_jpeg
-from malm_edge.training.data.synthfood_recipes import RecipeSpec, recipe_text, sample_families
-from malm_edge.training.data.synthfood_vocab import (
+from malm_edge.training.data.synthfood.layouts import render_recipe_jpeg
+from malm_edge.training.data.synthfood.recipes import RecipeSpec, recipe_text, sample_families
+from malm_edge.training.data.synthfood.vocab import (
     BASES,
     DISH_TYPE_NAMES,
     DISH_TYPES,
@@ -71,6 +71,7 @@ from malm_edge.training.data.synthfood_vocab import (
     INGREDIENTS,
     PANTRY_INGREDIENTS,
 )
+from malm_edge.training.errors import TrainingError
 
 __all__ = [
     "BASES", "DISH_TYPES", "DISH_TYPE_NAMES", "INGREDIENTS", "INGREDIENT_NAMES", "PANTRY_INGREDIENTS",
@@ -81,7 +82,7 @@ logger = logging.getLogger(__name__)
 IMAGES_DIR = "images"
 
 
-class SynthFoodExistsError(FileExistsError):
+class SynthFoodExistsError(TrainingError, FileExistsError):
     """The output folder already holds a finished dataset and overwrite was not asked for."""
 
 

@@ -3,7 +3,7 @@
 Each layout draws the dish's furniture (plate, bowl, board, bread...) and places every ingredient's
 pieces by its rule (floating in broth, heaped on pasta, banded in a sandwich, threaded on skewers,
 in sectors of a poke bowl...). `render_recipe_jpeg` seeds everything from (seed, recipe index,
-render number), so any worker draws the same image. Design notes: `malm_edge.training.data.synthfood`.
+render number), so any worker draws the same image. Design notes: `malm_edge.training.data.synthfood.generate`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from PIL import Image
-
-from malm_edge.training.data.synthfood_recipes import AMOUNT_LEVELS, RecipeSpec
-from malm_edge.training.data.synthfood_render import (
+from malm_edge.training.data.synthfood.recipes import AMOUNT_LEVELS, RecipeSpec
+from malm_edge.training.data.synthfood.render import (
     Canvas,
     Dish,
     Frame,
@@ -36,7 +34,8 @@ from malm_edge.training.data.synthfood_render import (
     table,
     wobbly_disc,
 )
-from malm_edge.training.data.synthfood_vocab import DISH_BY_NAME, Ingredient
+from malm_edge.training.data.synthfood.vocab import DISH_BY_NAME, Ingredient
+from PIL import Image
 
 SIDE_VIEW_LAYOUTS = frozenset({"cake", "sandwich", "pancakes"})
 

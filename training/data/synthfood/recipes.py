@@ -3,7 +3,7 @@
 A family is a base recipe of one dish type plus variants that swap one or two ingredients (or the
 sauce/base), so that telling family members apart needs local evidence in the image. Text (title,
 ingredient lines with quantities, instructions) is drawn from templates; see
-`malm_edge.training.data.synthfood` for the whole design.
+`malm_edge.training.data.synthfood.generate` for the whole design.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from malm_edge.training.data.synthfood_vocab import (
+from malm_edge.training.data.synthfood.vocab import (
     BASE_BY_NAME,
     BASES,
     DISH_BY_NAME,

@@ -3,7 +3,7 @@
 Everything is drawn in "dish coordinates" (the dish fills the unit disc, y points down) and mapped
 to pixels by one per-render frame (rotation, scale, offset, camera tilt). Each ingredient is drawn
 as many small pieces onto its own layer (colour + mask), textured there with a cached pattern and
-pasted with a drop shadow. See `malm_edge.training.data.synthfood` for the whole design.
+pasted with a drop shadow. See `malm_edge.training.data.synthfood.generate` for the whole design.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from malm_edge.training.data.synthfood.recipes import AMOUNT_LEVELS, RecipeSpec
+from malm_edge.training.data.synthfood.vocab import BASE_BY_NAME, INGREDIENT_BY_NAME, Base, Ingredient
 from PIL import Image, ImageChops, ImageDraw
-
-from malm_edge.training.data.synthfood_recipes import AMOUNT_LEVELS, RecipeSpec
-from malm_edge.training.data.synthfood_vocab import BASE_BY_NAME, INGREDIENT_BY_NAME, Base, Ingredient
 
 HSV = tuple[float, float, float]
 _SHAPE_AREA = {"circle": 3.1, "cube": 3.4, "wedge": 1.5, "halfmoon": 1.6, "crescent": 1.2, "leaf": 1.3,

@@ -1,6 +1,6 @@
 """SynthFood vocabulary: ingredients with their looks, bases/sauces, pantry items and dish types.
 
-Pure data plus tiny parsers; the design is described in `malm_edge.training.data.synthfood`.
+Pure data plus tiny parsers; the design is described in `malm_edge.training.data.synthfood.generate`.
 Tables are kept as aligned text so a reader can scan and edit them like a spreadsheet.
 """
 
