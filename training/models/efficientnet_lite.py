@@ -174,7 +174,9 @@ class MBConv(nn.Module):
         expand_ratio: Hidden width over input width; no expansion conv when 1.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.use_residual = stride == 1 and in_channels == out_channels
@@ -223,7 +225,9 @@ class EfficientNetLite(nn.Module):
     def __init__(self, variant: str = "lite0", width_mult: float = 1.0, num_classes: int = 0) -> None:
         super().__init__()
         if variant not in LITE_VARIANTS:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected {sorted(LITE_VARIANTS)}")
+            raise ValueError(
+                f"unknown EfficientNet-Lite variant {variant!r}; expected {sorted(LITE_VARIANTS)}"
+            )
         if width_mult <= 0 or num_classes < 0:
             raise ValueError(f"need width_mult > 0 and num_classes >= 0, got {width_mult}, {num_classes}")
         self.variant = variant
@@ -237,7 +241,9 @@ class EfficientNetLite(nn.Module):
                 blocks.append(MBConv(in_channels, width, spec.kernel, block_stride, spec.expand_ratio))
                 in_channels = width
             stride *= spec.stride
-            self.feature_info.append({"stage": index, "block": len(blocks) - 1, "channels": width, "stride": stride})
+            self.feature_info.append(
+                {"stage": index, "block": len(blocks) - 1, "channels": width, "stride": stride}
+            )
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = HEAD_CHANNELS
         self.head = SameConvBNAct(in_channels, HEAD_CHANNELS, 1)

@@ -170,7 +170,9 @@ def check_state_fits(
     ]
     problems = [
         key_listing(title, keys)
-        for title, keys in (("shape mismatches", mismatched), ("unknown keys", unknown), ("missing keys", missing))
+        for title, keys in (
+            ("shape mismatches", mismatched), ("unknown keys", unknown), ("missing keys", missing)
+        )
         if keys
     ]
     if problems:
