@@ -124,6 +124,18 @@ def test_packaged_weights_load_strictly(variant: str) -> None:
         assert backbone.forward_grid(pixels, stride=32).shape == (1, backbone.grid_channels(32), 2, 2)
 
 
+def test_own_safetensors_file_loads_without_the_package(tmp_path: Path) -> None:
+    """A user's file in our own key layout (here: a saved random Lite0) loads strictly via path=."""
+    from safetensors.torch import save_file
+
+    source = EfficientNetLite("lite0").eval()
+    save_file(source.state_dict(), str(tmp_path / "lite0.safetensors"))
+    target = create_efficientnet_lite("lite0", path=tmp_path / "lite0.safetensors").eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(target(pixels), source(pixels))
+
+
 def test_wrong_variant_weights_are_listed() -> None:
     _require_package("efficientnet_lite2")
     expected = r"(?s)does not fit EfficientNet-Lite lite0.*shape mismatches.*unknown keys"
