@@ -11,11 +11,13 @@ al., 2020, arXiv 2002.10957), fine-tuned contrastively on 1B sentence pairs by s
    hidden states over the attention mask (special tokens included, padding excluded).
 2. ``Normalize``: L2 normalisation.
 
-Why not depend on transformers / sentence-transformers: they pull transformers (~10 MB of Python,
-huggingface-hub, regex, pyyaml, requests, ...) and sentence-transformers adds scikit-learn and
-scipy, import in seconds, and look for the hub unless told not to. This module is ~200 lines over
-torch, safetensors and tokenizers, which the training extra already has, and the packaged folder
-loads strictly (every tensor accounted for) with no network access.
+Why not depend on transformers / sentence-transformers: sentence-transformers 6.2 requires
+transformers (129 MB installed, plus huggingface-hub, regex, pyyaml), scikit-learn (51 MB) and scipy
+(113 MB); ``import sentence_transformers`` took 8 s here against 2 s for this module (mostly torch),
+and both reach for the Hugging Face hub unless told not to. This module is ~300 lines over torch,
+safetensors and tokenizers, which the ``train`` extra already has; the packaged folder loads
+strictly (every tensor accounted for) with no network access, and the graph is plain linear /
+layer norm / SDPA that exports like the rest of the project.
 
 Reference check (once, in a throwaway venv with sentence-transformers 6.2.0, transformers 5.24.0,
 torch 2.13.0, ``HF_HUB_OFFLINE=1``, ``SentenceTransformer(<packaged folder>).encode``): on 8
