@@ -214,6 +214,14 @@ def test_minilm_truncates_at_256(minilm) -> None:
     assert tokens["input_ids"][0, 0] == 101 and tokens["input_ids"][0, -1] == 102  # [CLS] ... [SEP]
 
 
+def test_minilm_exports_and_matches_eager(minilm) -> None:
+    tokens = minilm.tokenize(["grilled salmon with dill", "stir the onions slowly over a low heat"])
+    with torch.no_grad():
+        program = torch.export.export(minilm, (tokens["input_ids"], tokens["attention_mask"]))
+        exported = program.module()(tokens["input_ids"], tokens["attention_mask"])
+        assert torch.allclose(exported, minilm(tokens["input_ids"], tokens["attention_mask"]), atol=1e-5)
+
+
 def test_minilm_folder_without_files_is_refused(tmp_path: Path) -> None:
     from malm_edge.training.models.minilm import load_minilm
 
