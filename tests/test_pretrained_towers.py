@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from malm_edge.training.models import pretrained_packages, student
 from malm_edge.training.models.efficientnet_lite import (
     LITE_MEAN,
@@ -22,12 +21,8 @@ from malm_edge.training.models.efficientnet_lite import (
     load_efficientnet_lite,
     same_padding,
 )
-from malm_edge.training.models.pretrained_packages import (
-    MissingWeightsError,
-    WeightPackage,
-    WeightsMismatchError,
-    packaged_weights_path,
-)
+from malm_edge.training.models.pretrained_packages import MissingWeightsError, WeightPackage, packaged_weights_path
+from malm_edge.training.models.weights import WeightsMismatchError
 
 # ImageNet-1k food and dish classes (plate 923 ... eggnog 969) plus dish-like containers whose
 # photos are mostly food: frying pan 567, mixing bowl 659, soup bowl 809, wok 909.

@@ -277,7 +277,8 @@ def run_epochs(
     spec: LoopSpec, world: WorldInfo, state: TrainState, *, progress: bool, stop_after_steps: int | None
 ) -> dict:
     """Train from `state` to the last epoch (or `stop_after_steps`); return a summary."""
-    first_epoch = EpochSampler(len(spec.train_set), spec.schedule.batch_size, seed=spec.schedule.seed, epoch=0, world=world)
+    schedule = spec.schedule
+    first_epoch = EpochSampler(len(spec.train_set), schedule.batch_size, seed=schedule.seed, epoch=0, world=world)
     steps_per_epoch = first_epoch.steps_per_epoch()
     if steps_per_epoch == 0:
         raise RunError(
@@ -336,7 +337,10 @@ def _run_epoch(
     for batch in loader:
         torch.manual_seed(derive_seed(spec.schedule.seed, "step", state.global_step, world.rank))
         set_learning_rates(
-            spec.optimizer, lr_factor(state.global_step, total_steps, spec.schedule.warmup_steps), frozen, spec.frozen_group
+            spec.optimizer,
+            lr_factor(state.global_step, total_steps, spec.schedule.warmup_steps),
+            frozen,
+            spec.frozen_group,
         )
         terms = spec.step(batch, state.epoch) if all_ranks("image" in batch) else {}
         state.step_in_epoch += 1

@@ -36,16 +36,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from malm_edge.training.data.transforms import Preprocessing
 from malm_edge.training.models.conv_layers import ConvBNAct, init_conv_weights, make_divisible
-from malm_edge.training.models.pretrained_packages import (
-    WeightsMismatchError,
-    check_state_fits,
-    read_weight_file,
-    resolve_weights,
-)
+from malm_edge.training.models.pretrained_packages import resolve_weights
+from malm_edge.training.models.weights import WeightsMismatchError, check_state_fits, read_state_dict
+from torch import nn
 
 BN_EPS = 1e-3  # TF's EfficientNet-Lite batch norm epsilon (the pretrained statistics need it)
 BN_MOMENTUM = 0.1  # PyTorch default, as mobilenetv3.py (TF's 0.99 decay = 0.01 is slow to adapt)
@@ -362,7 +357,7 @@ def load_efficientnet_lite(model: nn.Module, path: str | Path | None = None) -> 
     """
     backbone = _resolve_backbone(model)
     path = resolve_weights(f"efficientnet_{backbone.variant}", path)
-    state = remap_lukemelas_state_dict(read_weight_file(path))
+    state = remap_lukemelas_state_dict(read_state_dict(path, error=WeightsMismatchError))
     ignored = []
     if backbone.classifier is None:
         ignored = sorted(key for key in state if key.startswith("classifier."))

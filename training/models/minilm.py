@@ -36,15 +36,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from malm_edge.training.models.pretrained_packages import MissingWeightsError, resolve_weights
+from malm_edge.training.models.weights import WeightsMismatchError, check_state_fits, read_state_dict
 from torch import nn
-
-from malm_edge.training.models.pretrained_packages import (
-    MissingWeightsError,
-    WeightsMismatchError,
-    check_state_fits,
-    read_weight_file,
-    resolve_weights,
-)
 
 MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -275,7 +269,7 @@ def load_bert_weights(encoder: BertEncoder, path: str | Path) -> dict[str, list[
     Raises:
         WeightsMismatchError: Keys or shapes do not fit (all listed).
     """
-    state = read_weight_file(path)
+    state = read_state_dict(path, error=WeightsMismatchError)
     ignored = sorted(key.removeprefix("bert.") for key in state if key.removeprefix("bert.") in _UNUSED_KEYS)
     used = {key: value for key, value in state.items() if key.removeprefix("bert.") not in _UNUSED_KEYS}
     state = remap_hf_bert_state_dict(used)

@@ -27,11 +27,10 @@ import torch
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models.conv_layers import ConvBNAct
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
-from malm_edge.training.models.weights import read_state_dict
+from malm_edge.training.models.weights import key_listing, read_state_dict
 from torch import nn
 
 _IGNORED_PREFIXES = ("classifier.3.",)
-_MAX_LISTED = 20
 
 
 class PretrainedWeightsError(TrainingError, ValueError):
@@ -68,12 +67,6 @@ def torchvision_module_map(backbone: MobileNetV3, prefix: str = "") -> dict[str,
             layer += 1
     mapping.update(_conv_bn_pairs(f"features.{len(backbone.blocks) + 1}", f"{prefix}head"))
     return mapping
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:_MAX_LISTED]
-    more = f"\n  ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-    return f"{title} ({len(items)}):\n  " + "\n  ".join(shown) + more
 
 
 def _resolve_target(model: nn.Module) -> tuple[MobileNetV3, str, bool]:
@@ -130,7 +123,7 @@ def map_torchvision_state_dict(
     expected = {key for key in targets if key.rpartition(".")[0] in covered}
     missing = sorted(expected - set(mapped) - mismatched_targets)
     problems = [
-        _listing(title, items)
+        key_listing(title, items)
         for title, items in (
             ("shape mismatches", mismatched), ("unknown keys", unknown), ("model keys not in file", missing)
         )

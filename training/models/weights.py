@@ -16,8 +16,15 @@ WRAPPER_KEYS = ("state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+MAX_LISTED_KEYS = 20
+
+
 class WeightsError(TrainingError, ValueError):
     """A weight file is missing or does not hold a state dict; the message names the file."""
+
+
+class WeightsMismatchError(WeightsError):
+    """A weight file does not fit the model (the message names the file and the offending keys)."""
 
 
 def strip_prefix(key: str) -> str:
@@ -75,3 +82,43 @@ def tensors_of(state: object, path: str | Path, error: type[Exception] = Weights
     if not tensors:
         raise error(f"{path}: holds no tensors (not a state dict)")
     return tensors
+
+
+def key_listing(title: str, keys: list[str]) -> str:
+    """``title (n):`` and the first ``MAX_LISTED_KEYS`` keys, one per indented line."""
+    shown = keys[:MAX_LISTED_KEYS]
+    more = f"\n  ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+    return f"{title} ({len(keys)}):\n  " + "\n  ".join(shown) + more
+
+
+def check_state_fits(
+    state: dict[str, torch.Tensor], model: torch.nn.Module, source: str, what: str
+) -> None:
+    """Raise one error listing every unknown key, missing key and shape mismatch, if any.
+
+    Args:
+        state: The (already renamed) state dict to load with ``strict=True``.
+        model: The module it must fit exactly.
+        source: The file it came from (for the message).
+        what: What the model is (for the message), e.g. ``"EfficientNet-Lite lite0"``.
+
+    Raises:
+        WeightsMismatchError: The keys or shapes differ.
+    """
+    targets = model.state_dict()
+    unknown = sorted(set(state) - set(targets))
+    missing = sorted(set(targets) - set(state))
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} != {tuple(targets[key].shape)}"
+        for key in sorted(set(state) & set(targets))
+        if tuple(state[key].shape) != tuple(targets[key].shape)
+    ]
+    problems = [
+        key_listing(title, keys)
+        for title, keys in (
+            ("shape mismatches", mismatched), ("unknown keys", unknown), ("missing keys", missing)
+        )
+        if keys
+    ]
+    if problems:
+        raise WeightsMismatchError(f"{source} does not fit {what}:\n" + "\n".join(problems))
