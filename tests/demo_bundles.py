@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from edge_bundle_fixture import fake_recipes
+
 from malm_edge.edge.bundle import (
     Manifest,
     Preprocessing,
@@ -63,6 +64,7 @@ def build_student_bundle(out_dir: Path, photo_paths: list[Path], *, preset: str 
         seed: Weights, table and recipe seed.
     """
     import torch
+
     from malm_edge.converters.export_onnx import export_onnx
     from malm_edge.training.models.student import create_student
     from malm_edge.training.presets import get_student_preset

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_fixtures import make_student
+
 from malm_edge.converters.calibration import CalibrationError, calibration_pixels
 from malm_edge.converters.export_executorch import ExportError
 from malm_edge.training.data.transforms import Preprocessing
-from run_fixtures import make_student
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "photos" / "recipe1m_val"
 PREP = Preprocessing(input_size=64)

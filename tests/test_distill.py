@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from malm_edge.training.harness.student import FrozenTeacher, TeacherImageCache
-from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss
-from malm_edge.training.schedule import DistillConfig
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
+from malm_edge.training.harness.student import FrozenTeacher, TeacherImageCache
+from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss
+from malm_edge.training.schedule import DistillConfig
 
 runner = CliRunner()
 

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 import pytest
+
 from malm_edge.edge.catalog import Catalog, CatalogError, fts_query, write_catalog
 
 

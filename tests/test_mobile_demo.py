@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from demo_bundles import build_student_bundle
-from malm_edge.edge.demo_server import make_server
 from typer.testing import CliRunner
 
 from malm_edge.cli import app as cli_app
+from malm_edge.edge.demo_server import make_server
 
 pytestmark = pytest.mark.browser
 
@@ -196,9 +196,10 @@ BROWSER_PREPROCESS = """async (b64) => {
 def test_browser_preprocessing_matches_edge(browser, server_url, bundle_dir, real_photos) -> None:
     """PNG (lossless): the page's encoder input equals edge/preprocess.py's bit for bit; JPEG with an
     EXIF rotation: same orientation, within one 8-bit step of decoding difference."""
+    from PIL import Image
+
     from malm_edge.edge.bundle import read_manifest
     from malm_edge.edge.preprocess import preprocess_image
-    from PIL import Image
 
     pre = read_manifest(bundle_dir).preprocessing
     with Image.open(real_photos[0]) as source:

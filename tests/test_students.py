@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from malm_edge.training.models.flops import count_flops, count_params_and_flops
 from malm_edge.training.models.mobileone import MobileOneBlock
 from malm_edge.training.models.pretrained import PretrainedWeightsError, load_torchvision_mobilenet_v3
 from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, prepare_for_export
 from malm_edge.training.presets import STUDENT_PRESETS, get_student_preset
-from torch import nn
 
 MICRO_PRESETS = ("mnv3_micro", "mobileone_micro")
 # Ops allowed outside the XNNPACK delegate: delegate plumbing, layout copies and the final

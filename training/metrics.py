@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 from malm_edge.edge.backends import l2_normalize
 from malm_edge.training.errors import TrainingError
 

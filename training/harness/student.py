@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from malm_edge.training.configs import config_hash
 from malm_edge.training.data.dataset import (
     RecipeImageDataset,
@@ -59,7 +61,6 @@ from malm_edge.training.models.student import (
 )
 from malm_edge.training.presets import get_distill_preset, get_student_preset
 from malm_edge.training.schedule import DistillConfig
-from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 

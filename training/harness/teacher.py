@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
+
 from malm_edge.training.configs import config_hash
 from malm_edge.training.data.canonical import load_recipes
 from malm_edge.training.data.dataset import RecipeImageDataset
@@ -44,7 +46,6 @@ from malm_edge.training.metrics import retrieval_metrics
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.malm import MALM, create_model
 from malm_edge.training.schedule import TrainConfig
-from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 

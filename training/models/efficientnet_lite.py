@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training.data.transforms import Preprocessing
 from malm_edge.training.models.conv_layers import ConvBNAct, init_conv_weights, make_divisible
 from malm_edge.training.models.pretrained_packages import resolve_weights
 from malm_edge.training.models.weights import WeightsMismatchError, check_state_fits, read_state_dict
-from torch import nn
 
 BN_EPS = 1e-3  # TF's EfficientNet-Lite batch norm epsilon (the pretrained statistics need it)
 BN_MOMENTUM = 0.1  # PyTorch default, as mobilenetv3.py (TF's 0.99 decay = 0.01 is slow to adapt)

@@ -35,6 +35,8 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.edge.bundle import CLIP_MEAN, CLIP_STD, Preprocessing
 from malm_edge.training.models.clip_weights import LoadReport, load_clip_vision_weights
 from malm_edge.training.models.config import MalmConfig
@@ -49,7 +51,6 @@ from malm_edge.training.models.matching import CrossPairs, TwoLevelMatching, cro
 from malm_edge.training.models.predictor import MaskedFeaturePredictor
 from malm_edge.training.models.recipe_encoder import RecipeEncoder
 from malm_edge.training.models.vit import VisionTransformer
-from torch import nn
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: τ >= 0.01
 

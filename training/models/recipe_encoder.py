@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from malm_edge.training.models.config import MalmConfig
 from torch import nn
+
+from malm_edge.training.models.config import MalmConfig
 
 COMPONENTS = ("title", "ingredients", "instructions")
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training import configs
 from malm_edge.training.models.conv_layers import fuse_all_conv_bn, init_conv_weights
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 from malm_edge.training.models.mobileone import MobileOne, reparameterize_mobileone
-from torch import nn
 
 # arch name (also the student preset's name, training/presets.py) -> (backbone class, variant)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
