@@ -33,6 +33,9 @@ class TrainConfig:
         eval_bag_size: Validation bag size for retrieval metrics.
         log_every: Steps between metrics.jsonl step records.
         save_every_steps: Steps between mid-epoch checkpoints (0: only at epoch ends).
+        augmentations: Fixed augmentations per image, cycled over the epochs; with a frozen
+            pretrained trunk (the hybrid image tower) its feature grids are then computed once per
+            augmentation and cached (0: a fresh augmentation every epoch, no cache).
     """
 
     epochs: int = 120
@@ -48,6 +51,7 @@ class TrainConfig:
     eval_bag_size: int = 1000
     log_every: int = 10
     save_every_steps: int = 0
+    augmentations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""

@@ -20,6 +20,7 @@ class Arch(str, Enum):
     mnv3_l = "mnv3_l"
     mobileone_s0 = "mobileone_s0"
     mobileone_s1 = "mobileone_s1"
+    lite0 = "lite0"
     mnv3_micro = "mnv3_micro"
     mobileone_micro = "mobileone_micro"
 
@@ -30,6 +31,7 @@ class Schedule(str, Enum):
     micro = "micro"
     tiny = "tiny"
     small = "small"
+    lite = "lite"
     base = "base"
 
 

@@ -19,6 +19,7 @@ class Preset(str, Enum):
     micro = "micro"
     tiny = "tiny"
     small = "small"
+    lite = "lite"
     base = "base"
 
 
