@@ -196,7 +196,9 @@ def validate(
     if trunk_memo is not None:
         trunk_memo.rewind()
         encode_images = trunk_memo
-    image_emb, recipe_emb, _ = embed_pairs(encode_images, model.encode_recipes, val_set, batch_size=batch_size, device=device)
+    image_emb, recipe_emb, _ = embed_pairs(
+        encode_images, model.encode_recipes, val_set, batch_size=batch_size, device=device
+    )
     model.train()
     return retrieval_metrics(image_emb, recipe_emb, protocol="tfood", bag_size=bag_size)
 
@@ -292,7 +294,13 @@ def _train(
             slot = epoch % max(cfg.augmentations, 1)
             trunk_features = trunk_cache.lookup(model.image_input, images, batch["item_index"], slot)
         return train_step(
-            ddp_model, model, optimizer, batch, epoch=epoch, grad_clip=cfg.grad_clip, device=device,
+            ddp_model,
+            model,
+            optimizer,
+            batch,
+            epoch=epoch,
+            grad_clip=cfg.grad_clip,
+            device=device,
             trunk_features=trunk_features,
         )
 

@@ -126,7 +126,10 @@ class RecipeEncoder(nn.Module):
             self.token_embedding = nn.Embedding(config.vocab_size, d, padding_idx=0)
             nn.init.normal_(self.token_embedding.weight, std=0.02)
             self.sentence_encoders = nn.ModuleDict(
-                {c: PositionalEncoder(d, config.sentence_layers, heads, ratio, config.max_tokens, drop) for c in COMPONENTS}
+                {
+                    c: PositionalEncoder(d, config.sentence_layers, heads, ratio, config.max_tokens, drop)
+                    for c in COMPONENTS
+                }
             )
         self.sequence_encoders = nn.ModuleDict(
             {
