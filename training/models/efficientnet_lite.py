@@ -153,8 +153,10 @@ class SameConvBNAct(ConvBNAct):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            top, bottom = same_padding(x.shape[-2], self.kernel_size, self.stride)
-            left, right = same_padding(x.shape[-1], self.kernel_size, self.stride)
+            # plain ints, so tracers (CoreML's torch.jit.trace) see constants, not shape arithmetic
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+            top, bottom = same_padding(height, self.kernel_size, self.stride)
+            left, right = same_padding(width, self.kernel_size, self.stride)
             x = F.pad(x, (left, right, top, bottom))  # (B, C, H + top + bottom, W + left + right)
         return self.act(self.bn(self.conv(x)))  # (B, out, ceil(H / s), ceil(W / s))
 
