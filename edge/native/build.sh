@@ -20,7 +20,7 @@ for variant in "$@"; do
     fuzz) flags=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DMALM_FUZZ=ON -DMALM_WITH_EXECUTORCH=OFF) ;;
     *) echo "unknown variant $variant (release, asan, fuzz)" >&2; exit 2 ;;
   esac
-  cmake -Wno-dev -S "$here" -B "$out" -DEXECUTORCH_ROOT="$et_root" "${flags[@]}" >/dev/null
+  cmake -S "$here" -B "$out" -DEXECUTORCH_ROOT="$et_root" "${flags[@]}" >/dev/null
   cmake --build "$out" -j "$jobs" >/dev/null
   echo "$out"
 done

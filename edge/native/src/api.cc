@@ -30,6 +30,22 @@ namespace {
 
 thread_local std::string g_last_error;
 
+// Messages cross to Swift/Kotlin/Python as UTF-8: invalid bytes (a JSON parser quoting the
+// manifest's raw bytes, a non-UTF-8 path) become '?'.
+std::string valid_utf8(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = s[i];
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t j = 1; ok && j < n; ++j) ok = (static_cast<unsigned char>(s[i + j]) & 0xC0) == 0x80;
+    if (ok) out.append(s, i, n);
+    else out += '?';
+    i += ok ? n : 1;
+  }
+  return out;
+}
+
 template <typename F>
 malm_status guarded(F&& body) {
   try {
@@ -37,13 +53,13 @@ malm_status guarded(F&& body) {
     body();
     return MALM_OK;
   } catch (const malm::Error& err) {
-    g_last_error = err.what();
+    g_last_error = valid_utf8(err.what());
     return err.status();
   } catch (const std::bad_alloc&) {
     g_last_error = "out of memory";
     return MALM_ERR_NO_MEMORY;
   } catch (const std::exception& err) {
-    g_last_error = std::string("internal error: ") + err.what();
+    g_last_error = valid_utf8(std::string("internal error: ") + err.what());
     return MALM_ERR_INTERNAL;
   } catch (...) {
     g_last_error = "internal error";
