@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -22,6 +23,7 @@
 #include "../src/common.h"
 #include "../src/encoder.h"
 #include "../src/image_io.h"
+#include "../src/manifest.h"
 #include "../src/table.h"
 #include "malm_edge.h"
 
@@ -331,6 +333,18 @@ int cmd_bench(const Args& a) {
     check(malm_preprocess_rgb8(engine.ptr, image.pixels.data(), image.width, image.height, image.width * 3,
                                pixels.data(), pixels.size()));
   }));
+  {  // the encoder alone on the preprocessed input (a second instance of the same .pte)
+    malm::Manifest manifest = malm::read_manifest(a.bundle);
+    std::string file;
+    for (const auto& e : manifest.encoders) {
+      if (e.name == malm_encoder_name(engine.ptr)) file = malm::join_path(a.bundle, e.file);
+    }
+    std::unique_ptr<malm::Encoder> encoder = malm::load_encoder(file, a.threads);
+    check(malm_preprocess_rgb8(engine.ptr, image.pixels.data(), image.width, image.height, image.width * 3,
+                               pixels.data(), pixels.size()));
+    std::vector<float> input = pixels;
+    report["encoder_only"] = summary(timed(a.warmup, a.repeats, [&] { (void)encoder->run(input, size); }));
+  }
   report["embed"] = summary(timed(a.warmup, a.repeats, [&] {  // preprocess + encoder + L2 norm
     check(malm_embed_rgb8(engine.ptr, image.pixels.data(), image.width, image.height, image.width * 3,
                           embedding.data(), embedding.size()));
