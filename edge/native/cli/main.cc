@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <memory>
@@ -96,8 +97,8 @@ std::string parse_args(int argc, char** argv, Args& a) {
       std::string text;
       ok = value(text);
       a.rows.clear();
-      size_t start = 0;
-      while (ok && start <= text.size()) {
+      size_t start = 0;  // "" = no synthetic tables
+      while (ok && !text.empty() && start <= text.size()) {
         size_t comma = text.find(',', start);
         std::string part = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         int64_t v;
@@ -137,6 +138,8 @@ bool open_engine(const Args& a, bool load_encoder, Engine& engine) {
   }
   return true;
 }
+
+double peak_rss_mb();
 
 // One photo -> {"photo", "bundle", "backend", "encoder", ["error",] "results"} or false on error.
 ojson search_photo(malm_engine* e, const Args& a, const std::string& photo, std::string& error) {
@@ -192,6 +195,7 @@ int cmd_search(const Args& a) {
     }
     outputs.push_back(out);
   }
+  if (std::getenv("MALM_EDGE_PEAK_RSS")) std::cerr << "peak_rss_mb " << peak_rss_mb() << "\n";
   if (a.json) {
     if (a.positional.size() > 1) std::cout << dump(outputs) << "\n";
     else if (!failed) std::cout << dump(outputs[0]) << "\n";
@@ -270,10 +274,18 @@ ojson summary(std::vector<double> ms) {
   return s;
 }
 
+// Peak RSS of this process: VmHWM (getrusage's ru_maxrss would include the parent's peak when
+// the parent vforked us, as Python's subprocess does).
 double peak_rss_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss / 1024.0;  // Linux: kilobytes
+  FILE* status = std::fopen("/proc/self/status", "r");
+  if (!status) return -1;
+  char line[256];
+  double kb = -1;
+  while (std::fgets(line, sizeof line, status)) {
+    if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::atof(line + 6);
+  }
+  std::fclose(status);
+  return kb / 1024.0;
 }
 
 // Single-thread read bandwidth: sum 64-bit words of a buffer larger than the caches, best of 5.

@@ -39,6 +39,10 @@ float half_to_float(uint16_t h) {
 
 // Dot product of an int8 row with a float query, float32 accumulation in 16 lanes (vectorisable
 // without -ffast-math: each lane is its own sequential sum).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+// AVX2 clone chosen at load time where the CPU has it (same per-lane arithmetic, same result).
+__attribute__((target_clones("avx2", "default")))
+#endif
 float dot_int8(const int8_t* row, const float* q, size_t dim) {
   float lanes[16] = {0};
   size_t i = 0;
