@@ -16,7 +16,7 @@ for variant in "$@"; do
   out="$repo/build/native/$variant"
   case "$variant" in
     release) flags=() ;;
-    asan) flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMALM_SANITIZE=ON) ;;
+    asan) flags=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g" -DMALM_SANITIZE=ON) ;;
     fuzz) flags=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DMALM_FUZZ=ON -DMALM_WITH_EXECUTORCH=OFF) ;;
     *) echo "unknown variant $variant (release, asan, fuzz)" >&2; exit 2 ;;
   esac
