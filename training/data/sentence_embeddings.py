@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,6 +34,7 @@ from malm_edge.training.models.minilm import MiniLMSentenceEncoder, load_minilm
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "sentence-embeddings"
+PROGRESS_EVERY = 2048  # sentences between progress lines
 MODEL_NAME = "all-MiniLM-L6-v2"
 
 
@@ -61,14 +63,22 @@ class SentenceEmbedder:
         self.limits = limits
 
     def add(self, texts: Iterable[str], batch_size: int = 64) -> int:
-        """Embed the texts not known yet (in batches); returns how many were new."""
+        """Embed the texts not known yet (in batches, logging progress on large sets); returns how many
+        were new."""
         new = sorted({text for text in texts if text not in self.vectors})
         if not new:
             return 0
         if self.encoder is None:
             raise ValueError(f"{len(new)} sentences have no cached embedding and no encoder was given")
-        embedded = self.encoder.embed_texts(new, batch_size=batch_size).numpy()  # (U, 384)
-        self.vectors.update(zip(new, embedded.astype(np.float16)))
+        started = time.perf_counter()
+        for start in range(0, len(new), PROGRESS_EVERY):
+            chunk = new[start:start + PROGRESS_EVERY]
+            embedded = self.encoder.embed_texts(chunk, batch_size=batch_size).numpy()  # (n, 384)
+            self.vectors.update(zip(chunk, embedded.astype(np.float16)))
+            if len(new) > PROGRESS_EVERY:
+                done, elapsed = start + len(chunk), time.perf_counter() - started
+                log.info("embedded %d/%d sentences (%.0f/s, ETA %.0f s)", done, len(new), done / elapsed,
+                         (len(new) - done) * elapsed / done)
         return len(new)
 
     def _rows(self, texts: Sequence[str], rows: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,7 +94,12 @@ def open_recipe_inputs(paths: RunPaths, model_cfg: MalmConfig, data_dir: Path) -
 
 
 def start_run(
-    out_dir: Path, data_dir: Path, model_cfg: MalmConfig, train_cfg: TrainConfig, world: WorldInfo
+    out_dir: Path,
+    data_dir: Path,
+    model_cfg: MalmConfig,
+    train_cfg: TrainConfig,
+    world: WorldInfo,
+    preset: str | None = None,
 ) -> TeacherRun:
     """Create a new run folder: tokenizer on the training partition, resolved config."""
     paths = RunPaths(out_dir)
@@ -113,16 +118,24 @@ def start_run(
         model_cfg = with_overrides(model_cfg, vocab_size=tokenizer.vocab_size)
     _, preprocessing = create_model(model_cfg, build=False)
     if world.is_main:
-        config = run_config(model_cfg, train_cfg, data_dir, preprocessing)
+        config = run_config(model_cfg, train_cfg, data_dir, preprocessing, preset)
         ckpt.write_json_atomic(paths.config, record_linked_paths(out_dir, config, ("data",)))
     barrier()
     return TeacherRun(paths, model_cfg, train_cfg, data_dir, tokenizer, preprocessing)
 
 
-def run_config(model_cfg: MalmConfig, train_cfg: TrainConfig, data_dir: Path, preprocessing: Preprocessing) -> dict:
-    """The resolved, JSON-safe description of a teacher run."""
+def run_config(
+    model_cfg: MalmConfig,
+    train_cfg: TrainConfig,
+    data_dir: Path,
+    preprocessing: Preprocessing,
+    preset: str | None = None,
+) -> dict:
+    """The resolved, JSON-safe description of a teacher run (`preset`: the name it started from, which
+    picks the default distillation schedule)."""
     return {
         "kind": "teacher",
+        "preset": preset,
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
         "data": str(Path(data_dir).resolve()),
@@ -243,6 +256,7 @@ def train_teacher(
     resume: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Train (or resume) a MALM teacher run and return its summary.
 
@@ -255,6 +269,8 @@ def train_teacher(
         progress: Show a progress bar (rank 0).
         stop_after_steps: Stop (after checkpointing) once this many global steps are done; for tests
             and time-boxed benchmarks.
+        preset: The teacher preset the configs came from, recorded in the run (distillation takes its
+            schedule from it by default).
     """
 
     def open_run(world: WorldInfo) -> TeacherRun:
@@ -262,7 +278,7 @@ def train_teacher(
             return reopen_run(out_dir)
         if data_dir is None or model_cfg is None or train_cfg is None:
             raise ValueError("a new run needs data_dir, model_cfg and train_cfg")
-        return start_run(out_dir, data_dir, model_cfg, train_cfg, world)
+        return start_run(out_dir, data_dir, model_cfg, train_cfg, world, preset)
 
     return run_job(open_run, lambda run, world, device: _train(run, world, device, resume, progress, stop_after_steps))
 
