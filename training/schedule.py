@@ -36,6 +36,8 @@ class TrainConfig:
         augmentations: Fixed augmentations per image, cycled over the epochs; with a frozen
             pretrained trunk (the hybrid image tower) its feature grids are then computed once per
             augmentation and cached (0: a fresh augmentation every epoch, no cache).
+        augment_seed: Seed of those K augmentations (None: `seed`). Runs that share it (seeds of a
+            study, ablation rows) share one cached set of trunk grids on disk.
     """
 
     epochs: int = 120
@@ -52,6 +54,7 @@ class TrainConfig:
     log_every: int = 10
     save_every_steps: int = 0
     augmentations: int = 0
+    augment_seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""
