@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from malm_edge.edge.errors import EdgeError
+from malm_edge.edge.safe_json import JsonFileError, load_json_file
 
 FORMAT_NAME = "malm-edge-bundle"
 FORMAT_VERSION = 1
@@ -57,6 +58,7 @@ PREPROCESSING_CHOICES = {
     "layout": ("NCHW", "NHWC"),
 }
 _HASH_BLOCK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kilobytes
 
 
 class BundleError(EdgeError, ValueError):
@@ -495,8 +497,12 @@ def _resolve(root: Path, relative: str, what: str, src: Path) -> Path:
     if candidate.is_absolute() or ".." in candidate.parts or not relative:
         raise BundleError(f"{src}: {what} path {relative!r} must be relative and inside the bundle")
     full = root / candidate
+    if full.is_symlink():
+        raise BundleError(f"{full}: a symbolic link ({what}); bundle files must be regular files")
     if not full.exists():
         raise BundleError(f"{full}: missing ({what} named in {MANIFEST_FILE})")
+    if not os.path.realpath(full).startswith(os.path.realpath(root) + os.sep):
+        raise BundleError(f"{full}: resolves outside the bundle folder ({what})")
     return full
 
 
@@ -559,9 +565,10 @@ def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     if not src.is_file():
         raise BundleError(f"{src}: missing; {bundle_dir} is not a malm-edge bundle")
     try:
-        data = json.loads(src.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{src}: not valid JSON ({err})") from err
+        data = load_json_file(src, max_bytes=MAX_MANIFEST_BYTES)
+    except JsonFileError as err:
+        detail = str(err).split(": ", 1)[-1]
+        raise BundleError(f"{src}: not valid JSON ({detail})") from None
     return parse_manifest(data, src)
 
 

@@ -30,6 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from malm_edge.edge.safe_json import MAX_DEPTH as MAX_JSON_DEPTH
+from malm_edge.edge.safe_json import json_depth, load_json_file
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
 from malm_edge.training.errors import TrainingError
 
@@ -39,6 +41,7 @@ DATASET_FORMAT_VERSION = 1
 # Formats every consumer can decode, the browser demo included (so not PSD, TIFF, ...).
 SUPPORTED_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
 _LIST_FIELDS = ("ingredients", "instructions", "images")
+MAX_META_BYTES = 64 << 20  # dataset.json holds counts and a few paths
 T = TypeVar("T")
 
 
@@ -142,12 +145,7 @@ def read_dataset_meta(dataset_dir: Path | str) -> dict:
 def _read_meta_cached(path: str, mtime_ns: int) -> tuple:
     # Cached per (path, mtime) so resolving millions of image paths reads the file once.
     del mtime_ns
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg}") from None
+    meta = load_json_file(path, error=DatasetError, max_bytes=MAX_META_BYTES)
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}:1: expected a JSON object")
     root = meta.get("images_root")
@@ -243,11 +241,14 @@ def _decode_line(raw: bytes) -> tuple[object | None, str | None]:
     except UnicodeDecodeError as error:
         return None, f"not valid UTF-8 (byte {error.start})"
     try:
-        return json.loads(text), None
+        record = json.loads(text)
     except json.JSONDecodeError as error:
         return None, f"malformed JSON: {error.msg} (column {error.colno})"
     except RecursionError:
-        return None, "malformed JSON: nested too deeply"
+        return None, f"malformed JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+    if json_depth(record) > MAX_JSON_DEPTH:
+        return None, f"malformed JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+    return record, None
 
 
 # ----------------------------------------------------------------------------- reading

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import json
 import logging
 import re
 from collections import Counter
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.training.data.canonical import DatasetError, ensure_writable, inspect_image, progress_iter, write_dataset
 from malm_edge.training.data.records import PARTITIONS, Recipe
 
@@ -244,12 +244,7 @@ def read_split_file(path: Path) -> dict[int, str]:
     """
     if not Path(path).is_file():
         raise DatasetError(f"{path}: split file does not exist")
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, OSError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg}") from None
+    data = load_json_file(path, error=DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected an object {{partition: [row index, ...]}}")
     partition_of: dict[int, str] = {}

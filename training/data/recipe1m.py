@@ -15,13 +15,13 @@ options, as is H-T's cap of 5 images per recipe.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.training.data.canonical import DatasetError, ensure_writable, progress_iter, write_dataset
 from malm_edge.training.data.records import PARTITIONS, Recipe
 
@@ -79,13 +79,7 @@ def find_images_root(root: Path) -> Path:
 def _load_json_list(path: Path) -> list:
     if not path.is_file():
         raise DatasetError(f"{path}: missing (expected Recipe1M's {path.name})")
-    try:
-        with path.open("r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not valid UTF-8 ({error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg} (column {error.colno})") from None
+    data = load_json_file(path, error=DatasetError)
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
