@@ -351,7 +351,7 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
 def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
                 app_dir: str | os.PathLike | None = None, isolate: bool = True,
                 certfile: str | os.PathLike | None = None, keyfile: str | os.PathLike | None = None,
-                verify_checksums: bool = True) -> DemoServer:
+                verify_checksums: bool = True, max_connections: int = MAX_CONNECTIONS) -> DemoServer:
     """Validate the bundle and bind the demo server (call `serve_forever`, e.g. in a thread).
 
     Args:
@@ -364,6 +364,7 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
         certfile: PEM certificate to serve HTTPS (phones need a secure context for the camera
             page's service worker); keyfile: its private key (None if inside certfile).
         verify_checksums: Hash every bundle file against the manifest first.
+        max_connections: Connections served at once (one thread each); more get 503.
 
     Raises:
         BundleError: the bundle is invalid. DemoError: the app is missing or the bundle has no
@@ -378,7 +379,8 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
         if certfile is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
-        return DemoServer((host, port), routes, isolate=isolate, ssl_context=context)
+        return DemoServer((host, port), routes, isolate=isolate, ssl_context=context,
+                          max_connections=max_connections)
     except BaseException:
         for served in routes.values():
             os.close(served.fd)
