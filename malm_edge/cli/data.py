@@ -41,8 +41,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     no_images: Annotated[bool, typer.Option("--no-images", help="Do not look at the images.")] = False,
     images: Annotated[
-        ImageCheckChoice, typer.Option(help="Image check: none, exists, verify (fast) or decode (every pixel).")
-    ] = ImageCheckChoice.verify,
+        ImageCheckChoice, typer.Option(help="Image check: none, exists, verify (header only) or decode (to the end).")
+    ] = ImageCheckChoice.decode,
     images_root: Annotated[
         Optional[Path], typer.Option(help="Folder relative image paths are relative to (default: dataset.json's).")
     ] = None,
@@ -64,6 +64,9 @@ def check(
             f"images: {report.n_images} referenced, {report.n_missing_images} missing, "
             f"{report.n_unreadable_images} unreadable (check: {report.image_check})"
         )
+        if report.image_check != "decode":
+            typer.echo(f"note: images were not decoded (check: {report.image_check}); truncated files show "
+                       "only with --images decode")
         typer.echo(f"bad lines: {report.n_bad_lines}")
         _echo_problems([f"{f}:{n}: {m}" for f, n, m in report.problems], report.n_problems)
         typer.echo("ok" if report.ok else f"{report.n_problems} problem(s)")

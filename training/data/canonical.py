@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from malm_edge.edge.preprocess import SUPPORTED_FORMATS
 from malm_edge.edge.safe_json import MAX_DEPTH as MAX_JSON_DEPTH
 from malm_edge.edge.safe_json import json_depth, load_json_file
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
@@ -39,7 +40,7 @@ DATASET_META_FILE = "dataset.json"
 DATASET_FORMAT = "malm-edge-dataset"
 DATASET_FORMAT_VERSION = 1
 # Formats every consumer can decode, the browser demo included (so not PSD, TIFF, ...).
-SUPPORTED_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
+SUPPORTED_IMAGE_FORMATS = SUPPORTED_FORMATS  # edge/preprocess.py decides, for every component
 _LIST_FIELDS = ("ingredients", "instructions", "images")
 MAX_META_BYTES = 64 << 20  # dataset.json holds counts and a few paths
 T = TypeVar("T")
@@ -54,8 +55,8 @@ class ImageCheck(str, Enum):
 
     none = "none"  # do not look at images at all
     exists = "exists"  # the file exists
-    verify = "verify"  # PIL identifies it and its header/structure verifies (fast)
-    decode = "decode"  # PIL decodes every pixel (slow, catches truncated files)
+    verify = "verify"  # header only: format and size (fast; misses truncated files)
+    decode = "decode"  # the pixel data decodes to the end (JPEG at 1/8 scale): the default
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class CheckReport:
     n_bad_lines: int = 0
     n_problems: int = 0
     problems: list[tuple[str, int, str]] = field(default_factory=list)
-    image_check: str = ImageCheck.verify.value
+    image_check: str = ImageCheck.decode.value
 
     @property
     def ok(self) -> bool:
@@ -333,38 +334,43 @@ def load_recipes(
 # ----------------------------------------------------------------------------- images
 
 
-def inspect_image(path: Path, decode: bool = False) -> tuple[str | None, str | None]:
-    """The real format of an image file and whether every consumer can read it.
+def inspect_image(path: Path, decode: bool = True) -> tuple[str | None, str | None]:
+    """The real format of an image file and whether the project accepts it.
 
-    PIL identifies the format from the content, so a PNG or GIF named `.jpg` is fine.
+    The rule (formats, pixel limit, decoding) is `edge.preprocess.check_image_file`'s, the same
+    training and search apply; PIL identifies the format from the content, so a PNG or GIF named
+    `.jpg` is fine.
 
     Args:
         path: The image file.
-        decode: Decode every pixel (slow; catches truncated files) instead of verifying the structure.
+        decode: Decode the pixel data to the end (catches truncated files; the default) instead of
+            reading the header only.
 
     Returns:
-        (format, None) when readable, else (format or None, a short reason).
+        (format, None) when accepted, else (format or None, a short reason).
     """
-    from PIL import Image
+    from malm_edge.edge.preprocess import (
+        ImageError,
+        ImageTooLargeError,
+        MissingImageError,
+        UnsupportedImageError,
+        check_image_file,
+    )
 
-    image_format = None
     try:
-        with Image.open(path) as image:
-            image_format = image.format
-            if image_format not in SUPPORTED_IMAGE_FORMATS:
-                return image_format, f"in an unsupported image format ({image_format})"
-            if decode:
-                image.load()
-            else:
-                image.verify()
-    except FileNotFoundError:
+        return check_image_file(path, decode=decode), None
+    except MissingImageError:
         return None, "missing"
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        return image_format, f"unreadable ({type(error).__name__}: {error})"
-    return image_format, None
+    except UnsupportedImageError as error:
+        return error.format, f"in an unsupported image format ({error.format})"
+    except ImageTooLargeError as error:
+        return None, f"too large ({str(error).split(': ', 1)[-1]})"
+    except ImageError as error:
+        detail = str(error).split(": ", 1)[-1]
+        return None, "a folder, not an image file" if "is a folder" in detail else f"unreadable ({detail})"
 
 
-def check_image(path: Path, decode: bool = False) -> str | None:
+def check_image(path: Path, decode: bool = True) -> str | None:
     """None when `path` is an image every consumer can read, else a short reason (`inspect_image`)."""
     return inspect_image(path, decode)[1]
 
@@ -376,7 +382,9 @@ def _check_recipe_images(
     found = []
     for image in recipe.images:
         path = resolve_image_path(dataset_dir, image, images_root)
-        if not path.is_file():
+        if path.is_dir():
+            found.append(("unreadable", f"image {image!r} is a folder, not an image file ({path})"))
+        elif not path.is_file():
             found.append(("missing", f"image {image!r} is missing ({path})"))
         elif mode in (ImageCheck.verify, ImageCheck.decode):
             reason = check_image(path, decode=mode is ImageCheck.decode)
@@ -396,7 +404,7 @@ def check_dataset(
 
     Args:
         dataset_dir: The dataset folder.
-        check_images: True for `ImageCheck.verify`, False for none, or an `ImageCheck` (name).
+        check_images: True for `ImageCheck.decode`, False for none, or an `ImageCheck` (name).
         max_problems: How many problems to keep in the report (all are counted).
         images_root: Overrides `dataset.json`'s images_root.
         progress: Show a progress bar (over the bytes of `recipes.jsonl`).
@@ -469,7 +477,7 @@ def _count_recipe(report: CheckReport, recipe: Recipe) -> None:
 
 def _image_check_mode(check_images: bool | ImageCheck | str) -> ImageCheck:
     if isinstance(check_images, bool):
-        return ImageCheck.verify if check_images else ImageCheck.none
+        return ImageCheck.decode if check_images else ImageCheck.none
     try:
         return ImageCheck(check_images)
     except ValueError:
