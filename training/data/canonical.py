@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from malm_edge.edge.preprocess import SUPPORTED_FORMATS
 from malm_edge.edge.safe_json import MAX_DEPTH as MAX_JSON_DEPTH
 from malm_edge.edge.safe_json import json_depth, load_json_file
+from malm_edge.training.data.limits import MAX_ITEMS, MAX_RECORD_BYTES, image_path_error, text_error
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
 from malm_edge.training.errors import TrainingError
 
@@ -221,9 +222,13 @@ def validate_record(record: object) -> str | None:
     class_name = record.get("class")
     if class_name is not None and not isinstance(class_name, (str, int)):
         return f"'class' must be a string or null, got {type(class_name).__name__}"
-    if not record["title"].strip() and not record["ingredients"]:
-        return "recipe has neither a title nor ingredients"
-    return None
+    for image in record["images"]:
+        error = image_path_error(image)
+        if error:
+            return error
+    if len(record["images"]) > MAX_ITEMS:
+        return f"'images' has {len(record['images'])} entries, over the limit of {MAX_ITEMS}"
+    return text_error(record["title"], record["ingredients"], record["instructions"])
 
 
 def _list_of_str_error(name: str, value: object) -> str | None:
@@ -277,12 +282,15 @@ def iter_lines(
     path = recipes_path(dataset_dir)
     first_line_of: dict[str, int] = {}
     with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+        for line_no, raw, size in _bounded_lines(handle):
             if on_bytes is not None:
-                on_bytes(len(raw))
-            if not raw.strip():
+                on_bytes(size)
+            if raw is None:
+                record, error = None, f"line is {size} bytes, over the limit of {MAX_RECORD_BYTES}"
+            elif not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry nothing
-            record, error = _decode_line(raw)
+            else:
+                record, error = _decode_line(raw)
             if error is None:
                 error = validate_record(record)
             if error is None:
@@ -298,6 +306,21 @@ def iter_lines(
                 raise DatasetError(str(problem))
             if on_problem is not None:
                 on_problem(problem)
+
+
+def _bounded_lines(handle) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, raw line or None when over MAX_RECORD_BYTES, size); never holds more than the limit."""
+    line_no = 0
+    while raw := handle.readline(MAX_RECORD_BYTES + 1):
+        line_no += 1
+        if len(raw) <= MAX_RECORD_BYTES:
+            yield line_no, raw, len(raw)
+            continue
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line
+            raw = handle.readline(1 << 20)
+            size += len(raw)
+        yield line_no, None, size
 
 
 def iter_records(
