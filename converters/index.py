@@ -43,6 +43,7 @@ from malm_edge.converters.progress import recipe_progress
 from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
 from malm_edge.training.harness.distributed import WorldInfo, world_info_from_env
@@ -98,14 +99,15 @@ def shard_complete(out_dir: Path, shard: int) -> bool:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with guard_writes(path, ConverterError, intact="shards already written are kept; rerun to resume"):
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            write(Path(temp))
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
 
 def write_shard(out_dir: Path, shard: int, embeddings: np.ndarray, ids: list[str]) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from malm_edge.edge.errors import EdgeError
 from malm_edge.edge.safe_json import JsonFileError, load_json_file
+from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 FORMAT_NAME = "malm-edge-bundle"
 FORMAT_VERSION = 1
@@ -347,7 +348,6 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
         BundleError: the manifest would not pass `parse_manifest`, or holds NaN/Infinity.
     """
     bundle_dir = Path(bundle_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
     target = bundle_dir / MANIFEST_FILE
     data = manifest.to_dict()
     parse_manifest(data, target)  # never write a manifest this reader would refuse
@@ -355,10 +355,16 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
         text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     except ValueError as err:
         raise BundleError(f"{target}: cannot write a non-finite number ({err})") from err
-    handle, temp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(temp, target)
+    with guard_writes(target, OutputWriteError):
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
     return target
 
 

@@ -17,12 +17,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from malm_edge.edge.errors import EdgeError
+
 MAX_DEPTH = 64
 DEFAULT_MAX_BYTES = 4 << 30  # 4 GiB: Recipe1M's layer1.json is 1.3 GB; a manifest is kilobytes
 
 
-class JsonFileError(ValueError):
-    """Fallback error type when the caller names none."""
+class JsonFileError(EdgeError, ValueError):
+    """A JSON file is missing, unreadable, malformed or too deep (when the caller names no error type)."""
 
 
 def json_depth(value: Any) -> int:

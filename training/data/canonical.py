@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from malm_edge.edge.preprocess import SUPPORTED_FORMATS
 from malm_edge.edge.safe_json import MAX_DEPTH as MAX_JSON_DEPTH
 from malm_edge.edge.safe_json import json_depth, load_json_file
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.limits import MAX_ITEMS, MAX_RECORD_BYTES, image_path_error, text_error
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
 from malm_edge.training.errors import TrainingError
@@ -533,14 +534,17 @@ def write_dataset(out_dir: Path, recipes: Iterable[Recipe], meta: Callable[[], d
         The number of recipes written.
     """
     created = not out_dir.exists()
+    intact = "nothing was replaced" if not created else "nothing was written"
     try:
-        count = write_recipes_jsonl(recipes, out_dir)
+        with guard_writes(out_dir / RECIPES_FILE, DatasetError, intact=intact):
+            count = write_recipes_jsonl(recipes, out_dir)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    if meta is None:
-        (out_dir / DATASET_META_FILE).unlink(missing_ok=True)
-    else:
-        write_dataset_meta(out_dir, meta() if callable(meta) else meta)
+    with guard_writes(out_dir / DATASET_META_FILE, DatasetError):
+        if meta is None:
+            (out_dir / DATASET_META_FILE).unlink(missing_ok=True)
+        else:
+            write_dataset_meta(out_dir, meta() if callable(meta) else meta)
     return count
