@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, read_bundle
 from malm_edge.edge.errors import EdgeError
+from malm_edge.edge.signing import SIGNATURE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ def _bundle_routes(bundle: Bundle) -> dict[str, tuple[Path, str | None]]:
     if manifest.table.scales_file:
         files.append((manifest.table.scales_file, manifest.table.scales_sha256))
     routes: dict[str, tuple[Path, str | None]] = {f"/bundle/{MANIFEST_FILE}": (bundle.root / MANIFEST_FILE, None)}
+    if (bundle.root / SIGNATURE_FILE).is_file():
+        routes[f"/bundle/{SIGNATURE_FILE}"] = (bundle.root / SIGNATURE_FILE, None)
     for relative, sha256 in files:
         routes[f"/bundle/{Path(relative).as_posix()}"] = (bundle.path(relative), sha256)
     return routes
@@ -351,7 +354,8 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
 def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
                 app_dir: str | os.PathLike | None = None, isolate: bool = True,
                 certfile: str | os.PathLike | None = None, keyfile: str | os.PathLike | None = None,
-                verify_checksums: bool = True, max_connections: int = MAX_CONNECTIONS) -> DemoServer:
+                verify_checksums: bool = True, max_connections: int = MAX_CONNECTIONS,
+                require_signature: str | os.PathLike | None = None) -> DemoServer:
     """Validate the bundle and bind the demo server (call `serve_forever`, e.g. in a thread).
 
     Args:
@@ -365,12 +369,14 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
             page's service worker); keyfile: its private key (None if inside certfile).
         verify_checksums: Hash every bundle file against the manifest first.
         max_connections: Connections served at once (one thread each); more get 503.
+        require_signature: Trusted Ed25519 public key (PEM): refuse an unsigned or wrongly signed
+            bundle; `manifest.sig` is then served too, for the app to check.
 
     Raises:
         BundleError: the bundle is invalid. DemoError: the app is missing or the bundle has no
             ONNX encoder. OSError: the port cannot be bound.
     """
-    bundle = read_bundle(bundle_dir, verify_checksums=verify_checksums)
+    bundle = read_bundle(bundle_dir, verify_checksums=verify_checksums, require_signature=require_signature)
     app = Path(app_dir) if app_dir else APP_DIR
     # Served from descriptors opened (and, for bundle files, hashed again) here: later swaps are never read.
     routes = open_routes(_app_routes(app), _bundle_routes(bundle), app, bundle.root, verify_checksums)
