@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import tempfile
 import logging
 import mimetypes
 import os
@@ -41,7 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, read_bundle
 from malm_edge.edge.errors import EdgeError
-from malm_edge.edge.signing import SIGNATURE_FILE
+from malm_edge.edge.signing import SIGNATURE_FILE, trusted_key_record
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ _GZIP_MIN_BYTES = 1024
 CONNECTION_TIMEOUT_S = 20.0  # idle keep-alive or a half-sent request: the connection is closed
 MAX_CONNECTIONS = 64  # served at once; a browser opens about 6 per host
 _BLOCK = 1 << 20
+TRUSTED_KEY_FILE = "trusted-key.json"  # published with --require-signature (mobile_demo/app/js/signature.js)
 
 
 class DemoError(EdgeError, ValueError):
@@ -128,6 +131,16 @@ def open_served(path: Path, folder: Path) -> ServedFile:
         os.close(fd)
         raise DemoError(f"{path}: not a regular file; refusing to serve it")
     return ServedFile(path, fd, stat.st_size, f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"')
+
+
+def served_bytes(name: str, data: bytes) -> ServedFile:
+    """Bytes made at start-up, served like a file (from an anonymous temporary file)."""
+    handle = tempfile.TemporaryFile()
+    handle.write(data)
+    handle.flush()
+    fd = os.dup(handle.fileno())
+    handle.close()
+    return ServedFile(Path(name), fd, len(data), f'"{hashlib.sha256(data).hexdigest()[:16]}"')
 
 
 def _sha256_served(served: ServedFile) -> str:
@@ -380,6 +393,9 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
     app = Path(app_dir) if app_dir else APP_DIR
     # Served from descriptors opened (and, for bundle files, hashed again) here: later swaps are never read.
     routes = open_routes(_app_routes(app), _bundle_routes(bundle), app, bundle.root, verify_checksums)
+    if require_signature is not None:  # the app pins this key and checks manifest.sig itself
+        record = trusted_key_record(require_signature)
+        routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
     try:
         context = None
         if certfile is not None:

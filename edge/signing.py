@@ -110,6 +110,12 @@ def load_public_key(path: str | os.PathLike) -> Any:
     return key
 
 
+def trusted_key_record(public_key_path: str | os.PathLike) -> dict[str, str]:
+    """{"key_id", "public_key" (raw 32 bytes, base64)}: what the demo publishes as trusted-key.json."""
+    raw = _raw_public(load_public_key(public_key_path))
+    return {"key_id": key_id(raw), "public_key": base64.b64encode(raw).decode()}
+
+
 def sign_bundle(bundle_dir: str | os.PathLike, private_key_path: str | os.PathLike) -> Path:
     """Sign a bundle's `manifest.json` (validated first, checksums included); writes `manifest.sig`.
 
