@@ -393,9 +393,9 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
     app = Path(app_dir) if app_dir else APP_DIR
     # Served from descriptors opened (and, for bundle files, hashed again) here: later swaps are never read.
     routes = open_routes(_app_routes(app), _bundle_routes(bundle), app, bundle.root, verify_checksums)
-    if require_signature is not None:  # the app pins this key and checks manifest.sig itself
-        record = trusted_key_record(require_signature)
-        routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
+    # The app pins this key and checks manifest.sig itself; {"required": false} without --require-signature.
+    record = {"required": True, **trusted_key_record(require_signature)} if require_signature else {"required": False}
+    routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
     try:
         context = None
         if certfile is not None:

@@ -111,7 +111,7 @@ def load_public_key(path: str | os.PathLike) -> Any:
 
 
 def trusted_key_record(public_key_path: str | os.PathLike) -> dict[str, str]:
-    """{"key_id", "public_key" (raw 32 bytes, base64)}: what the demo publishes as trusted-key.json."""
+    """{"key_id", "public_key" (raw 32 bytes, base64)}: what the demo publishes in trusted-key.json."""
     raw = _raw_public(load_public_key(public_key_path))
     return {"key_id": key_id(raw), "public_key": base64.b64encode(raw).decode()}
 

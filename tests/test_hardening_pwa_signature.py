@@ -66,7 +66,7 @@ def test_demo_publishes_signature_and_trusted_key(tmp_path_factory, tmp_path: Pa
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with urllib.request.urlopen(server.url + "bundle/trusted-key.json", timeout=10) as response:
-            assert json.loads(response.read()) == trusted_key_record(tmp_path / "k.pem.pub")
+            assert json.loads(response.read()) == {"required": True, **trusted_key_record(tmp_path / "k.pem.pub")}
         with urllib.request.urlopen(server.url + "bundle/manifest.sig", timeout=10) as response:
             assert response.read() == (root / SIGNATURE_FILE).read_bytes()
         with urllib.request.urlopen(server.url + "js/signature.js", timeout=10) as response:
@@ -74,3 +74,9 @@ def test_demo_publishes_signature_and_trusted_key(tmp_path_factory, tmp_path: Pa
     finally:
         server.shutdown()
         server.server_close()
+    unsigned = make_server(root, "127.0.0.1", 0)
+    try:
+        served = unsigned.routes["/bundle/trusted-key.json"]
+        assert json.loads(served.read()) == {"required": False}
+    finally:
+        unsigned.server_close()

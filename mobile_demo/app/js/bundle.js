@@ -32,8 +32,11 @@ export function bundleFiles(manifest, encoder) {
   return files.map((f) => ({ ...f, url: `bundle/${f.file.split("/").map(encodeURIComponent).join("/")}?v=${f.sha256.slice(0, 16)}` }));
 }
 
-/** A small bundle file from the server (kept in the cache), or the cached copy when offline; null on 404. */
-async function fetchSmall(url, cache) {
+/**
+ * A small bundle file from the server (kept in the cache), or the cached copy when offline; null on 404,
+ * and null for an `optional` file that is neither reachable nor cached (offline, never published).
+ */
+async function fetchSmall(url, cache, optional = false) {
   let response;
   try {
     response = await fetch(url, { cache: "no-cache" });
@@ -45,6 +48,7 @@ async function fetchSmall(url, cache) {
     if (cache) await cache.put(url, response.clone());
   } catch (err) {
     response = cache ? await cache.match(url) : undefined;
+    if (!response && optional) return null;
     if (!response) throw err;
   }
   return new Uint8Array(await response.arrayBuffer());
@@ -59,7 +63,7 @@ export async function fetchSignedManifest() {
   const bytes = await fetchSmall(MANIFEST_URL, cache);
   if (!bytes) throw new Error(`${MANIFEST_URL}: HTTP 404`);
   const getJson = async (url) => {
-    const data = await fetchSmall(url, cache);
+    const data = await fetchSmall(url, cache, true);
     if (!data) return null;
     try {
       return JSON.parse(new TextDecoder().decode(data));

@@ -2,10 +2,11 @@
 // checked with WebCrypto over the exact bytes of manifest.json. The manifest names every bundle file
 // with its sha256, and the page checks each file against it, so a verified signature covers them all.
 //
-// The trusted key: `malm-edge demo --require-signature KEY` publishes it as bundle/trusted-key.json
-// (the server has checked the bundle with it). The page pins the first key it sees (localStorage)
+// The trusted key: `malm-edge demo --require-signature KEY` publishes it in bundle/trusted-key.json
+// ({"required": true, "key_id", "public_key"}; {"required": false} without the option), after the
+// server has checked the bundle with it. The page pins the first key it sees (localStorage)
 // and refuses a bundle signed by another key later, so a swapped server or bundle is caught.
-// Without trusted-key.json the demo runs unsigned bundles, as before.
+// Without a required key the demo runs unsigned bundles, as before (unless a key was pinned).
 
 export const SIGNATURE_URL = "bundle/manifest.sig";
 export const TRUSTED_KEY_URL = "bundle/trusted-key.json";
@@ -75,7 +76,7 @@ export function pinTrustedKey(trusted, storage = globalThis.localStorage) {
  */
 export async function checkManifestSignature(manifestBytes, getJson) {
   const trusted = await getJson(TRUSTED_KEY_URL);
-  if (!trusted) {
+  if (!trusted || trusted.required === false) {
     let pinned = null;
     try {
       pinned = globalThis.localStorage?.getItem(PIN_STORAGE_KEY) ?? null;
