@@ -43,6 +43,7 @@ from malm_edge.converters.progress import recipe_progress
 from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
@@ -170,7 +171,7 @@ def _index_meta(teacher: Any, recipes_dir: Path, shard_size: int) -> dict[str, A
 def _check_or_write_meta(out_dir: Path, meta: dict[str, Any], world: WorldInfo) -> None:
     path = out_dir / INDEX_META
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = load_json_file(path, error=IndexFolderError)
         keys = ("teacher_config_hash", "teacher_checkpoint", "recipes", "recipes_bytes", "shard_size")
         diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
@@ -243,12 +244,12 @@ def iter_shard_arrays(index_dir: Path) -> Iterator[tuple[int, np.ndarray, list[s
                                    "shard; rerun the index to complete it")
         npy, ids_path = shard_paths(index_dir, shard)
         values = np.load(npy, mmap_mode="r")
-        yield offset, values, json.loads(ids_path.read_text(encoding="utf-8"))
+        yield offset, values, load_json_file(ids_path, error=IndexFolderError)
         offset += len(values)
 
 
 def _check_shards_cover(index_dir: Path, recipes_dir: Path) -> None:
-    meta = json.loads((Path(index_dir) / INDEX_META).read_text(encoding="utf-8"))
+    meta = load_json_file(Path(index_dir) / INDEX_META, error=IndexFolderError)
     expected = (count_recipes(recipes_dir) + meta["shard_size"] - 1) // meta["shard_size"]
     missing = [s for s in range(expected) if not shard_complete(Path(index_dir), s)]
     if missing:

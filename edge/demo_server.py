@@ -41,9 +41,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, read_bundle
+from malm_edge.edge.bundle import MANIFEST_FILE, Bundle, BundleError, parse_manifest, read_bundle
 from malm_edge.edge.errors import EdgeError
-from malm_edge.edge.signing import SIGNATURE_FILE, trusted_key_record
+from malm_edge.edge.safe_json import loads
+from malm_edge.edge.signing import SIGNATURE_FILE, trusted_key_record, verify_manifest_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,15 @@ def served_bytes(name: str, data: bytes) -> ServedFile:
     fd = os.dup(handle.fileno())
     handle.close()
     return ServedFile(Path(name), fd, len(data), f'"{hashlib.sha256(data).hexdigest()[:16]}"')
+
+
+def _check_served_manifest(served: ServedFile, bundle: Bundle, require_signature: str | os.PathLike | None) -> None:
+    """The manifest bytes held open are the ones validated (and signed): no swap since read_bundle."""
+    data = served.read()
+    if require_signature is not None:
+        verify_manifest_bytes(bundle.root, data, require_signature)
+    if parse_manifest(loads(data, served.path, error=BundleError), served.path) != bundle.manifest:
+        raise BundleError(f"{served.path}: changed while the server was starting; start it again")
 
 
 def _sha256_served(served: ServedFile) -> str:
@@ -393,10 +403,11 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
     app = Path(app_dir) if app_dir else APP_DIR
     # Served from descriptors opened (and, for bundle files, hashed again) here: later swaps are never read.
     routes = open_routes(_app_routes(app), _bundle_routes(bundle), app, bundle.root, verify_checksums)
-    # The app pins this key and checks manifest.sig itself; {"required": false} without --require-signature.
-    record = {"required": True, **trusted_key_record(require_signature)} if require_signature else {"required": False}
-    routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
     try:
+        _check_served_manifest(routes[f"/bundle/{MANIFEST_FILE}"], bundle, require_signature)
+        # The app pins this key and checks manifest.sig itself; {"required": false} without --require-signature.
+        record = {"required": True, **trusted_key_record(require_signature)} if require_signature else {"required": False}
+        routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
         context = None
         if certfile is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
