@@ -406,7 +406,9 @@ def make_server(bundle_dir: str | os.PathLike, host: str = "127.0.0.1", port: in
     try:
         _check_served_manifest(routes[f"/bundle/{MANIFEST_FILE}"], bundle, require_signature)
         # The app pins this key and checks manifest.sig itself; {"required": false} without --require-signature.
-        record = {"required": True, **trusted_key_record(require_signature)} if require_signature else {"required": False}
+        record = {"required": False}
+        if require_signature is not None:
+            record = {"required": True, **trusted_key_record(require_signature)}
         routes[f"/bundle/{TRUSTED_KEY_FILE}"] = served_bytes(TRUSTED_KEY_FILE, json.dumps(record).encode())
         context = None
         if certfile is not None:
