@@ -7,12 +7,17 @@ A bundle is a folder (docs/architecture.md, "Bundle format (v1)")::
       encoder_*.pte|.onnx|.mlpackage
       table.i8 + table.scales.f32   (or table.f16)   edge/table.py
       catalog.sqlite            edge/catalog.py
+      report.md|json|png        optional, named in `extra_files` (converters/report.py)
+      manifest.sig              optional Ed25519 signature of manifest.json (edge/signing.py)
 
 `read_bundle` validates everything it can *before* any file is loaded: format name and version,
 field types, every referenced file present inside the bundle, file sizes and dims consistent
 (table dim == every encoder's output dim == manifest embedding dim, table rows == catalog count),
-then sha256 of every file (streamed). Each problem raises `BundleError` naming the file and what is
-wrong. Torch-free: json, hashlib and the standard library only.
+then sha256 of every file (streamed). The manifest covers the whole folder: a file it does not name
+(other than manifest.sig) is an error, and bundle files may not be symbolic links. With
+`require_signature` the manifest's bytes are checked against `manifest.sig` before they are parsed.
+Each problem raises `BundleError` naming the file and what is wrong. Torch-free: json, hashlib and
+the standard library only (`cryptography`, the `sign` extra, only to verify signatures).
 
 Checksums: a regular file's sha256 is of its bytes. A directory (a CoreML `.mlpackage`) is hashed
 deterministically by `sha256_path`: sha256 over one line per regular file below it, sorted by
