@@ -188,7 +188,8 @@ def _parse_row(row: dict, index: int, line: int) -> EpicuriousRow:
     title, fixes = clean_text(title, MAX_TITLE_CHARS)
     ingredients, more = clean_lines(ingredients)
     instructions, most = clean_lines(instructions)
-    notes += [f"{fix.replace('_', ' ')}; text limits (training/data/limits.py)" for fix in dict.fromkeys(fixes + more + most)]
+    fixed = dict.fromkeys(fixes + more + most)
+    notes += [f"{fix.replace('_', ' ')}; text limits (training/data/limits.py)" for fix in fixed]
     return EpicuriousRow(index, line, title, ingredients, instructions, image_name, notes)
 
 

@@ -242,7 +242,9 @@ class Recipe1MReader:
             return
         first = f" First: {self.problems[0]}" if self.problems else ""
         if self.counts["recipes"] == 0:
-            raise DatasetError(f"{self.root}: no recipe kept ({bad} malformed records skipped); nothing written.{first}")
+            raise DatasetError(
+                f"{self.root}: no recipe kept ({bad} malformed records skipped); nothing written.{first}"
+            )
         if bad > self.options.max_bad_fraction * max(n_records, 1):
             raise DatasetError(
                 f"{self.root}: {bad} of {n_records} records are malformed, over the "
