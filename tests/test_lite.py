@@ -106,6 +106,22 @@ def test_augmentation_cache_computes_each_slot_once() -> None:
     assert first.dtype == torch.float32 and not AugmentationCache(5, 0, (1,)).enabled
 
 
+def test_augmentation_cache_is_kept_on_disk_between_runs(tmp_path: Path) -> None:
+    path, images, items = tmp_path / "grids.safetensors", torch.randn(3, 1, 2, 2), torch.tensor([0, 2, 4])
+    first = AugmentationCache(5, 1, (1, 2, 2), torch.float16, path)
+    expected = first.lookup(lambda x: x * 2, images, items, slot=0)
+    first.save()
+    second = AugmentationCache(5, 1, (1, 2, 2), torch.float16, path)
+    assert second.filled[:, 0].tolist() == [True, False, True, False, True]
+
+    def must_not_run(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("served from the file")
+
+    assert torch.equal(second.lookup(must_not_run, images, items, slot=0), expected)
+    path.write_bytes(b"not safetensors")  # a bad file is ignored, never fatal
+    assert not AugmentationCache(5, 1, (1, 2, 2), torch.float16, path).filled.any()
+
+
 def test_hybrid_malm_trains_on_trunk_grids_and_matches_its_own_trunk() -> None:
     config, _ = tiny_lite(matching_negatives=2)
     model, prep = create_model(config, load_clip_weights=False)

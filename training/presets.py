@@ -98,14 +98,14 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
     # hierarchical recipe transformer over frozen all-MiniLM-L6-v2 sentence vectors.
     "lite": TeacherPreset(
         model=MalmConfig(
-            image_size=224, image_tower="lite2", trunk_stride=32, vit_width=256, vit_layers=2, vit_heads=4,
-            vit_output_dim=256, quick_gelu=False, text_tower="minilm", recipe_width=256, recipe_heads=4,
-            sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, recipe_dropout=0.1, embed_dim=256,
-            match_width=256, matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2,
+            image_size=224, image_tower="lite2", trunk_stride=32, vit_width=128, vit_layers=2, vit_heads=4,
+            vit_output_dim=128, quick_gelu=False, text_tower="minilm", recipe_width=128, recipe_heads=4,
+            sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, recipe_dropout=0.1, embed_dim=128,
+            match_width=128, matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2,
             ema_momentum=0.99, mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
         ),
         train=TrainConfig(
-            epochs=20, batch_size=64, lr=5e-4, image_lr=1e-5, weight_decay=0.01, freeze_image_epochs=20,
+            epochs=10, batch_size=64, lr=5e-4, image_lr=1e-5, weight_decay=0.01, freeze_image_epochs=10,
             warmup_steps=50, num_workers=0, eval_bag_size=1000, augmentations=1, augment_seed=0,
         ),
         distill=DistillConfig(epochs=3, batch_size=32, lr=5e-4, warmup_steps=20, num_workers=0, augmentations=1),

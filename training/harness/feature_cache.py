@@ -3,8 +3,9 @@
 When every item cycles through K fixed augmentations (LoopSpec.augmentations, EpochSampler), what a
 frozen network makes of an augmented image is the same every K epochs: distillation caches the
 frozen teacher's image embeddings, and the `lite` teacher caches its frozen trunk's feature grids
-(MobileCLIP's dataset reinforcement). After K epochs the frozen network is not run at all. With a
-`path`, a complete cache is written there once (atomically, safetensors) and read back by the next run
+(MobileCLIP's dataset reinforcement). After K epochs the frozen network is hardly run at all (only for
+the few items an epoch's whole-batch cut left out so far). With a `path`, the cache is written there
+(atomically, safetensors, with its fill mask) after the first K epochs and read back by the next run
 with the same key, so the seeds of a study and the rows of an ablation compute it once.
 """
 
@@ -52,29 +53,30 @@ class AugmentationCache:
 
     def _load(self) -> None:
         try:
-            results = load_file(str(self.path))["results"]
+            saved = load_file(str(self.path))
+            results, filled = saved["results"], saved["filled"]
         except Exception as error:  # noqa: BLE001 - a bad cache file is recomputed, never fatal
             log.warning("ignoring unreadable feature cache %s (%s)", self.path, error)
             return
-        if results.shape != self.results.shape or results.dtype != self.results.dtype:
+        fits = results.dtype == self.results.dtype and filled.shape == self.filled.shape
+        if results.shape != self.results.shape or not fits:
             log.warning("ignoring feature cache %s: shape %s, expected %s", self.path, tuple(results.shape),
                         tuple(self.results.shape))
             return
-        self.results, self.saved = results, True
-        self.filled[:] = True
-        log.info("read %d cached results from %s", self.filled.numel(), self.path)
+        self.results, self.filled, self.saved = results, filled.bool(), True
+        log.info("read %d cached results from %s", int(self.filled.sum()), self.path)
 
-    def save_if_complete(self) -> None:
-        """Write the cache to `path` once every (item, slot) is filled (atomically)."""
-        if self.path is None or self.saved or not bool(self.filled.all()):
+    def save(self) -> None:
+        """Write the cache and its fill mask to `path` (once per run; atomically)."""
+        if self.path is None or self.saved:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
         os.close(fd)
-        save_file({"results": self.results.contiguous()}, tmp)
+        save_file({"results": self.results.contiguous(), "filled": self.filled.to(torch.uint8)}, tmp)
         os.replace(tmp, self.path)
         self.saved = True
-        log.info("cached %d results in %s", self.filled.numel(), self.path)
+        log.info("cached %d results in %s", int(self.filled.sum()), self.path)
 
     def lookup(
         self, compute: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, items: torch.Tensor, slot: int
@@ -88,5 +90,4 @@ class AugmentationCache:
                 fresh = compute(images[missing.to(images.device)]).cpu()  # (M, *shape)
             self.results[items[missing], slot] = fresh.to(self.results.dtype)
             self.filled[items[missing], slot] = True
-            self.save_if_complete()
         return self.results[items, slot].to(device=images.device, dtype=torch.float32)

@@ -348,6 +348,8 @@ def _train(
         if trunk_cache is not None and epoch < cfg.freeze_image_epochs:
             images = batch["image"].to(device)  # (B, 3, S, S)
             slot = epoch % max(cfg.augmentations, 1)
+            if epoch >= cfg.augmentations:  # every augmentation has had its pass: keep them for later runs
+                trunk_cache.save()
             trunk_features = trunk_cache.lookup(trunk, images, batch["item_index"], slot)
         return train_step(
             ddp_model,
