@@ -23,6 +23,9 @@ from malm_edge.cli import report as report_cli
 from malm_edge.cli import search as search_cli
 from malm_edge.cli import sign as sign_cli
 from malm_edge.cli import train as train_cli
+from malm_edge.cli._help import tidy_typer
+
+tidy_typer()
 
 app = typer.Typer(
     name="malm-edge",

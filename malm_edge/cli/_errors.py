@@ -17,13 +17,15 @@ USER_ERROR_BASES = frozenset({"EdgeError", "TrainingError", "ConverterError", "F
 
 
 def run_or_exit(job: Callable[[], T]) -> T:
-    """Run `job`; on a user-facing error print `error: ...` to stderr and exit 1."""
+    """Run `job`; on a user-facing error print `error: ...` to stderr and exit 1 (or the error's
+    `exit_code`: 130 for an interrupted training run, whose message says how to continue)."""
     try:
         return job()
     except Exception as error:  # noqa: BLE001 - filtered by base class name below
         if any(cls.__name__ in USER_ERROR_BASES for cls in type(error).__mro__):
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
+            code = int(getattr(error, "exit_code", 1))  # 130: stopped by Ctrl-C / SIGTERM, checkpoint saved
+            typer.echo(f"error: {error}" if code == 1 else str(error), err=True)
+            raise typer.Exit(code) from None
         message = _write_failure_message(error)
         if message:
             typer.echo(f"error: {message}", err=True)

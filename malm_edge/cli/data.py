@@ -39,7 +39,9 @@ def _echo_problems(problems: list[str], total: int) -> None:
 def check(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder holding recipes.jsonl.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    no_images: Annotated[bool, typer.Option("--no-images", help="Do not look at the images.")] = False,
+    no_images: Annotated[
+        bool, typer.Option("--no-images", hidden=True, help="Same as --images none (kept for old scripts).")
+    ] = False,
     images: Annotated[
         ImageCheckChoice, typer.Option(help="Image check: none, exists, verify (header only) or decode (to the end).")
     ] = ImageCheckChoice.decode,

@@ -11,6 +11,22 @@ from typing import Annotated, Optional
 import typer
 
 from malm_edge.cli._errors import run_or_exit
+from malm_edge.cli.train import preset_default
+
+# Each schedule preset's distillation values, for --help only (tests/test_cli_help.py keeps them equal
+# to training/presets.py).
+DISTILL_SCHEDULES = {
+    "epochs": {"micro": 4, "tiny": 12, "small": 30, "base": 60},
+    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "base": 256},
+    "lr": {"micro": 0.003, "tiny": 0.002, "small": 0.002, "base": 0.002},
+    "augmentations": {"micro": 4, "tiny": 4, "small": 4, "base": 4},
+    "num_workers": {"micro": 0, "tiny": 0, "small": 4, "base": 8},
+    "seed": {"micro": 0, "tiny": 0, "small": 0, "base": 0},
+}
+
+
+def _default(field: str) -> str:
+    return preset_default(field, DISTILL_SCHEDULES).replace("the preset's", "the --preset schedule's")
 
 
 class Arch(str, Enum):
@@ -58,14 +74,17 @@ def distill(
     losses: Annotated[
         str, typer.Option(help="Comma-separated loss terms: feature, kl, triplet ('triplet' alone = RecipeSnap-style).")
     ] = "feature,kl,triplet",
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0)] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Passes over the training photos. {_default('epochs')}")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=2, help=f"Photos per step. {_default('batch_size')}")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Learning rate. {_default('lr')}")] = None,
     augmentations: Annotated[
-        Optional[int], typer.Option(min=0, help="Cached teacher augmentations per image (0: no cache).")
+        Optional[int],
+        typer.Option(min=0, help=f"Cached teacher augmentations per image (0: no cache). {_default('augmentations')}"),
     ] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0)] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=0, help=f"DataLoader worker processes. {_default('num_workers')}")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the initial weights and sample order. {_default('seed')}")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a phone-sized image encoder that lands in the teacher's recipe embedding space.

@@ -23,6 +23,24 @@ class Preset(str, Enum):
     base = "base"
 
 
+# Each preset's training schedule, for --help only (importing the registry would import torch and make
+# `--help` slow); tests/test_cli_help.py keeps these equal to training/presets.py.
+PRESET_SCHEDULES = {
+    "epochs": {"micro": 5, "tiny": 10, "small": 40, "base": 120},
+    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "base": 128},
+    "num_workers": {"micro": 0, "tiny": 1, "small": 4, "base": 4},
+    "seed": {"micro": 0, "tiny": 0, "small": 0, "base": 0},
+}
+
+
+def preset_default(field: str, schedules: dict[str, dict[str, int]] = PRESET_SCHEDULES) -> str:
+    """`(default: the preset's: micro 5, tiny 10, small 40, base 120)` for an option's help."""
+    values = schedules[field]
+    if len(set(values.values())) == 1:
+        return f"(default: {next(iter(values.values()))})"
+    return "(default: the preset's: " + ", ".join(f"{name} {value}" for name, value in values.items()) + ")"
+
+
 class Ablation(str, Enum):
     baseline = "baseline"
     lc = "lc"
@@ -61,14 +79,20 @@ def train(
             "hardest recipes and vice versa.",
         ),
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Passes over the training pairs. {preset_default('epochs')}")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=2, help=f"Image-recipe pairs per step. {preset_default('batch_size')}")
+    ] = None,
     lr: Annotated[
         Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")
     ] = None,
     image_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of the image tower.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=0, help=f"DataLoader worker processes. {preset_default('num_workers')}")
+    ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help=f"Seed of the initial weights, sample order and masks. {preset_default('seed')}")
+    ] = None,
     save_every: Annotated[
         Optional[int], typer.Option(min=0, help="Also checkpoint every N steps within an epoch (0: epoch ends only).")
     ] = None,

@@ -12,7 +12,10 @@ import hashlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -33,6 +36,7 @@ from malm_edge.training.harness.distributed import (
     default_device,
     init_distributed,
 )
+from malm_edge.training.harness.curves import write_curves
 from malm_edge.training.harness.progress import TrainProgress
 from malm_edge.training.harness.run import (
     RunError,
@@ -50,6 +54,51 @@ RunT = TypeVar("RunT")
 
 class NonFiniteLossError(TrainingError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(TrainingError, RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint at the current step (exit code 130)."""
+
+    exit_code = 130
+
+
+@dataclass
+class StopRequest:
+    """Set by the signal handler; the loop checks it after every step."""
+
+    signal_name: str | None = None
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
+    """While inside: SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step.
+
+    A second signal stops at once, without saving (the previous checkpoint is intact). Signal
+    handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.signal_name is not None:
+            raise KeyboardInterrupt(f"second {name}: stopped without saving")
+        stop.signal_name = name
+        log.warning("%s: saving a checkpoint after this step, then stopping (again to stop at once, unsaved)", name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _ignore_sigint_in_worker(worker_id: int) -> None:
+    """DataLoader workers share the terminal's process group: leave Ctrl-C to the main process,
+    which checkpoints and then shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_job(open_run: Callable[[WorldInfo], RunT], fit: Callable[[RunT, WorldInfo, torch.device], dict]) -> dict:
@@ -260,6 +309,7 @@ class LoopSpec:
         collate: Batch collation that drops None items and counts them in `n_skipped`.
         frozen_group_epochs: Epochs during which the param group named `frozen_group` has rate 0.
         augmentations: Cycle each item through this many fixed augmentations (0: fresh each epoch).
+        command: The CLI command that continues this run, named in the interruption message.
     """
 
     run_dir: Path
@@ -274,6 +324,7 @@ class LoopSpec:
     frozen_group: str = "image"
     frozen_group_epochs: int = 0
     augmentations: int = 0
+    command: str = "malm-edge train"
 
 
 def run_epochs(
@@ -290,10 +341,13 @@ def run_epochs(
         )
     total_steps = steps_per_epoch * spec.schedule.epochs
     summary: dict = {"run": str(spec.run_dir), "stopped_early": False}
-    with TrainProgress(total_steps, enabled=progress and world.is_main, completed=state.global_step) as bar:
+    bar = TrainProgress(
+        total_steps, enabled=progress and world.is_main, completed=state.global_step, epochs=spec.schedule.epochs
+    )
+    with stop_on_signals(StopRequest()) as stop, bar:
         while state.epoch < spec.schedule.epochs:
             try:
-                finished = _run_epoch(spec, world, state, bar, total_steps, stop_after_steps)
+                finished = _run_epoch(spec, world, state, bar, total_steps, stop_after_steps, stop)
             except NonFiniteLossError as error:
                 raise NonFiniteLossError(
                     f"{error}; the run stopped, its last good checkpoint is kept in "
@@ -303,6 +357,8 @@ def run_epochs(
                 summary["stopped_early"] = True
                 break
             _end_epoch(spec, world, state)
+            if _stop_requested(stop):
+                _interrupted(spec, state, total_steps, stop)
     log.info("rank %d stopped at global step %d", world.rank, state.global_step)
     last = state.history[-1]["val"] if state.history else None
     summary.update(
@@ -315,8 +371,28 @@ def run_epochs(
     return summary
 
 
+def _stop_requested(stop: StopRequest) -> bool:
+    """Whether any rank was signalled (all ranks stop at the same step)."""
+    return not all_ranks(stop.signal_name is None)
+
+
+def _interrupted(spec: LoopSpec, state: TrainState, total_steps: int, stop: StopRequest) -> None:
+    """Raise TrainingInterrupted once the checkpoint at the current step is written."""
+    raise TrainingInterrupted(
+        f"interrupted ({stop.signal_name or 'signal on another rank'}) at step {state.global_step} of "
+        f"{total_steps}, checkpoint saved; rerun the same command with --resume to continue: "
+        f"{spec.command} --resume {spec.run_dir}"
+    )
+
+
 def _run_epoch(
-    spec: LoopSpec, world: WorldInfo, state: TrainState, bar: Any, total_steps: int, stop_after_steps: int | None
+    spec: LoopSpec,
+    world: WorldInfo,
+    state: TrainState,
+    bar: Any,
+    total_steps: int,
+    stop_after_steps: int | None,
+    stop: StopRequest | None = None,
 ) -> bool:
     """Train the rest of the current epoch; False when stopped by `stop_after_steps`."""
     sampler = EpochSampler(
@@ -335,6 +411,7 @@ def _run_epoch(
         sampler=sampler,
         num_workers=spec.schedule.num_workers,
         collate_fn=spec.collate,
+        worker_init_fn=_ignore_sigint_in_worker if spec.schedule.num_workers else None,
     )
     frozen = state.epoch < spec.frozen_group_epochs
     window_start, window_samples = time.perf_counter(), 0
@@ -352,7 +429,7 @@ def _run_epoch(
         state.n_skipped_images += int(batch.get("n_skipped", 0))
         window_samples += len(batch.get("image", ())) * world.world_size
         terms["samples_per_s"] = window_samples / max(time.perf_counter() - window_start, 1e-9)
-        bar.update(state.epoch, terms)
+        bar.update(state.epoch, terms, samples=len(batch.get("image", ())) * world.world_size)
         if world.is_main and state.global_step % spec.schedule.log_every == 0:
             lr = spec.optimizer.param_groups[-1]["lr"]
             append_metrics(
@@ -365,6 +442,11 @@ def _run_epoch(
         if stop_after_steps is not None and state.global_step >= stop_after_steps:
             _save(spec, world, state, is_best=False)
             return False
+        if stop is not None and _stop_requested(stop):
+            if state.step_in_epoch < sampler.steps_per_epoch():  # else the epoch end saves it
+                _save(spec, world, state, is_best=False)
+                _interrupted(spec, state, total_steps, stop)
+            break
     return True
 
 
@@ -397,9 +479,11 @@ def _end_epoch(spec: LoopSpec, world: WorldInfo, state: TrainState) -> None:
         }
         state.history.append(record)
         append_metrics(spec.run_dir, record)
+        write_curves(spec.run_dir)
         log.info(
-            "epoch %d: val image->recipe R@1 %.3f medR %.1f (bag %d)",
-            state.epoch,
+            "epoch %d/%d: val image->recipe R@1 %.3f medR %.1f (bag %d)",
+            state.epoch + 1,
+            spec.schedule.epochs,
             r1,
             metrics["image_to_recipe"]["medr"],
             metrics["bag_size"],

@@ -1,34 +1,38 @@
-"""A rich progress bar for training loops: loss terms and samples/s on one line."""
+"""Training progress: step counter, samples/s and ETA always visible; loss terms beside them.
+
+In a terminal the counter, rate and ETA are the bar's first line and the loss terms its second
+(training/progress.py); in a log file a plain line every 5% of the steps or 30 seconds.
+"""
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from malm_edge.training.progress import Progress
+
+
+def format_terms(terms: dict[str, float]) -> str:
+    """`loss 1.234 itc 0.811 dist 0.020` from {"loss": ..., "loss_itc": ..., ...} (other keys ignored)."""
+    return " ".join(
+        f"{'loss' if name == 'loss' else name.removeprefix('loss_')} {value:.3f}"
+        for name, value in terms.items()
+        if name.startswith("loss")
+    )
 
 
 class TrainProgress:
-    """Context manager around `rich.progress.Progress`; a no-op when disabled (other ranks, tests)."""
+    """The training loop's progress; a no-op when disabled (other ranks, tests, `--json`)."""
 
-    def __init__(self, total_steps: int, *, enabled: bool = True, completed: int = 0) -> None:
-        self.enabled = enabled
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[terms]}"),
-            disable=not enabled,
-        )
-        self._task = self._progress.add_task("train", total=total_steps, completed=completed, epoch=0, terms="")
+    def __init__(self, total_steps: int, *, enabled: bool = True, completed: int = 0, epochs: int | None = None,
+                 interactive: bool | None = None, every_s: float | None = None) -> None:
+        self.epochs = epochs
+        extra = {} if every_s is None else {"every_s": every_s}
+        self._progress = Progress(self._description(0), total_steps, unit="steps", rate_unit="samples",
+                                  enabled=enabled, completed=completed, interactive=interactive, **extra)
+
+    def _description(self, epoch: int) -> str:
+        """1-based for people ("epoch 1/5"); metrics.jsonl keeps 0-based epochs."""
+        return f"epoch {epoch + 1}" + (f"/{self.epochs}" if self.epochs else "")
 
     def __enter__(self) -> "TrainProgress":
         self._progress.__enter__()
@@ -39,10 +43,6 @@ class TrainProgress:
     ) -> None:
         self._progress.__exit__(exc_type, exc, tb)
 
-    def update(self, epoch: int, terms: dict[str, float]) -> None:
-        """Advance one step and show the named loss terms."""
-        shown = " ".join(
-            f"{name.removeprefix('loss_')}={value:.3f}" if name.startswith("loss") else f"{value:.0f} samples/s"
-            for name, value in terms.items()
-        )
-        self._progress.update(self._task, advance=1, epoch=epoch, terms=shown)
+    def update(self, epoch: int, terms: dict[str, float], samples: int = 0) -> None:
+        """Advance one step of `samples` samples and show the named loss terms."""
+        self._progress.advance(1, items=samples, info=format_terms(terms), description=self._description(epoch))

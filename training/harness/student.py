@@ -294,6 +294,7 @@ def _distill(
         schedule=cfg,
         config_hash=config_hash(run.student_cfg),
         augmentations=cfg.augmentations,
+        command="malm-edge distill",
     )
     return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
 
