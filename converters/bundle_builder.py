@@ -56,6 +56,9 @@ from malm_edge.training.harness.teacher import load_teacher
 from malm_edge.training.models.config import MalmConfig
 
 logger = logging.getLogger(__name__)
+# Below this spread (1 - mean pairwise cosine of the eager embeddings of the verification photos)
+# the student's embeddings have collapsed: photos embed nearly alike.
+COLLAPSED_SPREAD = 0.01
 
 
 class ConvertError(ConverterError, RuntimeError):
@@ -80,6 +83,7 @@ class ConvertOptions:
         val_limit: At most this many val pairs for the measured retrieval metrics.
         report: Also write report.md / report.png into the bundle.
         progress: Show progress bars.
+        allow_collapsed: Convert a student whose embeddings collapsed (refused by default).
     """
 
     targets: tuple[str, ...] = eb.TARGETS
@@ -95,6 +99,7 @@ class ConvertOptions:
     report: bool = True
     progress: bool = True
     val_limit: int = 500
+    allow_collapsed: bool = False
 
 
 @dataclass
@@ -300,12 +305,6 @@ def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
 
 def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
                 plan: list[tuple[str, str]], options: ConvertOptions, out_name: str) -> ConvertResult:
-    logger.info("embedding the recipes of %s with the teacher", recipes_dir)
-    table, count, quality = _table_and_catalog(teacher, recipes_dir, staging, options)
-    student_dim = int(getattr(student.model, "embed_dim", table.dim))
-    if student_dim != table.dim:
-        raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
-                           f"table has {table.dim}; was it distilled from this teacher?")
     prep = cal.as_preprocessing(student.preprocessing)
     calibration, _ = cal.calibration_pixels(options.calibration or recipes_dir, prep,
                                             options.n_calibration, partition="train")
@@ -313,6 +312,13 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     val_pixels = val.pixels(prep) if val is not None else None  # (V, 3, S, S)
     verify_pixels = verification_photos(prep, recipes_dir, options, val_pixels)
     reference = eager_embeddings(student.model, verify_pixels)  # (N, D)
+    check_not_collapsed(reference, student, options.allow_collapsed)  # before any slow step
+    logger.info("embedding the recipes of %s with the teacher", recipes_dir)
+    table, count, quality = _table_and_catalog(teacher, recipes_dir, staging, options)
+    student_dim = int(getattr(student.model, "embed_dim", table.dim))
+    if student_dim != table.dim:
+        raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
+                           f"table has {table.dim}; was it distilled from this teacher?")
     table_view = read_table(staging, table)
     val_recipe_emb = embed_recipes(teacher, val.recipes) if val is not None else None
     encoders = []
@@ -348,6 +354,37 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     return result
 
 
+def embedding_spread(embeddings: np.ndarray) -> float:
+    """1 - mean pairwise cosine of (N, D) embeddings: near 0 when every photo embeds alike."""
+    return parity_details(embeddings, embeddings)["eager_spread"]
+
+
+def is_collapsed(parity: dict[str, float] | None) -> bool:
+    """Whether `parity_details` found the eager embeddings collapsed (cosine parity says little)."""
+    return parity is not None and parity["eager_spread"] < COLLAPSED_SPREAD
+
+
+def check_not_collapsed(reference: np.ndarray, student: Any, allow: bool) -> None:
+    """Refuse a student whose embeddings of different photos are nearly identical (unless `allow`).
+
+    Such an encoder cannot tell photos apart, and every parity number of its exports reads ~1.0
+    whatever the export does.
+    """
+    spread = embedding_spread(reference)
+    if spread >= COLLAPSED_SPREAD:
+        return
+    run = _student_run_dir(student) or "the student run"
+    message = (f"the student's embeddings have collapsed: its embeddings of {len(reference)} different "
+               f"held-out photos are nearly identical (spread {spread:.4f} < {COLLAPSED_SPREAD}, where "
+               f"spread = 1 - mean pairwise cosine), so it cannot tell photos apart and export parity "
+               f"would say little")
+    if allow:
+        logger.warning("%s; converting anyway (--allow-collapsed)", message)
+        return
+    raise ConvertError(f"{message}. Look at {run}/curves.png and its val R@1, distil longer or from a "
+                       f"better teacher, or pass --allow-collapsed to convert it anyway")
+
+
 def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarray,
              verify_pixels: torch.Tensor, table_view: Any, val: ValPairs | None,
              val_pixels: torch.Tensor | None, val_recipe_emb: np.ndarray | None,
@@ -361,7 +398,7 @@ def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarr
             photos = _to_rgb(photos, prep)
         verification, exported = verify_export(staging / file, report.target, reference, photos, table_view)
         parity = parity_details(reference, exported)
-        if parity["eager_spread"] < 0.01:
+        if is_collapsed(parity):
             logger.warning("%s: the student's embeddings of different photos are nearly identical "
                            "(spread %.4f); cosine parity says little (centred cosine %.4f)", file,
                            parity["eager_spread"], parity["centered_cosine_mean"])

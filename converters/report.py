@@ -3,8 +3,10 @@
 Stages: teacher (MALM image tower) -> student (float, eager) -> student quantized (the PT2E
 int8 model, converted, run eagerly) -> every exported file through its runtime (ONNX Runtime,
 ExecuTorch; CoreML only on macOS). Each row also gives the size (MB: parameters for eager stages,
-the file for exports) and the median single-image latency on this machine. Written into the
-bundle as report.md, report.json and report.png (a pillow bar chart; matplotlib is not needed).
+the file for exports) and the median single-image latency on this machine, in two columns: through
+the file's runtime for exports, eager PyTorch (Python overhead per op) for the others. Written into
+the bundle as report.md, report.json and report.png (R@1, medR and size per stage, size vs latency
+per exported file; drawn with pillow, matplotlib is not needed).
 These files are not referenced by the manifest, so they do not change its checksums.
 """
 
@@ -45,6 +47,7 @@ from malm_edge.edge.bundle import EncoderEntry, add_extra_files, read_bundle
 from malm_edge.training.harness.student import load_student
 from malm_edge.training.harness.teacher import load_teacher
 from malm_edge.training.models.student import prepare_for_export
+from malm_edge.training.plots import Panel, Series, save_figure
 
 REPORT_MD, REPORT_PNG, REPORT_JSON = "report.md", "report.png", "report.json"
 logger = logging.getLogger(__name__)
@@ -136,42 +139,67 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+LATENCY_NOTE = ("Two latency columns, because they measure different things: *runtime* is the exported file "
+                "run by its on-device runtime (ONNX Runtime, ExecuTorch), the number an app sees; *eager "
+                "PyTorch* is the model run op by op from Python, which adds Python and dispatch overhead to "
+                "every operator, so on a model this small it is far slower and is no estimate of the phone.")
+
+
+def _is_eager(row: StageRow) -> bool:
+    return row.stage != "exported"
+
+
 def render_markdown(rows: list[StageRow], title: str) -> str:
     """The markdown table of the report."""
     lines = [f"# {title}", "",
-             "Image -> recipe retrieval on the val split (one bag of all val pairs, or bags of 1000).",
-             "", "| stage | model | size (MB) | R@1 | medR | latency (ms, 1 image) |",
-             "|---|---|---:|---:|---:|---:|"]
+             "Image -> recipe retrieval on the val split (one bag of all val pairs, or bags of 1000): R@1 "
+             "(higher is better) and median rank medR (lower is better).",
+             "", "| stage | model | size (MB) | R@1 | medR | runtime latency (ms, 1 image) | eager PyTorch (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
+        runtime = "-" if _is_eager(row) else _fmt(row.latency_ms, ".2f")
+        eager = _fmt(row.latency_ms, ".2f") if _is_eager(row) else "-"
         lines.append(f"| {row.stage} | {row.detail} | {_fmt(row.size_mb, '.3f')} | "
-                     f"{_fmt(row.r1, '.3f')} | {_fmt(row.medr, '.1f')} | {_fmt(row.latency_ms, '.2f')} |")
+                     f"{_fmt(row.r1, '.3f')} | {_fmt(row.medr, '.1f')} | {runtime} | {eager} |")
     n = max((row.n_val for row in rows), default=0)
-    lines += ["", f"{n} val photos. Latency: median of 10 runs after a warm-up on this machine "
-              f"({platform.machine()}, {os.cpu_count()} CPUs); eager stages in PyTorch."]
+    lines += ["", f"{n} val photos. Size: parameters for eager stages, the file for exports. Latency: median "
+              f"of 10 runs after a warm-up on this machine ({platform.machine()}, {os.cpu_count()} CPUs).",
+              "", LATENCY_NOTE, "", f"Charts: {REPORT_PNG}."]
     return "\n".join(lines) + "\n"
 
 
-def render_png(rows: list[StageRow], path: Path) -> None:
-    """A horizontal bar chart of R@1 per stage, drawn with pillow."""
-    from PIL import Image, ImageDraw
+def _short_label(row: StageRow) -> str:
+    """`teacher`, `student fp32`, `student PT2E int8`, or the exported file's name."""
+    if row.stage == "exported":
+        return row.detail.split(" ")[0]
+    return {"student": "student fp32 (eager)", "student quantized": "student PT2E int8 (eager)",
+            "teacher": "teacher image tower"}.get(row.stage, row.stage)
 
-    bar_h, pad, label_w, chart_w = 26, 12, 420, 360
-    height = pad * 3 + 20 + len(rows) * (bar_h + 8)
-    image = Image.new("RGB", (label_w + chart_w + 3 * pad + 60, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((pad, pad), "Image -> recipe R@1 on val, per stage", fill="black")
-    colours = {"teacher": (70, 110, 180), "student": (90, 160, 90), "student quantized": (220, 150, 50),
-               "exported": (180, 80, 80)}
-    for i, row in enumerate(rows):
-        top = pad * 2 + 20 + i * (bar_h + 8)
-        draw.text((pad, top + 7), f"{row.stage}: {row.detail}"[:64], fill="black")
-        width = int(chart_w * (row.r1 or 0.0))
-        left = label_w + pad
-        draw.rectangle([left, top, left + chart_w, top + bar_h], outline=(200, 200, 200))
-        if row.r1 is not None:
-            draw.rectangle([left, top, left + width, top + bar_h], fill=colours.get(row.stage, (120, 120, 120)))
-        draw.text((left + chart_w + 6, top + 7), _fmt(row.r1, ".3f"), fill="black")
-    image.save(path)
+
+def report_panels(rows: list[StageRow]) -> list[Panel]:
+    """R@1 and medR per stage, size per stage, and size vs runtime latency per exported file."""
+    labels = [_short_label(row) for row in rows]
+    n = max((row.n_val for row in rows), default=0)
+    chance = f"{n} val photos; chance: R@1 = {1 / n:.3f}, medR = {(n + 1) / 2:g}" if n else ""
+    measured = [row for row in rows if not _is_eager(row) and row.latency_ms is not None and row.size_mb is not None]
+    return [
+        Panel("val image->recipe R@1 per stage (higher is better)", kind="bars", labels=labels,
+              values=[row.r1 for row in rows], note=chance),
+        Panel("val image->recipe medR per stage (lower is better)", kind="bars", labels=labels,
+              values=[row.medr for row in rows], value_format=".1f", note="n/a: CoreML runs on macOS only"),
+        Panel("size per stage (MB: parameters, or the file)", kind="bars", labels=labels,
+              values=[row.size_mb for row in rows]),
+        Panel("exported files: size vs runtime latency", kind="scatter",
+              series=[Series("files", [row.size_mb for row in measured], [row.latency_ms for row in measured])],
+              labels=[_short_label(row) for row in measured], x_label="size (MB)", y_label="ms / image",
+              note="through ONNX Runtime / ExecuTorch on this machine, 1 image"),
+    ]
+
+
+def render_png(rows: list[StageRow], path: Path, title: str = "Compression report") -> None:
+    """Four panels drawn with pillow (training/plots.py): R@1, medR, size, size vs latency."""
+    save_figure(report_panels(rows), path, title=title, columns=2,
+                panel_size=(560, max(240, 70 + 24 * len(rows))))
 
 
 def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any = None, teacher: Any = None,
@@ -203,7 +231,7 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
     (bundle_dir / REPORT_MD).write_text(render_markdown(rows, title or f"Compression report: {bundle_dir.name}"),
                                         encoding="utf-8")
     (bundle_dir / REPORT_JSON).write_text(json.dumps([asdict(r) for r in rows], indent=2), encoding="utf-8")
-    render_png(rows, bundle_dir / REPORT_PNG)
+    render_png(rows, bundle_dir / REPORT_PNG, title or f"Compression report: {bundle_dir.name}")
     # The manifest covers every file of a bundle: name the report's three files in it.
     if add_extra_files(bundle_dir, [REPORT_MD, REPORT_JSON, REPORT_PNG]):
         logger.warning("%s: the manifest changed, so its signature was removed; sign it again with "

@@ -169,8 +169,8 @@ def _draw_scatter(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> No
     if not points:
         draw.text((area[0] + 10, area[1] + 20), "nothing measured on this machine", fill=(120, 120, 120), font=font())
         return
-    x_range = _scale(0.0, max(p[0] for p in points))
-    y_range = _scale(0.0, max(p[1] for p in points))
+    x_range = (0.0, 1.15 * max(p[0] for p in points) or 1.0)  # from zero: sizes and times
+    y_range = (0.0, 1.15 * max(p[1] for p in points) or 1.0)
     _axes(draw, area, x_range, y_range, panel.y_label)
     left, upper, right, lower = area
     for i, (x, y, label) in enumerate(points):

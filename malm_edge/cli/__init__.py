@@ -24,6 +24,7 @@ from malm_edge.cli import search as search_cli
 from malm_edge.cli import sign as sign_cli
 from malm_edge.cli import train as train_cli
 from malm_edge.cli._help import tidy_typer
+from malm_edge.cli._quiet import filter_native_stderr, quiet_third_party
 
 tidy_typer()
 
@@ -56,7 +57,10 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log debug messages, and let third-party libraries and runtimes talk."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
@@ -66,6 +70,11 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        quiet_third_party()
+        undo = filter_native_stderr()
+        if undo is not None:
+            ctx.call_on_close(undo)
 
 
 def main() -> None:

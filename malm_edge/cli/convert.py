@@ -15,6 +15,8 @@ import typer
 
 from malm_edge.cli._errors import run_or_exit
 
+COLLAPSED_SPREAD = 0.01  # converters/bundle_builder.py COLLAPSED_SPREAD (a test keeps them equal)
+
 
 class Target(str, Enum):
     executorch = "executorch"
@@ -31,6 +33,19 @@ class Quantize(str, Enum):
 class TableDtype(str, Enum):
     int8 = "int8"
     float16 = "float16"
+
+
+def parity_text(encoder: dict) -> str:
+    """The parity part of an encoder's summary line; a collapsed student says so in the same line."""
+    check, parity = encoder["verification"], encoder.get("parity")
+    if not check:
+        return "not run here (structural check only)"
+    text = (f"cosine {check['cosine_mean']:.4f} (min {check['cosine_min']:.4f}), "
+            f"top-10 {check['top10_agreement']:.2f}")
+    if parity and parity["eager_spread"] < COLLAPSED_SPREAD:
+        return (f"COLLAPSED student: photos embed nearly alike (spread {parity['eager_spread']:.4f}), so "
+                f"{text} says little; centred cosine {parity['centered_cosine_mean']:.4f}")
+    return text
 
 
 def convert(
@@ -52,6 +67,9 @@ def convert(
     batch_size: Annotated[int, typer.Option(min=1, help="Recipes per forward pass.")] = 128,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.md / report.png into the bundle.")] = True,
+    allow_collapsed: Annotated[bool, typer.Option(
+        "--allow-collapsed", help="Convert a student whose embeddings of different photos are nearly identical "
+        "(refused by default: it cannot tell photos apart).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     sign: Annotated[Optional[Path], typer.Option(
         "--sign", metavar="KEY", help="Sign the manifest with this Ed25519 private key (PEM; `malm-edge keygen`).")
@@ -67,7 +85,7 @@ def convert(
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
                              calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
-                             report=report, progress=not as_json)
+                             report=report, progress=not as_json, allow_collapsed=allow_collapsed)
     if sign is not None:
         from malm_edge.edge.signing import load_private_key
 
@@ -82,10 +100,7 @@ def convert(
         typer.echo(json.dumps(summary, indent=2))
         return
     for encoder in summary["encoders"]:
-        check = encoder["verification"]
-        parity = (f"cosine {check['cosine_mean']:.4f} (min {check['cosine_min']:.4f}), "
-                  f"top-10 {check['top10_agreement']:.2f}") if check else "not run here (structural check only)"
-        typer.echo(f"{encoder['file']}: {encoder['size_bytes'] / 1e6:.2f} MB, {parity}")
+        typer.echo(f"{encoder['file']}: {encoder['size_bytes'] / 1e6:.2f} MB, {parity_text(encoder)}")
         if encoder["non_delegated_ops"]:
             typer.echo(f"  not delegated to XNNPACK: {', '.join(encoder['non_delegated_ops'])}")
     table = summary["table"]

@@ -2,7 +2,8 @@
 
 Only typer and the standard library are imported here; edge/ loads inside the command.
 
-Several photos: every readable photo is searched; each unreadable one is reported on stderr as
+A folder stands for its photos (sorted) and a quoted glob for its matches. Several photos: every
+readable photo is searched; each unreadable one is reported on stderr as
 `error: <photo>: <why>` and, with --json, appears in the list as {"photo", "bundle", "backend",
 "error", "results": []} so the list stays aligned with the arguments. The exit code is 1 if any
 photo failed (0 otherwise). A single unreadable photo prints only the error and exits 1.
@@ -22,6 +23,37 @@ class BackendChoice(str, Enum):
     executorch = "executorch"
     onnx = "onnx"
     coreml = "coreml"
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+_GLOB_CHARS = set("*?[")
+
+
+def expand_photos(arguments: list[Path]) -> list[Path]:
+    """Photo arguments as files: a folder gives its photos (by suffix, sorted, not recursive), a
+    glob pattern its matches (sorted; the shell usually expands it first, quoted ones reach here).
+
+    Raises:
+        typer.BadParameter: A folder without photos or a pattern that matches nothing.
+    """
+    photos: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            found = sorted(p for p in argument.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise typer.BadParameter(f"{argument}: a folder without photos ({', '.join(PHOTO_SUFFIXES)})",
+                                         param_hint="PHOTOS")
+            photos += found
+        elif not argument.exists() and _GLOB_CHARS & set(str(argument)):
+            anchor = Path(argument.anchor) if argument.is_absolute() else Path(".")
+            pattern = str(argument.relative_to(anchor)) if argument.is_absolute() else str(argument)
+            found = sorted(p for p in anchor.glob(pattern) if p.is_file())
+            if not found:
+                raise typer.BadParameter(f"{argument}: no file matches this pattern", param_hint="PHOTOS")
+            photos += found
+        else:
+            photos.append(argument)  # a missing or unreadable file is reported per photo
+    return photos
 
 
 def search_photos(photos: list[Path], bundle: Path, top_k: int = 5, backend: str | None = None,
@@ -63,7 +95,10 @@ def _print_text(outputs: list[dict[str, Any]]) -> None:
 
 
 def search(
-    photos: Annotated[list[Path], typer.Argument(help="Photo files (JPEG, PNG, GIF, ...).")],
+    photos: Annotated[
+        list[Path],
+        typer.Argument(help="Photos (JPEG, PNG, GIF, ...), folders of photos (sorted) or quoted glob patterns."),
+    ],
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder (manifest.json).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Recipes per photo.")] = 5,
     backend: Annotated[
@@ -86,6 +121,7 @@ def search(
 
     register_executorch_backend()
     preferred = encoder or (backend.value if backend else None)
+    arguments, photos = photos, expand_photos(photos)
     try:
         outputs = search_photos(photos, bundle, top_k, preferred, threads, require_signature)
     except (BundleError, BackendError) as err:
@@ -97,7 +133,8 @@ def search(
     if as_json:
         good = outputs if len(outputs) > 1 else [o for o in outputs if "error" not in o]
         if good:
-            typer.echo(json.dumps(good[0] if len(photos) == 1 else good, indent=2))
+            one = len(photos) == 1 and len(arguments) == 1 and not arguments[0].is_dir()
+            typer.echo(json.dumps(good[0] if one else good, indent=2))
     else:
         _print_text(outputs)
     if failed:

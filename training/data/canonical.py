@@ -469,27 +469,24 @@ def check_dataset(
 
 
 def progress_iter(items: Iterable[T], total: int, description: str, enabled: bool = True) -> Iterable[T]:
-    """`items`, with a transient rich progress bar on stderr when `enabled`."""
+    """`items`, with progress on stderr when `enabled` (a bar in a terminal, plain lines in a log)."""
     if not enabled:
         return items
-    from rich.console import Console
-    from rich.progress import track
+    from malm_edge.training.progress import iterate
 
-    return track(items, total=total, description=description, transient=True, console=Console(stderr=True))
+    return iterate(items, total, description, unit="items")
 
 
 @contextmanager
 def _byte_progress(path: Path, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar over the bytes of `path` (yields its advance callback), or None."""
+    """Progress over the bytes of `path` (yields its advance callback), or None."""
     if not enabled:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import Progress
+    from malm_edge.training.progress import counting
 
-    with Progress(transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"checking {path.name}", total=path.stat().st_size)
-        yield lambda size: bar.advance(task, size)
+    with counting(f"checking {path.name} (MB)", path.stat().st_size, unit="bytes", transient=True) as advance:
+        yield advance
 
 
 def _count_recipe(report: CheckReport, recipe: Recipe) -> None:

@@ -183,14 +183,13 @@ def _render_all(tasks: list[tuple[RecipeSpec, int, int, int, str]], workers: int
     total = sum(task[3] for task in tasks)
     if not progress:
         return sum(_run_tasks(tasks, workers))
-    from rich.progress import Progress
+    from malm_edge.training.progress import Progress
 
     done = 0
-    with Progress(transient=True) as bar:
-        job = bar.add_task("SynthFood images", total=total)
+    with Progress("SynthFood images", total, unit="images", transient=True) as bar:
         for written in _run_tasks(tasks, workers):
             done += written
-            bar.advance(job, written)
+            bar.advance(written)
     return done
 
 
