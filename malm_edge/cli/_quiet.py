@@ -20,7 +20,7 @@ import re
 import sys
 import threading
 import warnings
-from typing import Callable
+from typing import Any, Callable, TextIO
 
 THIRD_PARTY_LOGGERS = ("onnx_ir", "onnxscript", "onnx", "onnxruntime", "coremltools", "torchao", "torchvision",
                        "torch", "executorch", "PIL", "matplotlib", "urllib3", "filelock")
@@ -51,8 +51,9 @@ def filter_native_stderr() -> Callable[[], None] | None:
     os.dup2(write_end, 2)
     os.close(write_end)
     old_stream = sys.stderr
-    new_stream = os.fdopen(os.dup(original), "w", buffering=1, encoding=old_stream.encoding,
-                           errors=old_stream.errors)
+    real_stream = os.fdopen(os.dup(original), "w", buffering=1, encoding=old_stream.encoding,
+                            errors=old_stream.errors)
+    new_stream = FilteredStream(real_stream)  # ExecuTorch's pybindings log through sys.stderr
     sys.stderr = new_stream
     handlers = [h for h in logging.getLogger().handlers
                 if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is old_stream]
@@ -62,16 +63,50 @@ def filter_native_stderr() -> Callable[[], None] | None:
     pump.start()
 
     def undo() -> None:
-        new_stream.flush()
+        new_stream.drain()
         os.dup2(original, 2)  # closes the pipe's last write end: the pump sees EOF
         pump.join(timeout=2)
         for handler in handlers:
             handler.setStream(old_stream)
         sys.stderr = old_stream
-        new_stream.close()
+        real_stream.close()
         os.close(original)
 
     return undo
+
+
+class FilteredStream:
+    """A text stream that drops native chatter lines and passes everything else through."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._pending = stream, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        out = "".join(line + "\n" for line in lines if not NATIVE_CHATTER.match(line.encode(errors="replace")))
+        if self._pending and not self._pending.startswith(("[", "I", "W", "E")):
+            out, self._pending = out + self._pending, ""
+        if out:
+            self._stream.write(out)
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush what is complete; a partial line that may still become chatter waits for its end
+        (ExecuTorch writes `[`, `cpuinfo_utils.cpp`, `:71] `, ... each followed by a flush)."""
+        self._stream.flush()
+
+    def drain(self) -> None:
+        """Write the last partial line unless it is chatter (when the filter is removed)."""
+        if self._pending and not NATIVE_CHATTER.match(self._pending.encode(errors="replace")):
+            self._stream.write(self._pending)
+        self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, ...; not the raw buffer or fd
+        if name in ("buffer", "fileno"):
+            raise AttributeError(name)
+        return getattr(self._stream, name)
 
 
 def _pump(read_end: int, target: int) -> None:

@@ -12,12 +12,10 @@ from malm_edge.training.progress import Progress
 
 
 def format_terms(terms: dict[str, float]) -> str:
-    """`loss 1.234 itc 0.811 dist 0.020` from {"loss": ..., "loss_itc": ..., ...} (other keys ignored)."""
-    return " ".join(
-        f"{'loss' if name == 'loss' else name.removeprefix('loss_')} {value:.3f}"
-        for name, value in terms.items()
-        if name.startswith("loss")
-    )
+    """`loss 1.234 itc 0.811 dist 0.020` from {"loss_itc": ..., "loss": ..., ...}: the total first, the
+    terms in their order, other keys ignored."""
+    names = sorted((name for name in terms if name.startswith("loss")), key=lambda name: name != "loss")
+    return " ".join(f"{'loss' if name == 'loss' else name.removeprefix('loss_')} {terms[name]:.3f}" for name in names)
 
 
 class TrainProgress:
