@@ -379,10 +379,10 @@ def check_not_collapsed(reference: np.ndarray, student: Any, allow: bool) -> Non
                f"spread = 1 - mean pairwise cosine), so it cannot tell photos apart and export parity "
                f"would say little")
     if allow:
-        logger.warning("%s; converting anyway (--allow-collapsed)", message)
+        logger.warning("%s; converting anyway (--collapsed-ok)", message)
         return
     raise ConvertError(f"{message}. Look at {run}/curves.png and its val R@1, distil longer or from a "
-                       f"better teacher, or pass --allow-collapsed to convert it anyway")
+                       f"better teacher, or pass --collapsed-ok to convert it anyway")
 
 
 def _measure(staging: Path, file: str, report: ExportReport, reference: np.ndarray,

@@ -2,7 +2,8 @@
 
 - A boolean flag takes no value, but typer shows a `<bool>` type beside it (`--json <bool>`), as if
   it did: flags get no type column.
-- A variadic argument shows its Python type (`<list[Path]>`): it shows `<path>...` instead.
+- A variadic argument shows its Python type (`<list[Path]>`): it shows `<path>...` instead, and a
+  repeatable option its choices without `list[...]`.
 - typer validates values with pydantic, whose messages for a `ValueError` start with
   "Value error, ": the prefix is dropped ("'foo' is not one of 'micro', ...").
 
@@ -40,7 +41,9 @@ def tidy_typer() -> None:
         def option_display_type(self: Any, ctx: Any) -> str | None:
             if getattr(self, "is_flag", False) and self.metavar is None:
                 return None
-            return option_type(self, ctx)
+            shown = option_type(self, ctx)
+            match = re.fullmatch(r"<list\[(.+)\]>", shown or "")
+            return f"<{match.group(1)}>" if match else shown  # repeatable: its help says so
 
         option.display_type_rich = option_display_type
         option._malm_tidy = True

@@ -68,7 +68,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.md / report.png into the bundle.")] = True,
     allow_collapsed: Annotated[bool, typer.Option(
-        "--allow-collapsed", help="Convert a student whose embeddings of different photos are nearly identical "
+        "--collapsed-ok", help="Convert a student whose embeddings of different photos are nearly identical "
         "(refused by default: it cannot tell photos apart).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     sign: Annotated[Optional[Path], typer.Option(
