@@ -153,3 +153,22 @@ def test_third_party_loggers_pass_only_errors() -> None:
     for name in ("onnx_ir.passes.common", "onnxscript.optimizer", "coremltools", "torchao", "torchvision"):
         assert not logging.getLogger(name).isEnabledFor(logging.WARNING), name
     assert logging.getLogger("malm_edge.converters.bundle_builder").isEnabledFor(logging.INFO) or True
+
+
+# ---- item 8: bench tables keep their names at 80 columns
+
+
+def test_bench_tables_never_cut_names_or_drop_columns_at_80_columns() -> None:
+    from rich.console import Console
+
+    from malm_edge.cli.bench import _print_table, _table
+
+    rows = [("student_int8_weights_coreml", "executorch", "int8_weights", "1", "0.13", "0.17", "0.11"),
+            ("student_fp32_onnx", "onnx", "none", "2", "10.13", "100.17", "0.35")]
+    console = Console(width=80, file=io.StringIO(), record=True)
+    _print_table(console, _table("Encoders (batch 1)", ("encoder", "backend", "quant", "thr", "p50 ms", "p90 ms",
+                                                        "MB"), rows))
+    text = console.export_text()
+    assert "…" not in text
+    for value in (*rows[0], *rows[1], "MB"):
+        assert value in text, value

@@ -12,29 +12,54 @@ from typing import Annotated, Any, Optional
 import typer
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Any:
+    """A compact rich table in which no value is ever cut (headers wrap instead); text columns left,
+    numbers right."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title_justify="left")
+    for i, column in enumerate(columns):
+        values = [row[i] for row in rows]
+        numeric = all(v.replace(".", "", 1).isdigit() for v in values if v)
+        table.add_column(column, no_wrap=not numeric, min_width=max(map(len, [*values, *column.split()])),
+                         justify="right" if numeric else "left")  # numeric headers may wrap
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_table(console: Any, table: Any) -> None:
+    """Print at the console's width, or wider where the table cannot fit (rich would drop columns)."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum  # unwrapped
+    if sum(column.min_width or 0 for column in table.columns) + 2 * len(table.columns) <= console.width:
+        needed = console.width  # it fits once numeric headers wrap
+    width = console.width
+    console.width = max(width, needed)  # print(width=...) is clamped to the console's width
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def _print_tables(report: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     pre = report["preprocess"]
     console.print(f"bundle {report['bundle']}: preprocessing median {pre['median_ms']:.2f} ms, "
                   f"p90 {pre['p90_ms']:.2f} ms; peak RSS {report['peak_rss_mb']:.0f} MB")
-    encoders = Table(title="Encoders (batch 1)")
-    for column in ("encoder", "backend", "quant", "threads", "median ms", "p90 ms", "size MB"):
-        encoders.add_column(column)
-    for row in report["encoders"]:
-        encoders.add_row(row["encoder"], row["backend"], row["quantization"], str(row["threads"]),
-                         f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['size_mb']:.2f}")
-    console.print(encoders)
-    search = Table(title="Table top-k search")
-    for column in ("table", "rows", "dim", "dtype", "median ms", "p90 ms", "table MB", "peak alloc MB"):
-        search.add_column(column)
-    for row in report["search"]:
-        search.add_row(row["table"], str(row["rows"]), str(row["dim"]), row["dtype"],
-                       f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}",
-                       f"{row['search_peak_alloc_mb']:.1f}")
-    console.print(search)
+    encoders = [(row["encoder"], row["backend"], row["quantization"], str(row["threads"]), f"{row['median_ms']:.2f}",
+                 f"{row['p90_ms']:.2f}", f"{row['size_mb']:.2f}") for row in report["encoders"]]
+    _print_table(console, _table("Encoders (batch 1)", ("encoder", "backend", "quant", "thr", "p50 ms", "p90 ms", "MB"),
+                         encoders))
+    search = [(row["table"], str(row["rows"]), str(row["dim"]), row["dtype"], f"{row['median_ms']:.2f}",
+               f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}", f"{row['search_peak_alloc_mb']:.1f}")
+              for row in report["search"]]
+    _print_table(console, _table("Table top-k search", ("table", "rows", "dim", "dtype", "p50 ms", "p90 ms", "table MB",
+                                                 "peak alloc MB"), search))
     for row in report["end_to_end"]:
         console.print(f"end to end ({row['encoder']}): median {row['median_ms']:.2f} ms, "
                       f"p90 {row['p90_ms']:.2f} ms")
