@@ -172,3 +172,14 @@ def test_bench_tables_never_cut_names_or_drop_columns_at_80_columns() -> None:
     assert "…" not in text
     for value in (*rows[0], *rows[1], "MB"):
         assert value in text, value
+
+
+def test_filtered_stream_passes_partial_lines_that_cannot_be_chatter_at_once() -> None:
+    from malm_edge.cli._quiet import FilteredStream
+
+    out = io.StringIO()
+    stream = FilteredStream(out)
+    stream.write("Epicurious rows ━━━ 10/200")  # a progress bar redraw: no newline
+    assert out.getvalue() == "Epicurious rows ━━━ 10/200"
+    stream.write("\n[cpuinfo_utils.cpp:7")
+    assert out.getvalue() == "Epicurious rows ━━━ 10/200\n"  # held: it may still become chatter

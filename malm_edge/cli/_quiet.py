@@ -27,6 +27,13 @@ THIRD_PARTY_LOGGERS = ("onnx_ir", "onnxscript", "onnx", "onnxruntime", "coremlto
 THIRD_PARTY_WARNINGS = r"(onnx_ir|onnxscript|onnx|onnxruntime|coremltools|torchao|torchvision|torch|executorch)(\.|$)"
 # `[file.cpp:71] message` (ExecuTorch's ET_LOG), glog-style `I1201 09:20:52.424 123 file.cc:42] ...`
 NATIVE_CHATTER = re.compile(rb"^(\[[\w./-]+\.(c|cc|cpp|cxx|h|hpp):\d+\]|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w./-]+:\d+\])")
+# What the start of such a line looks like before its end has arrived (held back until it has).
+CHATTER_PREFIX = re.compile(rb"\[[\w./-]*(:\d*)?|[IWE]\d{0,4}( [\d:.]*( +\d*( [\w./-]*(:\d*)?)?)?)?")
+
+
+def _may_be_chatter(partial: bytes) -> bool:
+    """Whether a line without its end yet is, or may become, a native chatter line."""
+    return bool(NATIVE_CHATTER.match(partial) or CHATTER_PREFIX.fullmatch(partial))
 
 
 def quiet_third_party() -> None:
@@ -85,7 +92,7 @@ class FilteredStream:
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         out = "".join(line + "\n" for line in lines if not NATIVE_CHATTER.match(line.encode(errors="replace")))
-        if self._pending and not self._pending.startswith(("[", "I", "W", "E")):
+        if self._pending and not _may_be_chatter(self._pending.encode(errors="replace")):
             out, self._pending = out + self._pending, ""
         if out:
             self._stream.write(out)
@@ -118,7 +125,7 @@ def _pump(read_end: int, target: int) -> None:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             out = b"".join(line + b"\n" for line in lines if not NATIVE_CHATTER.match(line))
-            if pending and not pending.startswith((b"[", b"I", b"W", b"E")):
+            if pending and not _may_be_chatter(pending):
                 out, pending = out + pending, b""
             if out:
                 os.write(target, out)
