@@ -54,6 +54,7 @@ class Panel:
     y_label: str = ""
     value_format: str = ".3f"
     note: str = ""
+    hlines: list[tuple[float, str]] = field(default_factory=list)  # (y, label): dashed reference lines
 
 
 def save_figure(panels: list[Panel], path: str | Path, *, title: str = "", columns: int = 2,
@@ -115,15 +116,30 @@ def _axes(draw: Any, area: tuple[int, int, int, int], x_range: tuple[float, floa
         draw.text((left + 4, upper - 2), y_label, fill=(90, 90, 90), font=small)
 
 
+def _legend(draw: Any, area: tuple[int, int, int, int], panel: Panel) -> tuple[int, int, int, int]:
+    """Series names in a row above the plot (several series only); returns the area left below it."""
+    if len(panel.series) < 2:
+        return area
+    left, upper, right, lower = area
+    x = left
+    for i, series in enumerate(panel.series):
+        colour = PALETTE[i % len(PALETTE)]
+        draw.line([(x, upper + 3), (x + 14, upper + 3)], fill=colour, width=3)
+        draw.text((x + 18, upper - 4), series.name, fill=colour, font=font(11))
+        x += 30 + 7 * len(series.name)
+    return left, upper + 14, right, lower
+
+
 def _draw_lines(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> None:
-    area = _frame(draw, box, panel)
+    area = _legend(draw, _frame(draw, box, panel), panel)
     points = [(x, y) for s in panel.series for x, y in zip(s.x, s.y) if y is not None and math.isfinite(y)]
     if not points:
         draw.text((area[0] + 10, area[1] + 20), "no data yet", fill=(120, 120, 120), font=font())
         return
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
     x_range = (x_lo, x_hi) if x_hi > x_lo else _scale(x_lo, x_hi)
-    y_range = _scale(min(p[1] for p in points), max(p[1] for p in points))
+    ys = [p[1] for p in points] + [y for y, _ in panel.hlines]
+    y_range = _scale(min(ys), max(ys))
     _axes(draw, area, x_range, y_range, panel.y_label)
     left, upper, right, lower = area
 
@@ -131,6 +147,11 @@ def _draw_lines(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> None
         return (left + (x - x_range[0]) / (x_range[1] - x_range[0]) * (right - left),
                 lower - (y - y_range[0]) / (y_range[1] - y_range[0]) * (lower - upper))
 
+    for value, label in panel.hlines:
+        _, y = at(x_range[0], value)
+        for x in range(int(left), int(right), 12):
+            draw.line([(x, y), (min(x + 6, right), y)], fill=(150, 150, 150), width=1)
+        draw.text((right - 7 * len(label) - 4, y - 14), label, fill=(120, 120, 120), font=font(11))
     for i, series in enumerate(panel.series):
         colour = PALETTE[i % len(PALETTE)]
         xy = [at(x, y) for x, y in zip(series.x, series.y) if y is not None and math.isfinite(y)]
@@ -139,7 +160,6 @@ def _draw_lines(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> None
         if series.markers or len(xy) == 1:
             for x, y in xy:
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((right - 120, upper + 2 + 14 * i), f"- {series.name}", fill=colour, font=font(11))
 
 
 def _draw_bars(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> None:

@@ -34,18 +34,21 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def curve_panels(steps: list[dict], epochs: list[dict]) -> list[Panel]:
     """Loss terms per step; val R@1 and medR per epoch."""
     names = sorted({k for record in steps for k in record if k.startswith("loss")}, key=lambda k: (k != "loss", k))
-    losses = [Series(name, [r["global_step"] for r in steps if name in r], [r[name] for r in steps if name in r])
-              for name in names]
+    losses = [Series(name if name == "loss" else name.removeprefix("loss_"), [r["global_step"] for r in steps if name in r],
+                     [r[name] for r in steps if name in r]) for name in names]
     numbers = [r["epoch"] + 1 for r in epochs]
     i2r = [r["val"]["image_to_recipe"] for r in epochs]
     bag = epochs[-1]["val"].get("bag_size") if epochs else None
-    note = f"val bag of {bag}; chance: R@1 = {1 / bag:.3f}, medR = {(bag + 1) / 2:g}" if bag else ""
+    note = f"val: one bag of {bag} pairs" if bag else ""
+    chance_r1 = [(1 / bag, "chance")] if bag else []
+    chance_medr = [((bag + 1) / 2, "chance")] if bag else []
     return [
         Panel("training losses", series=losses, x_label="step"),
         Panel("val image->recipe R@1 (higher is better)", series=[Series("R@1", numbers, [m["r1"] for m in i2r], True)],
-              x_label="epoch", note=note),
+              x_label="epoch", note=note, hlines=chance_r1),
         Panel("val image->recipe medR (lower is better)",
-              series=[Series("medR", numbers, [m["medr"] for m in i2r], True)], x_label="epoch", note=note),
+              series=[Series("medR", numbers, [m["medr"] for m in i2r], True)], x_label="epoch", note=note,
+              hlines=chance_medr),
     ]
 
 
