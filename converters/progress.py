@@ -13,7 +13,9 @@ from malm_edge.training.progress import Progress
 
 
 @contextmanager
-def recipe_progress(enabled: bool, description: str, total: int, unit: str = "recipes") -> Iterator[Callable[[int], None]]:
+def recipe_progress(
+    enabled: bool, description: str, total: int, unit: str = "recipes"
+) -> Iterator[Callable[[int], None]]:
     """Progress over `total` items; `enabled=False` (tests, non-main ranks, --json) shows nothing."""
     with Progress(description, total, unit=unit, enabled=enabled) as bar:
         yield lambda n: bar.advance(n)

@@ -35,9 +35,10 @@ def test_json_flag_reads_as_a_flag() -> None:
 
 def test_train_schedule_options_say_what_they_are_and_the_preset_defaults() -> None:
     help_text = _flat(runner.invoke(app, ["train", "--help"]).output)
-    assert "Passes over the training pairs. (default: the preset's: micro 5, tiny 10, small 40, base 120)" in help_text
-    assert "(default: the preset's: micro 32, tiny 64, small 128, base 128)" in help_text
-    assert "DataLoader worker processes. (default: the preset's: micro 0, tiny 1, small 4, base 4)" in help_text
+    assert "Passes over the training pairs. (default: the preset's: micro 5, tiny 10, small 40, lite 20, base 120)" \
+        in help_text
+    assert "(default: the preset's: micro 32, tiny 64, small 128, lite 64, base 128)" in help_text
+    assert "DataLoader worker processes. (default: the preset's: micro 0, tiny 1, small 4, lite 0, base 4)" in help_text
     assert "sample order and masks. (default: 0)" in help_text
 
 
@@ -62,7 +63,7 @@ def test_errors_carry_no_pydantic_prefix() -> None:
     result = runner.invoke(app, ["train", "--preset", "foo"])
     assert result.exit_code == 2
     assert "Value error" not in result.output
-    assert "'foo' is not one of 'micro', 'tiny', 'small', 'base'" in _flat(result.output)
+    assert "'foo' is not one of 'micro', 'tiny', 'small', 'lite', 'base'" in _flat(result.output)
 
 
 def test_convert_and_builder_agree_on_collapse() -> None:

@@ -26,7 +26,9 @@ THIRD_PARTY_LOGGERS = ("onnx_ir", "onnxscript", "onnx", "onnxruntime", "coremlto
                        "torch", "executorch", "PIL", "matplotlib", "urllib3", "filelock")
 THIRD_PARTY_WARNINGS = r"(onnx_ir|onnxscript|onnx|onnxruntime|coremltools|torchao|torchvision|torch|executorch)(\.|$)"
 # `[file.cpp:71] message` (ExecuTorch's ET_LOG), glog-style `I1201 09:20:52.424 123 file.cc:42] ...`
-NATIVE_CHATTER = re.compile(rb"^(\[[\w./-]+\.(c|cc|cpp|cxx|h|hpp):\d+\]|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w./-]+:\d+\])")
+NATIVE_CHATTER = re.compile(
+    rb"^(\[[\w./-]+\.(c|cc|cpp|cxx|h|hpp):\d+\]|[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w./-]+:\d+\])"
+)
 # What the start of such a line looks like before its end has arrived (held back until it has).
 CHATTER_PREFIX = re.compile(rb"\[[\w./-]*(:\d*)?|[IWE]\d{0,4}( [\d:.]*( +\d*( [\w./-]*(:\d*)?)?)?)?")
 

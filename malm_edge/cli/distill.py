@@ -16,17 +16,18 @@ from malm_edge.cli.train import preset_default
 # Each schedule preset's distillation values, for --help only (tests/test_cli_help.py keeps them equal
 # to training/presets.py).
 DISTILL_SCHEDULES = {
-    "epochs": {"micro": 4, "tiny": 12, "small": 30, "base": 60},
-    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "base": 256},
-    "lr": {"micro": 0.003, "tiny": 0.002, "small": 0.002, "base": 0.002},
-    "augmentations": {"micro": 4, "tiny": 4, "small": 4, "base": 4},
-    "num_workers": {"micro": 0, "tiny": 0, "small": 4, "base": 8},
-    "seed": {"micro": 0, "tiny": 0, "small": 0, "base": 0},
+    "epochs": {"micro": 4, "tiny": 12, "small": 30, "lite": 3, "base": 60},
+    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "lite": 32, "base": 256},
+    "lr": {"micro": 0.003, "tiny": 0.002, "small": 0.002, "lite": 0.0005, "base": 0.002},
+    "augmentations": {"micro": 4, "tiny": 4, "small": 4, "lite": 1, "base": 4},
+    "num_workers": {"micro": 0, "tiny": 0, "small": 4, "lite": 0, "base": 8},
+    "seed": {"micro": 0, "tiny": 0, "small": 0, "lite": 0, "base": 0},
 }
 
 
 def _default(field: str) -> str:
-    return preset_default(field, DISTILL_SCHEDULES).replace("the preset's", "the --preset schedule's")
+    schedule = "the schedule's (--preset, else the teacher's)"
+    return preset_default(field, DISTILL_SCHEDULES).replace("the preset's", schedule)
 
 
 class Arch(str, Enum):
@@ -74,7 +75,9 @@ def distill(
     losses: Annotated[
         str, typer.Option(help="Comma-separated loss terms: feature, kl, triplet ('triplet' alone = RecipeSnap-style).")
     ] = "feature,kl,triplet",
-    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Passes over the training photos. {_default('epochs')}")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, help=f"Passes over the training photos. {_default('epochs')}")
+    ] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2, help=f"Photos per step. {_default('batch_size')}")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help=f"Learning rate. {_default('lr')}")] = None,
     augmentations: Annotated[
@@ -84,7 +87,9 @@ def distill(
     workers: Annotated[
         Optional[int], typer.Option(min=0, help=f"DataLoader worker processes. {_default('num_workers')}")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the initial weights and sample order. {_default('seed')}")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help=f"Seed of the initial weights and sample order. {_default('seed')}")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a phone-sized image encoder that lands in the teacher's recipe embedding space.

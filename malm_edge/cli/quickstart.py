@@ -67,7 +67,8 @@ def retrieval_lines(out: Path) -> list[str]:
     for label, run in (("teacher (MALM, eager)", out / "teacher"), ("student (distilled, eager)", out / "student")):
         val = _last_val(run)
         if val:
-            lines.append(f"  {label:<40} R@1 {val['r1']:.3f}  medR {val['medr']:>6.1f}  (run val, bag {val['bag_size']})")
+            lines.append(f"  {label:<40} R@1 {val['r1']:.3f}  medR {val['medr']:>6.1f}  "
+                         f"(run val, bag {val['bag_size']})")
     for row in _read_json(out / "bundle" / "report.json") or []:
         if row.get("stage") != "exported":
             continue
@@ -75,7 +76,8 @@ def retrieval_lines(out: Path) -> list[str]:
         if row.get("r1") is None:
             lines.append(f"  {name:<40} not measured here ({row['detail'].split(' - ')[-1]})")
         else:
-            lines.append(f"  {name:<40} R@1 {row['r1']:.3f}  medR {row['medr']:>6.1f}  (bundle val, {row['n_val']} photos)")
+            lines.append(f"  {name:<40} R@1 {row['r1']:.3f}  medR {row['medr']:>6.1f}  "
+                         f"(bundle val, {row['n_val']} photos)")
     return lines
 
 

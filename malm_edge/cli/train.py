@@ -26,10 +26,10 @@ class Preset(str, Enum):
 # Each preset's training schedule, for --help only (importing the registry would import torch and make
 # `--help` slow); tests/test_cli_help.py keeps these equal to training/presets.py.
 PRESET_SCHEDULES = {
-    "epochs": {"micro": 5, "tiny": 10, "small": 40, "base": 120},
-    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "base": 128},
-    "num_workers": {"micro": 0, "tiny": 1, "small": 4, "base": 4},
-    "seed": {"micro": 0, "tiny": 0, "small": 0, "base": 0},
+    "epochs": {"micro": 5, "tiny": 10, "small": 40, "lite": 20, "base": 120},
+    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "lite": 64, "base": 128},
+    "num_workers": {"micro": 0, "tiny": 1, "small": 4, "lite": 0, "base": 4},
+    "seed": {"micro": 0, "tiny": 0, "small": 0, "lite": 0, "base": 0},
 }
 
 
@@ -79,7 +79,9 @@ def train(
             "hardest recipes and vice versa.",
         ),
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help=f"Passes over the training pairs. {preset_default('epochs')}")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, help=f"Passes over the training pairs. {preset_default('epochs')}")
+    ] = None,
     batch_size: Annotated[
         Optional[int], typer.Option(min=2, help=f"Image-recipe pairs per step. {preset_default('batch_size')}")
     ] = None,
@@ -91,7 +93,8 @@ def train(
         Optional[int], typer.Option(min=0, help=f"DataLoader worker processes. {preset_default('num_workers')}")
     ] = None,
     seed: Annotated[
-        Optional[int], typer.Option(help=f"Seed of the initial weights, sample order and masks. {preset_default('seed')}")
+        Optional[int],
+        typer.Option(help=f"Seed of the initial weights, sample order and masks. {preset_default('seed')}"),
     ] = None,
     save_every: Annotated[
         Optional[int], typer.Option(min=0, help="Also checkpoint every N steps within an epoch (0: epoch ends only).")

@@ -34,8 +34,11 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def curve_panels(steps: list[dict], epochs: list[dict]) -> list[Panel]:
     """Loss terms per step; val R@1 and medR per epoch."""
     names = sorted({k for record in steps for k in record if k.startswith("loss")}, key=lambda k: (k != "loss", k))
-    losses = [Series(name if name == "loss" else name.removeprefix("loss_"), [r["global_step"] for r in steps if name in r],
-                     [r[name] for r in steps if name in r]) for name in names]
+    losses = [
+        Series(name if name == "loss" else name.removeprefix("loss_"),
+               [r["global_step"] for r in steps if name in r], [r[name] for r in steps if name in r])
+        for name in names
+    ]
     numbers = [r["epoch"] + 1 for r in epochs]
     i2r = [r["val"]["image_to_recipe"] for r in epochs]
     bag = epochs[-1]["val"].get("bag_size") if epochs else None
