@@ -11,6 +11,7 @@ from malm_edge.cli import app
 
 runner = CliRunner()
 COMMANDS = [["train"], ["distill"], ["eval"], ["index"], ["convert"], ["report"], ["search"], ["bench"], ["demo"],
+            ["keygen"], ["sign"],
             ["data", "check"], ["data", "synth"], ["data", "import", "recipe1m"], ["data", "import", "epicurious"]]
 
 
@@ -35,7 +36,7 @@ def test_json_flag_reads_as_a_flag() -> None:
 
 def test_train_schedule_options_say_what_they_are_and_the_preset_defaults() -> None:
     help_text = _flat(runner.invoke(app, ["train", "--help"]).output)
-    assert "Passes over the training pairs. (default: the preset's: micro 5, tiny 10, small 40, lite 20, base 120)" \
+    assert "Passes over the training pairs. (default: the preset's: micro 5, tiny 10, small 40, lite 10, base 120)" \
         in help_text
     assert "(default: the preset's: micro 32, tiny 64, small 128, lite 64, base 128)" in help_text
     assert "DataLoader worker processes. (default: the preset's: micro 0, tiny 1, small 4, lite 0, base 4)" in help_text

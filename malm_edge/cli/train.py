@@ -26,7 +26,7 @@ class Preset(str, Enum):
 # Each preset's training schedule, for --help only (importing the registry would import torch and make
 # `--help` slow); tests/test_cli_help.py keeps these equal to training/presets.py.
 PRESET_SCHEDULES = {
-    "epochs": {"micro": 5, "tiny": 10, "small": 40, "lite": 20, "base": 120},
+    "epochs": {"micro": 5, "tiny": 10, "small": 40, "lite": 10, "base": 120},
     "batch_size": {"micro": 32, "tiny": 64, "small": 128, "lite": 64, "base": 128},
     "num_workers": {"micro": 0, "tiny": 1, "small": 4, "lite": 0, "base": 4},
     "seed": {"micro": 0, "tiny": 0, "small": 0, "lite": 0, "base": 0},
