@@ -94,13 +94,17 @@ class Progress:
             return None
         return max(self.total - self.completed, 0) * self.elapsed() / self._session_steps
 
+    def rate_text(self, unknown: str = "?") -> str:
+        """`61.2 samples/s` (`12.3 MB/s` for bytes), or `unknown` before the first step."""
+        rate = self.rate()
+        if rate is None:
+            return unknown
+        return f"{rate / 1e6:.1f} MB/s" if self.rate_unit == "bytes" else f"{rate:.1f} {self.rate_unit}/s"
+
     def status(self) -> str:
         """`120/500 (24%), 61.2 samples/s, elapsed 1m58s, ETA 6m15s` (the part that is never cut)."""
         percent = f" ({100 * self.completed / self.total:.0f}%)" if self.total else ""
-        rate = self.rate()
-        rate_text = "?" if rate is None else (f"{rate / 1e6:.1f} MB/s" if self.rate_unit == "bytes"
-                                              else f"{rate:.1f} {self.rate_unit}/s")
-        return (f"{_count(self.completed, self.unit)}/{_count(self.total, self.unit)}{percent}, {rate_text}, "
+        return (f"{_count(self.completed, self.unit)}/{_count(self.total, self.unit)}{percent}, {self.rate_text()}, "
                 f"elapsed {format_duration(self.elapsed())}, ETA {format_duration(self.eta())}")
 
     def line(self) -> str:
@@ -141,10 +145,7 @@ class Progress:
         self._last_line = time.perf_counter()
 
     def _bar_status(self) -> str:
-        rate = self.rate()
-        rate_text = "" if rate is None else (f"{rate / 1e6:.1f} MB/s" if self.rate_unit == "bytes"
-                                             else f"{rate:.1f} {self.rate_unit}/s")
-        return f"{rate_text}  ETA {format_duration(self.eta())}"
+        return f"{self.rate_text(unknown='')}  ETA {format_duration(self.eta())}"
 
     # ---- context
 
