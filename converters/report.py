@@ -186,7 +186,9 @@ def report_panels(rows: list[StageRow]) -> list[Panel]:
         Panel("val image->recipe R@1 per stage (higher is better)", kind="bars", labels=labels,
               values=[row.r1 for row in rows], note=chance),
         Panel("val image->recipe medR per stage (lower is better)", kind="bars", labels=labels,
-              values=[row.medr for row in rows], value_format=".1f", note="n/a: CoreML runs on macOS only"),
+              values=[row.medr for row in rows], value_format=".1f",
+              note="n/a: not measured on this machine (CoreML runs on macOS only)"
+              if any(row.r1 is None for row in rows) else ""),
         Panel("size per stage (MB: parameters, or the file)", kind="bars", labels=labels,
               values=[row.size_mb for row in rows]),
         Panel("exported files: size vs runtime latency", kind="scatter",

@@ -183,3 +183,28 @@ def test_filtered_stream_passes_partial_lines_that_cannot_be_chatter_at_once() -
     assert out.getvalue() == "Epicurious rows ━━━ 10/200"
     stream.write("\n[cpuinfo_utils.cpp:7")
     assert out.getvalue() == "Epicurious rows ━━━ 10/200\n"  # held: it may still become chatter
+
+
+# ---- items 8 and 9: the report's charts and latency columns
+
+
+def test_report_plots_every_measure_and_says_what_latency_measures(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from malm_edge.converters.report import StageRow, render_markdown, render_png, report_panels
+
+    rows = [StageRow("teacher", "MALM image tower (fp32, eager)", 0.5, 0.1, 13.0, 134.0, 30),
+            StageRow("student", "float (fp32, eager)", 0.2, 0.1, 9.0, 6.2, 30),
+            StageRow("exported", "encoder_int8.pte (executorch, int8)", 0.12, 0.1, 10.0, 0.18, 30),
+            StageRow("exported", "encoder_fp16.mlpackage (coreml, fp16) - runs on macOS only", 0.17, None, None,
+                     None, 0)]
+    titles = [panel.title for panel in report_panels(rows)]
+    assert any("R@1" in t for t in titles) and any("medR" in t for t in titles)
+    assert any("size" in t and "latency" in t for t in titles) and any(t.startswith("size per stage") for t in titles)
+    render_png(rows, tmp_path / "report.png")
+    assert Image.open(tmp_path / "report.png").size[0] > 800
+    markdown = render_markdown(rows, "t")
+    assert "| runtime latency (ms, 1 image) | eager PyTorch (ms) |" in markdown
+    assert "| teacher | MALM image tower (fp32, eager) | 0.500 | 0.100 | 13.0 | - | 134.00 |" in markdown
+    assert "| 0.18 | - |" in markdown  # the exported file's latency is in the runtime column only
+    assert "Python and dispatch overhead" in markdown
