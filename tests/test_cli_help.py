@@ -44,10 +44,9 @@ def test_train_schedule_options_say_what_they_are_and_the_preset_defaults() -> N
 
 
 def test_help_defaults_are_the_preset_registry() -> None:
-    from malm_edge.training.presets import TEACHER_PRESETS
-
     from malm_edge.cli.distill import DISTILL_SCHEDULES
     from malm_edge.cli.train import PRESET_SCHEDULES
+    from malm_edge.training.presets import TEACHER_PRESETS
 
     for field, values in PRESET_SCHEDULES.items():
         assert values == {name: getattr(p.train, field) for name, p in TEACHER_PRESETS.items()}, field
@@ -68,8 +67,7 @@ def test_errors_carry_no_pydantic_prefix() -> None:
 
 
 def test_convert_and_builder_agree_on_collapse() -> None:
-    from malm_edge.converters.bundle_builder import COLLAPSED_SPREAD
-
     from malm_edge.cli import convert
+    from malm_edge.converters.bundle_builder import COLLAPSED_SPREAD
 
     assert convert.COLLAPSED_SPREAD == COLLAPSED_SPREAD

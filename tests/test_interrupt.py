@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from malm_edge.training.harness import checkpoint as ckpt
-from malm_edge.training.harness.loop import TrainingInterrupted
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.loop import TrainingInterrupted
 
 
 def _micro(epochs: int = 2):

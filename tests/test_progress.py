@@ -8,6 +8,7 @@ import logging
 import re
 
 import pytest
+
 from malm_edge.training.harness.progress import TrainProgress, format_terms
 from malm_edge.training.progress import Progress, format_duration
 

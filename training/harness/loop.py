@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from malm_edge.training.data.dataset import collate_batch
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.curves import write_curves
 from malm_edge.training.harness.distributed import (
     WorldInfo,
     all_ranks,
@@ -36,7 +37,6 @@ from malm_edge.training.harness.distributed import (
     default_device,
     init_distributed,
 )
-from malm_edge.training.harness.curves import write_curves
 from malm_edge.training.harness.progress import TrainProgress
 from malm_edge.training.harness.run import (
     RunError,
