@@ -82,26 +82,31 @@ def _name(source: ImageSource) -> str:
     return str(getattr(source, "name", repr(source)))
 
 
+def _open_lazily(source: str | os.PathLike | BinaryIO, name: str) -> Image.Image:
+    """`Image.open` (header only), its failures as ImageErrors naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except FileNotFoundError as err:
+        raise MissingImageError(f"{name}: file not found") from err
+    except IsADirectoryError as err:
+        raise UnreadableImageError(f"{name}: is a folder, not an image file") from err
+    except UnidentifiedImageError as err:
+        raise UnreadableImageError(f"{name}: not a readable image file") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLargeError(f"{name}: image too large (decompression bomb?): {err}") from err
+    except OSError as err:
+        raise UnreadableImageError(f"{name}: cannot open image: {err}") from err
+
+
 def _open(source: ImageSource, max_pixels: int) -> Image.Image:
     """Open lazily, refuse oversized images from the header, then decode frame 0."""
     name = _name(source)
     if isinstance(source, Image.Image):
         image = source
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
-        except FileNotFoundError as err:
-            raise MissingImageError(f"{name}: file not found") from err
-        except IsADirectoryError as err:
-            raise UnreadableImageError(f"{name}: is a folder, not an image file") from err
-        except UnidentifiedImageError as err:
-            raise UnreadableImageError(f"{name}: not a readable image file") from err
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ImageTooLargeError(f"{name}: image too large (decompression bomb?): {err}") from err
-        except OSError as err:
-            raise UnreadableImageError(f"{name}: cannot open image: {err}") from err
+        image = _open_lazily(source, name)
     try:
         if not isinstance(source, Image.Image) and image.format not in SUPPORTED_FORMATS:
             raise UnsupportedImageError(f"{name}: unsupported image format ({image.format}); supported: "
@@ -146,20 +151,7 @@ def check_image_file(source: str | os.PathLike, *, decode: bool = True,
         MissingImageError, UnsupportedImageError, ImageTooLargeError, UnreadableImageError.
     """
     name = _name(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-    except FileNotFoundError as err:
-        raise MissingImageError(f"{name}: file not found") from err
-    except IsADirectoryError as err:
-        raise UnreadableImageError(f"{name}: is a folder, not an image file") from err
-    except UnidentifiedImageError as err:
-        raise UnreadableImageError(f"{name}: not a readable image file") from err
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageTooLargeError(f"{name}: image too large (decompression bomb?): {err}") from err
-    except OSError as err:
-        raise UnreadableImageError(f"{name}: cannot open image: {err}") from err
+    image = _open_lazily(source, name)
     with image:
         image_format = image.format
         if image_format not in SUPPORTED_FORMATS:
