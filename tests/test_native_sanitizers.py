@@ -114,7 +114,7 @@ def test_fuzz_target_finds_nothing(bundle_dir, tmp_path, target, kind) -> None:
     fuzz = native_dir("fuzz")
     corpus = _seed_corpus(tmp_path / "corpus", bundle_dir, kind)
     done = subprocess.run([str(fuzz / target), f"-max_total_time={FUZZ_SECONDS}", "-rss_limit_mb=2048",
-                           "-timeout=10", f"-artifact_prefix={tmp_path}/", str(corpus)],
+                           "-timeout=60", f"-artifact_prefix={tmp_path}/", str(corpus)],
                           capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
     runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
     assert done.returncode == 0 and runs, done.stderr[-4000:]
