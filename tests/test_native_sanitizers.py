@@ -113,9 +113,12 @@ def _seed_corpus(folder: Path, bundle_dir: Path, kind: str) -> Path:
 def test_fuzz_target_finds_nothing(bundle_dir, tmp_path, target, kind) -> None:
     fuzz = native_dir("fuzz")
     corpus = _seed_corpus(tmp_path / "corpus", bundle_dir, kind)
-    done = subprocess.run([str(fuzz / target), f"-max_total_time={FUZZ_SECONDS}", "-rss_limit_mb=2048",
-                           "-timeout=60", f"-artifact_prefix={tmp_path}/", str(corpus)],
-                          capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    # A single allocation over 2 GB is a finding; the whole process's RSS (ASan's shadow and quarantine
+    # included) is only bounded loosely: a CI run once tripped a 2 GB RSS limit on the empty input.
+    env = {**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=64:" + os.environ.get("ASAN_OPTIONS", "")}
+    done = subprocess.run([str(fuzz / target), f"-max_total_time={FUZZ_SECONDS}", "-rss_limit_mb=6144",
+                           "-malloc_limit_mb=2048", "-timeout=60", f"-artifact_prefix={tmp_path}/", str(corpus)],
+                          capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, env=env)
     runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
     assert done.returncode == 0 and runs, done.stderr[-4000:]
     print(f"{target}: {runs[-1]}")
