@@ -119,13 +119,18 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
     return image
 
 
-def _check_and_decode(image: Image.Image, name: str, max_pixels: int) -> None:
+def _check_size(image: Image.Image, name: str, max_pixels: int) -> None:
+    """Refuse, from the header, an image over `max_pixels` or with no pixels."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(f"{name}: {width}x{height} = {width * height} pixels exceeds the limit "
                                  f"of {max_pixels} (decompression bomb?)")
     if width == 0 or height == 0:
         raise UnreadableImageError(f"{name}: empty image ({width}x{height})")
+
+
+def _check_and_decode(image: Image.Image, name: str, max_pixels: int) -> None:
+    _check_size(image, name, max_pixels)
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
@@ -156,16 +161,11 @@ def check_image_file(source: str | os.PathLike, *, decode: bool = True,
         image_format = image.format
         if image_format not in SUPPORTED_FORMATS:
             raise UnsupportedImageError(f"{name}: unsupported image format ({image_format})", image_format)
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(f"{name}: {width}x{height} = {width * height} pixels exceeds the "
-                                     f"limit of {max_pixels} (decompression bomb?)")
-        if width == 0 or height == 0:
-            raise UnreadableImageError(f"{name}: empty image ({width}x{height})")
+        _check_size(image, name, max_pixels)
         if decode:
             try:
                 if image_format in ("JPEG", "MPO"):
-                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
             except (OSError, SyntaxError, ValueError, EOFError) as err:
                 raise UnreadableImageError(f"{name}: truncated or corrupt image data: {err}") from err

@@ -14,6 +14,12 @@ import typer
 
 from malm_edge.cli._errors import run_or_exit
 
+# Options every importer shares.
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip malformed records (counted) and write the good ones.")]
+MaxBad = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="With --skip-bad: fail if more than this share is malformed.")
+]
+
 app = typer.Typer(help="Create, import and check datasets in the canonical format.", no_args_is_help=True)
 import_app = typer.Typer(help="Import an existing dataset (read in place) into the canonical format.",
                          no_args_is_help=True)
@@ -95,12 +101,8 @@ def import_recipe1m(
     no_image_check: Annotated[
         bool, typer.Option("--no-image-check", help="List every layer2 photo without checking its file exists.")
     ] = False,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip malformed records (counted) and write the good ones.")
-    ] = False,
-    max_bad: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="With --skip-bad: fail if more than this share is malformed.")
-    ] = 0.05,
+    skip_bad: SkipBad = False,
+    max_bad: MaxBad = 0.05,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -138,12 +140,8 @@ def import_epicurious(
     add_unpaired: Annotated[
         bool, typer.Option("--add-unpaired", help="Add photos without a CSV row as title-only train recipes.")
     ] = False,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip malformed records (counted) and write the good ones.")
-    ] = False,
-    max_bad: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="With --skip-bad: fail if more than this share is malformed.")
-    ] = 0.05,
+    skip_bad: SkipBad = False,
+    max_bad: MaxBad = 0.05,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
