@@ -56,7 +56,7 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
             mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
         ),
         train=TrainConfig(
-            epochs=5, batch_size=32, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
+            epochs=30, batch_size=32, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
             warmup_steps=10, num_workers=0, eval_bag_size=100,
         ),
         distill=DistillConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=5, num_workers=0, kl_table_samples=128),
@@ -92,7 +92,7 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
     ),
     "base": TeacherPreset(
         model=MalmConfig(),
-        train=TrainConfig(),
+        train=TrainConfig(grad_clip=8.0),
         distill=DistillConfig(epochs=60, batch_size=256, num_workers=8, kl_table_samples=4096),
         synthfood=SynthFoodSize(n_recipes=10000, images_per_recipe=3, image_size=224),
     ),

@@ -13,6 +13,7 @@ from typing import Any
 from malm_edge.training import configs
 
 DISTILL_LOSSES = ("feature", "kl", "triplet")
+EPOCH_UNITS = ("recipe", "pair")
 
 
 @dataclass
@@ -28,11 +29,14 @@ class TrainConfig:
         freeze_image_epochs: Epochs during which the image tower is frozen.
         warmup_steps: Linear warm-up steps.
         num_workers: DataLoader workers.
-        grad_clip: Gradient-norm clip (0 disables).
+        grad_clip: Gradient-norm clip (0 disables; TFood clips at 8, the `base` preset does too).
         seed: Base seed (rank is added by the loop).
         eval_bag_size: Validation bag size for retrieval metrics.
         log_every: Steps between metrics.jsonl step records.
         save_every_steps: Steps between mid-epoch checkpoints (0: only at epoch ends).
+        epoch_unit: "recipe" (default, as TFood): an epoch is one image of every training recipe, so
+            the epoch-based schedules (epochs, frozen epochs, margin) mean what the paper's do
+            whatever the images per recipe; "pair" (ablation): every (recipe, image) pair.
     """
 
     epochs: int = 120
@@ -48,6 +52,13 @@ class TrainConfig:
     eval_bag_size: int = 1000
     log_every: int = 10
     save_every_steps: int = 0
+    epoch_unit: str = "recipe"
+
+    def __post_init__(self) -> None:
+        if self.epoch_unit not in EPOCH_UNITS:
+            raise ValueError(f"epoch_unit must be one of {EPOCH_UNITS}, got {self.epoch_unit!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""

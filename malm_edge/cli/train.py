@@ -29,6 +29,20 @@ class Ablation(str, Enum):
     full = "full"
 
 
+class PredictorInput(str, Enum):
+    """What the masked-feature predictor T reads (MalmConfig.predictor_input)."""
+
+    matched = "matched"
+    image_tokens = "image_tokens"
+
+
+class EpochUnit(str, Enum):
+    """What one epoch passes over (TrainConfig.epoch_unit)."""
+
+    recipe = "recipe"
+    pair = "pair"
+
+
 def train(
     data: Annotated[
         Optional[Path],
@@ -56,10 +70,28 @@ def train(
         Optional[int],
         typer.Option(
             min=0,
-            help="L_GC/L_LC negatives: 0 contrasts the true pairs' features; k decodes each image with its k "
-            "hardest recipes and vice versa.",
+            help="L_GC/L_LC negatives: k decodes each image with its k hardest recipes and vice versa "
+            "(presets: 8); 0 (ablation) contrasts the true pairs' own features.",
         ),
     ] = None,
+    itc_on_masked: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--itc-on-masked/--itc-on-full",
+            help="L_itc on the masked student pass (ablation) or on an unmasked one (default).",
+        ),
+    ] = None,
+    match_positions: Annotated[
+        Optional[bool],
+        typer.Option(help="Add the (projected) positional embedding to the patch tokens before ψ (default on)."),
+    ] = None,
+    predictor_input: Annotated[
+        Optional[PredictorInput], typer.Option(help="What T reads: ψ's matched tokens or the projected I_f.")
+    ] = None,
+    epoch_unit: Annotated[
+        Optional[EpochUnit], typer.Option(help="An epoch is one image of every recipe (default) or every pair.")
+    ] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(min=0.0, help="Gradient-norm clip (0: off; TFood: 8).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=2)] = None,
     lr: Annotated[
@@ -100,6 +132,8 @@ def train(
             "num_workers": workers,
             "seed": seed,
             "save_every_steps": save_every,
+            "epoch_unit": epoch_unit.value if epoch_unit is not None else None,
+            "grad_clip": grad_clip,
         }
         if resume is not None:
             reject_with_resume(
@@ -119,6 +153,11 @@ def train(
                     "--workers": workers,
                     "--seed": seed,
                     "--save-every": save_every,
+                    "--itc-on-masked/--itc-on-full": itc_on_masked,
+                    "--match-positions": match_positions,
+                    "--predictor-input": predictor_input,
+                    "--epoch-unit": epoch_unit,
+                    "--grad-clip": grad_clip,
                 }
             )
             return train_teacher(resume, resume=True, progress=not as_json)
@@ -128,6 +167,9 @@ def train(
             "lambda_itm": lambda_itm,
             "lambda_dist": lambda_dist,
             "matching_negatives": matching_negatives,
+            "itc_on_masked": itc_on_masked,
+            "match_positions": match_positions,
+            "predictor_input": predictor_input.value if predictor_input is not None else None,
             "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
         model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})
