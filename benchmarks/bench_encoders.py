@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from malm_edge.edge.backends import BackendError, load_backend
 from malm_edge.edge.bench import RECIPE1M_ROWS, synthetic_table
 from malm_edge.edge.bundle import Bundle, EncoderEntry, read_bundle

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+
 from malm_edge.training.data.canonical import load_recipes
 from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
 from malm_edge.training.data.tokenizer import RecipeTokenizer, train_tokenizer
 from malm_edge.training.data.transforms import Preprocessing, TrainTransform
-from torch.utils.data import DataLoader
 
 
 def time_tokenizer(dataset_dir: Path, vocab_size: int) -> tuple[RecipeTokenizer, dict]:

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training.models.flops import count_flops, count_params
 from malm_edge.training.models.student import create_student, prepare_for_export
 from malm_edge.training.presets import STUDENT_PRESETS, get_student_preset
-from torch import nn
 
 
 class TeacherImageTower(nn.Module):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from malm_edge.training.data.canonical import load_recipes
 from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
 from malm_edge.training.data.tokenizer import train_tokenizer

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from malm_edge.training.harness.teacher import evaluate_teacher, train_teacher
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.presets import get_preset

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from malm_edge.converters import calibration as cal
 from malm_edge.converters.errors import ConverterError
 from malm_edge.converters.evaluation import ValPairs, image_to_recipe, load_val_pairs

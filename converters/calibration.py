@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
 from malm_edge.converters.errors import ConverterError
 from malm_edge.training.data.canonical import iter_records, resolve_image_path
 from malm_edge.training.data.records import RECIPES_FILE

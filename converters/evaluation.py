@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
 from malm_edge.converters.calibration import as_preprocessing
 from malm_edge.training.data.canonical import iter_records, resolve_image_path
 from malm_edge.training.data.records import Recipe

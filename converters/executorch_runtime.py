@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from malm_edge.edge.backends import (
     BackendError,
     EncoderBackend,

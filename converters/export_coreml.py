@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from malm_edge.converters.export_executorch import ExportError, ExportReport
 from malm_edge.edge.bundle import size_path
 from malm_edge.training.data.transforms import Preprocessing
 from malm_edge.training.models.student import prepare_for_export
-from torch import nn
 
 COMPRESSIONS = ("none", "int8_weights", "palettize6")
 PRECISIONS = ("float16", "float32")

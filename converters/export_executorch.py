@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from malm_edge.converters.errors import ConverterError
 from malm_edge.training.models.student import prepare_for_export
-from torch import nn
 
 QUANTIZE_MODES = ("none", "int8")
 DELEGATE_CALL = "executorch_call_delegate"

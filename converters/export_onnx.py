@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from malm_edge.converters.export_executorch import (
     QUANTIZE_MODES,
     ExportError,
@@ -28,7 +30,6 @@ from malm_edge.converters.export_executorch import (
     check_calibration,
 )
 from malm_edge.training.models.student import prepare_for_export
-from torch import nn
 
 OPSET = 18
 INPUT_NAME = "pixels"

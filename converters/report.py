@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from malm_edge.converters.calibration import (
     CalibrationError,
     as_preprocessing,

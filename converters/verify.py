@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from malm_edge.converters.executorch_runtime import ExecuTorchBackend
 from malm_edge.edge.backends import (
     CoreMLBackend,
@@ -23,7 +25,6 @@ from malm_edge.edge.backends import (
 )
 from malm_edge.edge.bundle import Verification
 from malm_edge.edge.table import EmbeddingTable, search_topk
-from torch import nn
 
 TOP_K = 10
 

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
+
 from malm_edge.edge.bundle import Bundle, EncoderEntry
 from malm_edge.edge.errors import EdgeError
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from malm_edge.edge.backends import BackendError, load_backend
 from malm_edge.edge.bundle import Bundle, TableEntry, read_bundle, size_path
 from malm_edge.edge.preprocess import preprocess_image

@@ -51,6 +51,9 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+LOOKUP_CHUNK = 900  # rows per SELECT: under SQLite's bound-parameter cap (999 before 3.32, 32,766 after)
+
+
 class CatalogError(EdgeError, ValueError):
     """A catalog cannot be written or read; the message names the file."""
 
@@ -166,16 +169,17 @@ class Catalog:
     def lookup(self, rows: Iterable[int]) -> list[dict[str, Any]]:
         """Recipes at the given table rows, in the order asked (a missing row raises)."""
         rows = [int(r) for r in rows]
-        if not rows:
-            return []
-        marks = ",".join("?" * len(rows))
-        found = {
-            r[0]: {"row": r[0], "id": r[1], "title": r[2], "ingredients": json.loads(r[3]),
-                   "instructions": json.loads(r[4]), "image": r[5]}
-            for r in self._connection.execute(
-                f"SELECT row, id, title, ingredients, instructions, image FROM recipes "
-                f"WHERE row IN ({marks})", rows)
-        }
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(rows), LOOKUP_CHUNK):  # SQLite caps the parameters of one statement
+            chunk = rows[start:start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                (r[0], {"row": r[0], "id": r[1], "title": r[2], "ingredients": json.loads(r[3]),
+                        "instructions": json.loads(r[4]), "image": r[5]})
+                for r in self._connection.execute(
+                    f"SELECT row, id, title, ingredients, instructions, image FROM recipes "
+                    f"WHERE row IN ({marks})", chunk)
+            )
         missing = [r for r in rows if r not in found]
         if missing:
             raise CatalogError(f"{self.path}: no recipe at rows {missing[:5]}")

@@ -25,9 +25,10 @@ import warnings
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 from malm_edge.edge.bundle import Preprocessing
 from malm_edge.edge.errors import EdgeError
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 ImageSource = str | os.PathLike | BinaryIO | Image.Image

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from malm_edge.edge.backends import EncoderBackend, select_backend
 from malm_edge.edge.bundle import Bundle, BundleError, read_bundle
 from malm_edge.edge.catalog import Catalog, CatalogError

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from malm_edge.edge.bundle import Bundle, BundleError, TableEntry, sha256_path
 
 INT8_FILE = "table.i8"

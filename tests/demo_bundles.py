@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from edge_bundle_fixture import fake_recipes
+
 from malm_edge.edge.bundle import (
     Manifest,
     Preprocessing,
@@ -57,12 +58,14 @@ def build_student_bundle(out_dir: Path, photo_paths: list[Path], *, preset: str 
     Args:
         out_dir: The bundle folder to write.
         photo_paths: Real photos: int8 calibration and table rows.
-        preset: A student preset (training/models/student.py STUDENT_PRESETS).
+        preset: A student preset (training/presets.py STUDENT_PRESETS); pretrained ones start from
+            their ImageNet weights.
         rows: Table rows (and fake recipes).
         quantizations: ONNX encoders to export, in manifest order.
         seed: Weights, table and recipe seed.
     """
     import torch
+
     from malm_edge.converters.export_onnx import export_onnx
     from malm_edge.training.models.student import create_student
     from malm_edge.training.presets import get_student_preset
@@ -70,7 +73,7 @@ def build_student_bundle(out_dir: Path, photo_paths: list[Path], *, preset: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = create_student(get_student_preset(preset)).eval()
+    model = create_student(get_student_preset(preset), load_pretrained=True).eval()
     size = model.config.image_size
     pre = Preprocessing(input_size=size)
     photos = np.concatenate([preprocess_image(p, pre) for p in photo_paths])  # (P, 3, S, S)

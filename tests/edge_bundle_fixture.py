@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from malm_edge.edge.bundle import (
     Manifest,
     Preprocessing,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from malm_edge.training.data.records import Recipe, write_recipes_jsonl
 from torch import nn
+
+from malm_edge.training.data.records import Recipe, write_recipes_jsonl
 
 _WORDS = ["chicken", "curry", "tomato", "basil", "lemon", "garlic", "rice", "noodle", "beef", "tofu",
           "salmon", "mushroom", "pepper", "ginger", "apple", "chocolate", "onion", "butter"]

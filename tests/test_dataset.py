@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
 from malm_edge.training.data.canonical import DatasetError
 from malm_edge.training.data.dataset import (
     RecipeImageDataset,
@@ -17,8 +20,6 @@ from malm_edge.training.data.dataset import (
 from malm_edge.training.data.records import Recipe, write_recipes_jsonl
 from malm_edge.training.data.tokenizer import RECIPE_KEYS, train_tokenizer
 from malm_edge.training.data.transforms import EvalTransform, Preprocessing, TrainTransform
-from PIL import Image
-from torch.utils.data import DataLoader
 
 SIZE = 16
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import typer
 from edge_bundle_fixture import get_bundle
-from malm_edge.edge.bundle import BundleError
-from malm_edge.edge.demo_server import APP_DIR, DemoError, make_server
 from typer.testing import CliRunner
 
 from malm_edge.cli import demo as demo_cli
+from malm_edge.edge.bundle import BundleError
+from malm_edge.edge.demo_server import APP_DIR, DemoError, make_server
 
 REQUIRED_APP_FILES = ["index.html", "sw.js", "js/main.js", "vendor/ort/ort-wasm-simd-threaded.wasm",
                       "vendor/ort/ort.wasm.min.mjs", "vendor/sqlite/sqlite3.wasm",

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from malm_edge.training.harness.student import FrozenTeacher, TeacherImageCache
-from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss
-from malm_edge.training.schedule import DistillConfig
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
+from malm_edge.training.harness.feature_cache import AugmentationCache
+from malm_edge.training.harness.student import FrozenTeacher
+from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss
+from malm_edge.training.schedule import DistillConfig
 
 runner = CliRunner()
 
@@ -61,12 +62,12 @@ def test_teacher_cache_computes_each_augmentation_once() -> None:
             CountingTeacher.calls += len(pixels)
             return F.normalize(pixels.flatten(1)[:, :4], dim=-1)
 
-    cache, teacher, images = TeacherImageCache(10, 2, 4), CountingTeacher(), torch.randn(3, 3, 2, 2)
+    cache, teacher, images = AugmentationCache(10, 2, (4,)), CountingTeacher(), torch.randn(3, 3, 2, 2)
     items = torch.tensor([1, 4, 7])
-    first = cache.lookup(teacher, images, items, slot=0)
-    again = cache.lookup(teacher, torch.zeros_like(images), items, slot=0)  # served from the cache
+    first = cache.lookup(teacher.encode_images, images, items, slot=0)
+    again = cache.lookup(teacher.encode_images, torch.zeros_like(images), items, slot=0)  # served from the cache
     assert torch.equal(first, again) and CountingTeacher.calls == 3
-    cache.lookup(teacher, images, items, slot=1)
+    cache.lookup(teacher.encode_images, images, items, slot=1)
     assert CountingTeacher.calls == 6
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from edge_bundle_fixture import EMBED_DIM, ONNX_FILE, PTE_FILE, ROWS, get_bundle
+
 from malm_edge.edge.bundle import (
     FORMAT_NAME,
     MANIFEST_FILE,

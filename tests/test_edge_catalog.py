@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 import pytest
+
 from malm_edge.edge.catalog import Catalog, CatalogError, fts_query, write_catalog
 
 
@@ -99,3 +100,15 @@ def test_streams_a_generator_in_chunks(tmp_path) -> None:
     with Catalog(path, expected_count=2500) as catalog:
         assert catalog.lookup([2499])[0]["id"] == "r2499"
         assert len(catalog.text_search("salt", limit=7)) == 7
+
+
+def test_lookup_of_more_rows_than_sqlite_binds_at_once(tmp_path) -> None:
+    """A user ranking the whole catalog (search --top-k N) looks up every row in one call."""
+    rows = 40_000
+    path = tmp_path / "catalog.sqlite"
+    recipes = ({"id": f"r{i}", "title": f"dish {i}", "ingredients": [], "instructions": []} for i in range(rows))
+    assert write_catalog(path, recipes) == rows
+    order = list(range(rows - 1, -1, -1))
+    with Catalog(path, expected_count=rows) as catalog:
+        found = catalog.lookup(order)
+    assert [hit["row"] for hit in found] == order and found[0]["id"] == f"r{rows - 1}"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from malm_edge.edge.bundle import Preprocessing
 from malm_edge.edge.preprocess import ImageError, preprocess_image
-from PIL import Image
 
 PRE = Preprocessing(input_size=32, resize_size=36)
 MEAN = np.asarray(PRE.mean, np.float32).reshape(1, 3, 1, 1)

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import typer
 from edge_bundle_fixture import EMBED_DIM, ROWS, get_bundle
+from typer.testing import CliRunner
+
+from malm_edge.cli.bench import bench
+from malm_edge.cli.search import search
 from malm_edge.converters.executorch_runtime import ExecuTorchBackend, register_executorch_backend
 from malm_edge.edge.backends import BackendError, OnnxBackend, select_backend
 from malm_edge.edge.bench import run_bench
 from malm_edge.edge.bundle import read_bundle
 from malm_edge.edge.retriever import Retriever
 from malm_edge.edge.table import search_topk
-from typer.testing import CliRunner
-
-from malm_edge.cli.bench import bench
-from malm_edge.cli.search import search
 
 register_executorch_backend()  # host-side: the edge runtime itself has only torch-free backends
 

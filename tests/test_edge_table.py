@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from malm_edge.edge.bundle import sha256_path
 from malm_edge.edge.table import (
     EmbeddingTable,

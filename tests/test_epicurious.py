@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from malm_edge.training.data.canonical import DatasetError, check_dataset, load_recipes, resolve_image_path
-from malm_edge.training.data.epicurious import CSV_NAME, import_epicurious, normalise_title, slug_title
 from PIL import Image
 from typer.testing import CliRunner
 
 from malm_edge.cli import data as data_cli
+from malm_edge.training.data.canonical import DatasetError, check_dataset, load_recipes, resolve_image_path
+from malm_edge.training.data.epicurious import CSV_NAME, import_epicurious, normalise_title, slug_title
 
 HEADER = ["", "Title", "Ingredients", "Instructions", "Image_Name", "Cleaned_Ingredients"]
 METHOD = ("Preheat the oven to 350°F and butter a large baking dish, then whisk the eggs with the milk, "

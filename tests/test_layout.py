@@ -7,11 +7,11 @@ import ast
 from pathlib import Path
 
 import pytest
-from malm_edge.training.presets import STUDENT_PRESETS, TEACHER_PRESETS
 
 import malm_edge
 from malm_edge.cli.distill import Arch, Schedule
 from malm_edge.cli.train import Preset
+from malm_edge.training.presets import STUDENT_PRESETS, TEACHER_PRESETS
 
 ROOT = Path(malm_edge.__file__).resolve().parent.parent
 EDGE, TRAINING, CONVERTERS = ROOT / "edge", ROOT / "training", ROOT / "converters"

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.losses import (
     adaptive_triplet_loss,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from malm_edge.training.metrics import MetricsError, retrieval_metrics
 
 

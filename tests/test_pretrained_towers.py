@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from malm_edge.training.models import pretrained_packages, student
 from malm_edge.training.models.efficientnet_lite import (
     LITE_MEAN,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from malm_edge.training.data.canonical import DatasetError, check_dataset, load_recipes, resolve_image_path
-from malm_edge.training.data.recipe1m import Recipe1MOptions, image_relpath, import_recipe1m
 from typer.testing import CliRunner
 
 from malm_edge.cli import data as data_cli
+from malm_edge.training.data.canonical import DatasetError, check_dataset, load_recipes, resolve_image_path
+from malm_edge.training.data.recipe1m import Recipe1MOptions, image_relpath, import_recipe1m
 
 PATH_SCHEME = re.compile(r"^(train|val|test)/(\w)/(\w)/(\w)/(\w)/(\w+\.jpg)$")
 

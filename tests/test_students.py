@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from malm_edge.training.models.flops import count_flops, count_params_and_flops
 from malm_edge.training.models.mobileone import MobileOneBlock
 from malm_edge.training.models.pretrained import PretrainedWeightsError, load_torchvision_mobilenet_v3
 from malm_edge.training.models.student import StudentConfig, StudentEncoder, create_student, prepare_for_export
 from malm_edge.training.presets import STUDENT_PRESETS, get_student_preset
-from torch import nn
 
 MICRO_PRESETS = ("mnv3_micro", "mobileone_micro")
 # Ops allowed outside the XNNPACK delegate: delegate plumbing, layout copies and the final
@@ -212,7 +213,7 @@ def test_delegation_check_reports_undelegated_ops() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mnv3_s", "mobileone_s0"])
+@pytest.mark.parametrize("name", ["mnv3_s", "mobileone_s0", "lite0"])
 def test_full_size_presets_lower_fully_to_xnnpack(name: str) -> None:
     _assert_fully_delegated(name)
 

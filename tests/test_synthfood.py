@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe
 from malm_edge.training.data.synthfood import generate as synthfood
 from malm_edge.training.data.synthfood.generate import (
@@ -20,7 +22,6 @@ from malm_edge.training.data.synthfood.generate import (
     synthfood_recipes,
 )
 from malm_edge.training.data.synthfood.recipes import sample_families
-from PIL import Image
 
 SIZE = 48
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from malm_edge.training.data.records import Recipe
 from malm_edge.training.data.tokenizer import (
     PAD_ID,

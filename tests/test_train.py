@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 import torch
-from malm_edge.training.harness import checkpoint as ckpt
-from malm_edge.training.harness.distributed import WorldInfo
-from malm_edge.training.harness.loop import EpochSampler, NonFiniteLossError, lr_factor
 from typer.testing import CliRunner
 
 from malm_edge.cli import app
+from malm_edge.training.harness import checkpoint as ckpt
+from malm_edge.training.harness.distributed import WorldInfo
+from malm_edge.training.harness.loop import EpochSampler, NonFiniteLossError, lr_factor
 
 runner = CliRunner()
 SMALL = ["--preset", "micro", "--epochs", "2", "--batch-size", "8", "--seed", "3"]
@@ -289,6 +289,7 @@ def test_run_config_follows_a_moved_run_tree(tmp_path: Path) -> None:
 
 def _all_ranks_worker(rank: int, init_file: str, results: Any) -> None:
     import torch.distributed as dist
+
     from malm_edge.training.harness.distributed import all_ranks
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)

@@ -9,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from malm_edge.training.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -21,7 +23,6 @@ from malm_edge.training.data.transforms import (
     eval_transform,
     load_rgb,
 )
-from PIL import Image
 
 
 def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:

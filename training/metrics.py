@@ -22,6 +22,7 @@ import random
 from typing import Sequence
 
 import numpy as np
+
 from malm_edge.edge.backends import l2_normalize
 from malm_edge.training.errors import TrainingError
 

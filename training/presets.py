@@ -6,6 +6,8 @@ Teacher presets (`malm-edge train --preset`, `malm-edge distill --preset`):
     tiny   sized for 2 CPU cores: SynthFood's default 2,000 recipes (about 15 minutes before issue 13;
            its k = 4 cross-decoded negatives make a step about 2.5x dearer, not yet re-timed).
     small  a GPU-sized model between tiny and the paper's.
+    lite   MALM on pretrained towers (EfficientNet-Lite2 trunk, MiniLM sentences): the preset for real
+           photos on a CPU.
     base   the paper's setup (MALM, arXiv 2305.11327, Sec 4.3): CLIP ViT-B/16 at 224 px, Adam lr 1e-5
            (image tower 1e-6), image tower frozen for 20 epochs, batch 128, 120 epochs, gradients
            clipped at 8 (TFood).
@@ -101,6 +103,24 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
         distill=DistillConfig(epochs=30, batch_size=128, num_workers=4),
         synthfood=SynthFoodSize(n_recipes=6000, images_per_recipe=3, image_size=160),
     ),
+    # MALM on pretrained towers, for real photos on an ordinary machine: the hybrid ViT over a frozen
+    # ImageNet EfficientNet-Lite2 trunk (7 x 7 grid at stride 32, cached per augmentation) and the
+    # hierarchical recipe transformer over frozen all-MiniLM-L6-v2 sentence vectors.
+    "lite": TeacherPreset(
+        model=MalmConfig(
+            image_size=224, image_tower="lite2", trunk_stride=32, vit_width=256, vit_layers=2, vit_heads=4,
+            vit_output_dim=256, quick_gelu=False, text_tower="minilm", recipe_width=256, recipe_heads=4,
+            sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, recipe_dropout=0.1, embed_dim=256,
+            match_width=256, matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2,
+            ema_momentum=0.99, mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
+        ),
+        train=TrainConfig(
+            epochs=20, batch_size=64, lr=5e-4, image_lr=1e-5, weight_decay=0.01, freeze_image_epochs=20,
+            warmup_steps=50, num_workers=0, eval_bag_size=1000, augmentations=2,
+        ),
+        distill=DistillConfig(epochs=3, batch_size=32, lr=5e-4, warmup_steps=20, num_workers=0, augmentations=1),
+        synthfood=SynthFoodSize(n_recipes=2000, images_per_recipe=3, image_size=224),
+    ),
     "base": TeacherPreset(
         model=MalmConfig(),
         train=TrainConfig(grad_clip=8.0),
@@ -114,6 +134,8 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
     "mnv3_l": StudentConfig("mnv3_l", 1.0, 224, 1024, 0.2, hidden_dim=1280),
     "mobileone_s0": StudentConfig("mobileone_s0", 1.0, 224, 1024, 0.1, hidden_dim=0),
     "mobileone_s1": StudentConfig("mobileone_s1", 1.0, 224, 1024, 0.1, hidden_dim=0),
+    # ImageNet EfficientNet-Lite0 (no squeeze-excite, ReLU6: fully XNNPACK- and CoreML-friendly)
+    "lite0": StudentConfig("lite0", 1.0, 224, 1024, 0.2, hidden_dim=0, pretrained=True),
     # test-sized, matching the teacher's `micro` preset (64 px, 64-d joint space)
     "mnv3_micro": StudentConfig("mnv3_micro", 1.0, 64, 64, 0.0, hidden_dim=96),
     "mobileone_micro": StudentConfig("mobileone_micro", 1.0, 64, 64, 0.0, hidden_dim=0),

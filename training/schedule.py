@@ -34,6 +34,9 @@ class TrainConfig:
         eval_bag_size: Validation bag size for retrieval metrics.
         log_every: Steps between metrics.jsonl step records.
         save_every_steps: Steps between mid-epoch checkpoints (0: only at epoch ends).
+        augmentations: Fixed augmentations per image, cycled over the epochs; with a frozen
+            pretrained trunk (the hybrid image tower) its feature grids are then computed once per
+            augmentation and cached (0: a fresh augmentation every epoch, no cache).
         epoch_unit: "recipe" (default, as TFood): an epoch is one image of every training recipe, so
             the epoch-based schedules (epochs, frozen epochs, margin) mean what the paper's do
             whatever the images per recipe; "pair" (ablation): every (recipe, image) pair.
@@ -52,6 +55,7 @@ class TrainConfig:
     eval_bag_size: int = 1000
     log_every: int = 10
     save_every_steps: int = 0
+    augmentations: int = 0
     epoch_unit: str = "recipe"
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ class Arch(str, Enum):
     mnv3_l = "mnv3_l"
     mobileone_s0 = "mobileone_s0"
     mobileone_s1 = "mobileone_s1"
+    lite0 = "lite0"
     mnv3_micro = "mnv3_micro"
     mobileone_micro = "mobileone_micro"
 
@@ -30,6 +31,7 @@ class Schedule(str, Enum):
     micro = "micro"
     tiny = "tiny"
     small = "small"
+    lite = "lite"
     base = "base"
 
 
@@ -41,8 +43,13 @@ def distill(
         Optional[Path],
         typer.Option(help="Canonical dataset folder (default: the teacher's).", exists=True, file_okay=False),
     ] = None,
-    arch: Annotated[Arch, typer.Option(help="Student architecture preset.")] = Arch.mnv3_s,
-    preset: Annotated[Schedule, typer.Option(help="Schedule preset (epochs, batch, lr).")] = Schedule.tiny,
+    arch: Annotated[
+        Arch, typer.Option(help="Student architecture preset (lite0: EfficientNet-Lite0 from ImageNet).")
+    ] = Arch.lite0,
+    preset: Annotated[
+        Optional[Schedule],
+        typer.Option(help="Schedule preset (epochs, batch, lr). Default: the teacher's preset, else tiny."),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder. Default: runs/student-<arch>-<time>.")] = None,
     resume: Annotated[
         Optional[Path],
@@ -68,6 +75,7 @@ def distill(
     from malm_edge.cli.train import print_summary, reject_with_resume
 
     def job() -> dict:
+        from malm_edge.training.harness.run import read_run_config
         from malm_edge.training.harness.student import distill_student
         from malm_edge.training.presets import get_distill_preset
         from malm_edge.training.schedule import DISTILL_LOSSES
@@ -104,7 +112,8 @@ def distill(
                 f"unknown loss term(s) {sorted(unknown)}; use {', '.join(DISTILL_LOSSES)}", param_hint="--losses"
             )
         given = {name: value for name, value in overrides.items() if value is not None}
-        cfg = get_distill_preset(preset.value, losses=terms, **given)
+        schedule = preset.value if preset is not None else read_run_config(teacher, kind="teacher").get("preset")
+        cfg = get_distill_preset(schedule or "tiny", losses=terms, **given)
         run_dir = out or Path("runs") / f"student-{arch.value}-{datetime.now():%Y%m%d-%H%M%S}"
         return distill_student(
             run_dir, teacher_run=teacher, data_dir=data, arch=arch.value, distill_cfg=cfg, progress=not as_json

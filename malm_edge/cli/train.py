@@ -19,6 +19,7 @@ class Preset(str, Enum):
     micro = "micro"
     tiny = "tiny"
     small = "small"
+    lite = "lite"
     base = "base"
 
 
@@ -176,7 +177,9 @@ def train(
         train_cfg = with_overrides(train_cfg, **{k: v for k, v in overrides.items() if v is not None})
         data_dir = data if data is not None else default_synthfood_for(preset.value)
         run_dir = out or Path("runs") / f"malm-{preset.value}-{datetime.now():%Y%m%d-%H%M%S}"
-        return train_teacher(run_dir, data_dir=data_dir, model_cfg=model_cfg, train_cfg=train_cfg, progress=not as_json)
+        return train_teacher(
+            run_dir, data_dir=data_dir, model_cfg=model_cfg, train_cfg=train_cfg, progress=not as_json, preset=preset.value
+        )
 
     summary = run_or_exit(job)
     if as_json:

@@ -19,12 +19,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
 from malm_edge.training.data.canonical import DatasetError, load_recipes, resolve_image_path
 from malm_edge.training.data.records import PARTITIONS, Recipe
 from malm_edge.training.data.tokenizer import RecipeTokenizer, collate_recipes
 from malm_edge.training.data.transforms import ImageError, load_rgb
-from PIL import Image
-from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 

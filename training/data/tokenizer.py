@@ -33,9 +33,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
 from malm_edge.training.data.records import Recipe
 from malm_edge.training.errors import TrainingError
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 TOKENIZER_FILE = "tokenizer.json"
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"

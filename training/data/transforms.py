@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image
+
 from malm_edge.edge.bundle import CLIP_MEAN, CLIP_STD, Preprocessing
 from malm_edge.edge.preprocess import (
     RESAMPLING,
@@ -27,7 +29,6 @@ from malm_edge.edge.preprocess import (
     resize_and_crop,
     to_rgb,
 )
-from PIL import Image
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "EvalTransform", "ImageError", "ImageTooLargeError", "MissingImageError",

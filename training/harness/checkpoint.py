@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models.weights import strip_prefixes
-from safetensors.torch import load_file, save_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"

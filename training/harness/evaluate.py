@@ -7,11 +7,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from malm_edge.training.data.dataset import RecipeImageDataset, collate_batch
 from malm_edge.training.data.tokenizer import RECIPE_KEYS, RecipeTokenizer
 from malm_edge.training.data.transforms import EvalTransform, Preprocessing
 from malm_edge.training.harness.run import RunError
-from torch.utils.data import DataLoader, Dataset
 
 
 def recipe_batch(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
+
 from malm_edge.training.data.dataset import collate_batch
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.harness import checkpoint as ckpt
@@ -39,7 +41,6 @@ from malm_edge.training.harness.run import (
     truncate_metrics_after,
 )
 from malm_edge.training.schedule import DistillConfig, TrainConfig
-from torch.utils.data import Dataset, Sampler
 
 log = logging.getLogger(__name__)
 

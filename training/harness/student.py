@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from malm_edge.training.configs import config_hash
 from malm_edge.training.data.dataset import (
     RecipeImageDataset,
@@ -29,6 +31,7 @@ from malm_edge.training.data.transforms import (
 from malm_edge.training.harness import checkpoint as ckpt
 from malm_edge.training.harness.distributed import WorldInfo, barrier, wrap_ddp
 from malm_edge.training.harness.evaluate import embed_pairs, eval_split, recipe_batch
+from malm_edge.training.harness.feature_cache import AugmentationCache
 from malm_edge.training.harness.loop import (
     LoopSpec,
     TrainState,
@@ -59,7 +62,6 @@ from malm_edge.training.models.student import (
 )
 from malm_edge.training.presets import get_distill_preset, get_student_preset
 from malm_edge.training.schedule import DistillConfig
-from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +86,6 @@ class FrozenTeacher:
         """Recipe batch -> (B, D) normalised teacher recipe embeddings."""
         self.model.eval()
         return self.model.encode_recipes(batch).float()
-
-
-class TeacherImageCache:
-    """Teacher image embeddings per (item, augmentation slot), filled lazily."""
-
-    def __init__(self, n_items: int, augmentations: int, dim: int) -> None:
-        slots = max(augmentations, 1)
-        self.embeddings = torch.zeros(n_items, slots, dim)  # (N, K, D)
-        self.filled = torch.zeros(n_items, slots, dtype=torch.bool)  # (N, K)
-        self.enabled = augmentations > 0
-
-    def lookup(self, teacher: FrozenTeacher, images: torch.Tensor, items: torch.Tensor, slot: int) -> torch.Tensor:
-        """Teacher embeddings of a batch, computing only the ones not cached yet. (B, D)"""
-        if not self.enabled:
-            return teacher.encode_images(images)
-        missing = ~self.filled[items, slot]  # (B,)
-        if missing.any():
-            fresh = teacher.encode_images(images[missing.to(images.device)]).cpu()  # (M, D)
-            self.embeddings[items[missing], slot] = fresh
-            self.filled[items[missing], slot] = True
-        return self.embeddings[items, slot]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +169,7 @@ def distill_step(
     batch: dict,
     *,
     frozen: FrozenTeacher,
-    cache: TeacherImageCache,
+    cache: AugmentationCache,
     recipe_table: torch.Tensor,
     cfg: DistillConfig,
     epoch: int,
@@ -199,7 +180,7 @@ def distill_step(
     student_emb = model(images)  # (B, D)
     if {"feature", "kl"} & set(cfg.losses):  # the RecipeSnap-style baseline never needs the teacher's images
         slot = epoch % max(cfg.augmentations, 1)
-        teacher_emb = cache.lookup(frozen, images, batch["item_index"], slot).to(device)  # (B, D)
+        teacher_emb = cache.lookup(frozen.encode_images, images, batch["item_index"], slot).to(device)  # (B, D)
     recipes = recipe_table[batch["recipe_index"]].to(device)  # (B, D)
     terms: dict[str, torch.Tensor] = {}
     if "feature" in cfg.losses:
@@ -279,7 +260,7 @@ def _distill(
     frozen = FrozenTeacher(run.teacher, device)
     recipe_table = teacher_recipe_table(run, frozen, world)
     torch.manual_seed(derive_seed(cfg.seed, "student-init"))
-    student = create_student(run.student_cfg).to(device)
+    student = create_student(run.student_cfg, load_pretrained=not resume).to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for group in optimizer.param_groups:
         group.update(base_lr=cfg.lr, name="student")
@@ -290,7 +271,7 @@ def _distill(
     val_set = RecipeImageDataset(
         run.data_dir, "val", run.teacher.tokenizer, EvalTransform(prep), one_image_per_recipe=True
     )
-    cache = TeacherImageCache(len(train_set), cfg.augmentations, recipe_table.shape[1])
+    cache = AugmentationCache(len(train_set), cfg.augmentations, (recipe_table.shape[1],))
 
     def step(batch: dict, epoch: int) -> dict[str, float]:
         return distill_step(

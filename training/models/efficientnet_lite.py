@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training.data.transforms import Preprocessing
 from malm_edge.training.models.conv_layers import ConvBNAct, init_conv_weights, make_divisible
 from malm_edge.training.models.pretrained_packages import resolve_weights
 from malm_edge.training.models.weights import WeightsMismatchError, check_state_fits, read_state_dict
-from torch import nn
 
 BN_EPS = 1e-3  # TF's EfficientNet-Lite batch norm epsilon (the pretrained statistics need it)
 BN_MOMENTUM = 0.1  # PyTorch default, as mobilenetv3.py (TF's 0.99 decay = 0.01 is slow to adapt)
@@ -152,8 +153,10 @@ class SameConvBNAct(ConvBNAct):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            top, bottom = same_padding(x.shape[-2], self.kernel_size, self.stride)
-            left, right = same_padding(x.shape[-1], self.kernel_size, self.stride)
+            # plain ints, so tracers (CoreML's torch.jit.trace) see constants, not shape arithmetic
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+            top, bottom = same_padding(height, self.kernel_size, self.stride)
+            left, right = same_padding(width, self.kernel_size, self.stride)
             x = F.pad(x, (left, right, top, bottom))  # (B, C, H + top + bottom, W + left + right)
         return self.act(self.bn(self.conv(x)))  # (B, out, ceil(H / s), ceil(W / s))
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from malm_edge.training.models.config import MalmConfig
 
 

@@ -44,9 +44,13 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.edge.bundle import CLIP_MEAN, CLIP_STD, Preprocessing
 from malm_edge.training.models.clip_weights import LoadReport, load_clip_vision_weights
 from malm_edge.training.models.config import MalmConfig
+from malm_edge.training.models.efficientnet_lite import LITE_MEAN, LITE_STD
+from malm_edge.training.models.hybrid_vit import HybridTrunk, HybridViT
 from malm_edge.training.models.losses import (
     adaptive_triplet_loss,
     candidate_nce,
@@ -58,7 +62,6 @@ from malm_edge.training.models.matching import CrossPairs, TwoLevelMatching, cro
 from malm_edge.training.models.predictor import MaskedFeaturePredictor
 from malm_edge.training.models.recipe_encoder import RecipeEncoder
 from malm_edge.training.models.vit import VisionTransformer
-from torch import nn
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: τ >= 0.01
 
@@ -73,7 +76,8 @@ class MALM(nn.Module):
     def __init__(self, config: MalmConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_encoder = VisionTransformer(config)
+        self.trunk = HybridTrunk(config) if config.uses_trunk else None
+        self.image_encoder = HybridViT(config, self.trunk.channels) if self.trunk else VisionTransformer(config)
         self.image_encoder.mask_token.requires_grad_(config.uses_distillation)
         self.image_head = nn.Linear(config.vit_output_dim, config.embed_dim)
         self.recipe_encoder = RecipeEncoder(config)
@@ -103,7 +107,10 @@ class MALM(nn.Module):
         return self
 
     def image_tower_parameters(self) -> list[nn.Parameter]:
-        """The student ViT's parameters (CLIP tower, image_lr), excluding the new mask token."""
+        """The pretrained image tower (image_lr, frozen first): the CLIP ViT without the new mask
+        token, or the hybrid's CNN trunk (whose transformer is new and trains at lr)."""
+        if self.trunk is not None:
+            return list(self.trunk.parameters())
         return [p for name, p in self.image_encoder.named_parameters() if name != "mask_token"]
 
     def other_parameters(self) -> list[nn.Parameter]:
@@ -147,9 +154,18 @@ class MALM(nn.Module):
 
     # ---- inference -----------------------------------------------------------------------------
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels -> (B, E) L2-normalised embeddings (no masking)."""
-        pooled = self.image_encoder(pixels)["pooled"]  # (B, D)
+    def image_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the image encoder reads: the pixels, or the hybrid trunk's (B, C, g, g) grid."""
+        if self.trunk is None:
+            return pixels
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.trunk.parameters())):
+            return self.trunk(pixels)
+
+    def encode_images(self, pixels: torch.Tensor, trunk_features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels (or the trunk's grid of them) -> (B, E) L2-normalised
+        embeddings (no masking)."""
+        inputs = trunk_features if trunk_features is not None else self.image_input(pixels)
+        pooled = self.image_encoder(inputs)["pooled"]  # (B, D)
         return F.normalize(self.image_head(pooled), dim=-1)
 
     def encode_recipes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -167,6 +183,7 @@ class MALM(nn.Module):
         class_ids: torch.Tensor | None = None,
         recipe_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        trunk_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the MALM losses for a batch of true pairs.
 
@@ -178,12 +195,15 @@ class MALM(nn.Module):
             recipe_ids: Optional (B,) int64 recipe of each pair; two photos of one recipe are then
                 never each other's negatives (L_itc, L_GC, L_LC).
             generator: Optional RNG for the patch mask.
+            trunk_features: The hybrid trunk's (B, C, g, g) grid of `images`, when already computed
+                (cached per augmentation while the trunk is frozen); `images` is then not read.
 
         Returns:
             loss (total), loss_itc and, per ablation, loss_lc, loss_gc, loss_dist; image_embedding,
             recipe_embedding (B, E); margin and temperature (0-d tensors, detached).
         """
         cfg = self.config
+        images = trunk_features if trunk_features is not None else self.image_input(images)
         student = self.image_encoder(images, cfg.effective_mask_ratio, generator)
         image_embedding = self._itc_image_embedding(images, student["pooled"])  # (B, E)
         recipe = self.recipe_encoder(recipe_batch)
@@ -314,7 +334,10 @@ def _same_recipe(recipe_ids: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def default_preprocessing(config: MalmConfig) -> Preprocessing:
-    """The eval-time image preprocessing of `config`: its image size, CLIP's mean and std."""
+    """The eval-time image preprocessing of `config`: its image size, and CLIP's mean and std, or for
+    an EfficientNet-Lite trunk the (x - 127) / 128 its ImageNet weights were trained with."""
+    if config.uses_trunk:
+        return Preprocessing(input_size=config.image_size, mean=LITE_MEAN, std=LITE_STD)
     return Preprocessing(input_size=config.image_size, mean=CLIP_MEAN, std=CLIP_STD)
 
 
@@ -326,9 +349,9 @@ def create_model(
     Args:
         config: Model configuration.
         build: False returns (None, preprocessing) without building the model.
-        load_clip_weights: Load `config.clip_weights` (when set) into the image tower, student and
-            teacher. Pass False when a trained checkpoint is loaded next (the path may not exist
-            on this machine).
+        load_clip_weights: Load the pretrained image weights: `config.clip_weights` (when set) into
+            the ViT, student and teacher, and a hybrid's ImageNet trunk from its pip package. Pass
+            False when a trained checkpoint is loaded next (the path may not exist on this machine).
 
     Returns:
         (model, preprocessing): the preprocessing object travels unchanged to the run config, the
@@ -340,6 +363,8 @@ def create_model(
     model = MALM(config)
     if load_clip_weights and config.clip_weights:
         model.load_clip(config.clip_weights)
+    if load_clip_weights and model.trunk is not None:
+        model.trunk.load_pretrained()
     return model, preprocessing
 
 

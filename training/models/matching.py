@@ -37,9 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.recipe_encoder import _safe_mask, masked_mean
-from torch import nn
 
 
 class CrossAttentionLayer(nn.Module):

@@ -36,9 +36,10 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training.models.pretrained_packages import MissingWeightsError, resolve_weights
 from malm_edge.training.models.weights import WeightsMismatchError, check_state_fits, read_state_dict
-from torch import nn
 
 MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"

@@ -19,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from malm_edge.training.models.conv_layers import (
     ConvBNAct,
     SqueezeExcite,
     init_conv_weights,
     make_divisible,
 )
-from torch import nn
 
 # torchvision's (and TF-slim's) MobileNetV3 batch-norm settings; needed for pretrained weights.
 BN_EPS = 1e-3

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from malm_edge.training.models.conv_layers import ConvBNAct, fuse_conv_bn_weights, init_conv_weights
 from torch import nn
+
+from malm_edge.training.models.conv_layers import ConvBNAct, fuse_conv_bn_weights, init_conv_weights
 
 
 @dataclass(frozen=True)

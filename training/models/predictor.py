@@ -12,9 +12,10 @@ map back to the teacher's width W.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from malm_edge.training.models.config import MalmConfig
 from malm_edge.training.models.vit import Transformer
-from torch import nn
 
 
 class MaskedFeaturePredictor(nn.Module):

@@ -24,11 +24,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models.conv_layers import ConvBNAct
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 from malm_edge.training.models.weights import key_listing, read_state_dict
-from torch import nn
 
 _IGNORED_PREFIXES = ("classifier.3.",)
 

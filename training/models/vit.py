@@ -18,8 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from malm_edge.training.models.config import MalmConfig
 from torch import nn
+
+from malm_edge.training.models.config import MalmConfig
 
 
 class QuickGELU(nn.Module):

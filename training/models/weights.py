@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from malm_edge.training.errors import TrainingError
 
 WRAPPER_KEYS = ("state_dict", "model")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from PIL import Image
+
 from malm_edge.training.data.synthfood.recipes import AMOUNT_LEVELS, RecipeSpec
 from malm_edge.training.data.synthfood.render import (
     Canvas,
@@ -35,7 +37,6 @@ from malm_edge.training.data.synthfood.render import (
     wobbly_disc,
 )
 from malm_edge.training.data.synthfood.vocab import DISH_BY_NAME, Ingredient
-from PIL import Image
 
 SIDE_VIEW_LAYOUTS = frozenset({"cake", "sandwich", "pancakes"})
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from PIL import Image, ImageChops, ImageDraw
+
 from malm_edge.training.data.synthfood.recipes import AMOUNT_LEVELS, RecipeSpec
 from malm_edge.training.data.synthfood.vocab import BASE_BY_NAME, INGREDIENT_BY_NAME, Base, Ingredient
-from PIL import Image, ImageChops, ImageDraw
 
 HSV = tuple[float, float, float]
 _SHAPE_AREA = {"circle": 3.1, "cube": 3.4, "wedge": 1.5, "halfmoon": 1.6, "crescent": 1.2, "leaf": 1.3,

@@ -1,0 +1,70 @@
+// Bundle format v1: manifest.json parsing and bundle validation with the rules and messages of
+// edge/bundle.py (read_bundle): fields and types -> files present inside the bundle -> dims and
+// sizes -> sha256 of every file. Errors are malm::Error(MALM_ERR_BUNDLE, "<file>: <what>").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace malm {
+
+struct Preprocessing {
+  int64_t input_size = 224;
+  int64_t resize_size = 224;
+  double mean[3] = {0.48145466, 0.4578275, 0.40821073};
+  double std[3] = {0.26862954, 0.26130258, 0.27577711};
+  double scale = 1.0 / 255.0;
+};
+
+using Dim = std::variant<int64_t, std::string>;  // a symbolic dim is a name
+
+struct TensorSpec {
+  std::string name;
+  std::vector<Dim> shape;
+  std::string dtype = "float32";
+};
+
+struct EncoderEntry {
+  std::string name, file, sha256, target, quantization, pixel_input = "normalized";
+  TensorSpec input, output;
+  int64_t size_bytes = 0;
+};
+
+struct TableEntry {
+  std::string file, dtype, sha256, scales_file, scales_sha256;  // "" = absent
+  int64_t rows = 0, dim = 0;
+};
+
+struct CatalogEntry {
+  std::string file, sha256;
+  int64_t count = 0;
+};
+
+struct Manifest {
+  int64_t embedding_dim = 0;
+  Preprocessing preprocessing;
+  std::vector<EncoderEntry> encoders;
+  TableEntry table;
+  CatalogEntry catalog;
+};
+
+constexpr int kFormatVersion = 1;
+constexpr const char* kFormatName = "malm-edge-bundle";
+constexpr const char* kManifestFile = "manifest.json";
+constexpr int kMaxJsonDepth = 64;
+constexpr size_t kMaxManifestBytes = 16u << 20;
+
+// Parse and type-check a manifest from its text; `src` names the file in messages.
+Manifest parse_manifest_text(const std::string& text, const std::string& src);
+// Read <root>/manifest.json and parse it (no file checks).
+Manifest read_manifest(const std::string& root);
+// The whole validation of edge/bundle.py read_bundle, returning the manifest.
+Manifest read_bundle(const std::string& root, bool verify_checksums);
+// Lowercase hex sha256 of a file, or edge/bundle.py's directory digest for a directory.
+std::string sha256_path(const std::string& path);
+// "a/b" joined as Python's Path does (no duplicate separator; trailing "/" of root dropped).
+std::string join_path(const std::string& root, const std::string& relative);
+
+}  // namespace malm

@@ -1,0 +1,47 @@
+// The recipe embedding table (edge/table.py): memory-mapped raw little-endian [rows, dim] int8
+// with float32 per-row scales (or float16 / float32 rows); exact top-k by dot product, float32
+// accumulation, score = (q_r . query) * scale_r; ties to the lower row index.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace malm {
+
+struct Hit {
+  int64_t row;
+  float score;
+};
+
+class Table {
+ public:
+  // Map <file> (and <scales_file> for int8); sizes must match rows x dim (checked again here).
+  Table(const std::string& file, const std::string& scales_file, const std::string& dtype,
+        int64_t rows, int64_t dim);
+  // A table over caller-owned memory (benchmarks, tests): int8 values + scales.
+  Table(const int8_t* values, const float* scales, int64_t rows, int64_t dim);
+  ~Table();
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
+
+  int64_t rows() const { return rows_; }
+  int64_t dim() const { return dim_; }
+  size_t bytes_per_row() const { return size_t(dim_) * elem_ + (scales_ ? 4 : 0); }
+  // Best k rows, best first (k clipped to rows); throws on a non-finite query.
+  std::vector<Hit> search(const float* query, size_t dim, int k) const;
+
+ private:
+  float score_row(int64_t r, const float* query) const;
+  void* map_file(const std::string& path, size_t bytes, void** base, size_t* mapped);
+
+  int64_t rows_ = 0, dim_ = 0;
+  size_t elem_ = 1;
+  std::string dtype_ = "int8";
+  const uint8_t* values_ = nullptr;
+  const float* scales_ = nullptr;
+  void* maps_[2] = {nullptr, nullptr};
+  size_t map_bytes_[2] = {0, 0};
+};
+
+}  // namespace malm

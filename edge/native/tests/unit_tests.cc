@@ -1,0 +1,104 @@
+// C++ unit tests of the parts Python cannot reach directly (ctest; no framework, no data files).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../src/catalog.h"
+#include "../src/common.h"
+#include "../src/image_io.h"
+#include "../src/manifest.h"
+#include "../src/preprocess.h"
+#include "../src/table.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                  \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      std::fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                    \
+    }                                                                \
+  } while (0)
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const malm::Error& err) {
+    return err.what();
+  }
+  return "";
+}
+
+static void test_sha256() {
+  const char* path = "unit_sha256.txt";
+  FILE* f = std::fopen(path, "wb");
+  std::fputs("abc", f);
+  std::fclose(f);
+  CHECK(malm::sha256_path(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::remove(path);
+}
+
+static void test_manifest_errors() {
+  CHECK(error_of([] { malm::parse_manifest_text("{not json", "m.json"); }).find("m.json: not valid JSON") == 0);
+  std::string deep(100000, '[');
+  CHECK(error_of([&] { malm::parse_manifest_text(deep, "m.json"); }).find("nested deeper") != std::string::npos);
+  CHECK(error_of([] { malm::parse_manifest_text("[]", "m.json"); }) == "m.json: the manifest must be a JSON object");
+  CHECK(error_of([] { malm::parse_manifest_text(R"({"format": "malm-edge-bundle", "version": 2})", "m.json"); }) ==
+        "m.json: unknown bundle format version 2 (this reader supports version 1)");
+  CHECK(error_of([] { malm::parse_manifest_text(R"({"format": "malm-edge-bundle", "version": true})", "m.json"); }) ==
+        "m.json: field 'version' has type bool, expected <class 'int'>");
+}
+
+static void test_join_path() {
+  CHECK(malm::join_path("/a/b/", "./c//d") == "/a/b/c/d");
+  CHECK(malm::join_path("b", "c") == "b/c");
+}
+
+static void test_topk_ties() {
+  const int8_t values[] = {1, 0, 2, 0, 2, 0, 1, 0, 2, 0};  // rows 1, 2, 4 tie at the top
+  const float scales[] = {1, 1, 1, 1, 1};
+  malm::Table table(values, scales, 5, 2);
+  const float q[] = {1.0f, 0.0f};
+  auto hits = table.search(q, 2, 3);
+  CHECK(hits.size() == 3 && hits[0].row == 1 && hits[1].row == 2 && hits[2].row == 4);
+  CHECK(table.search(q, 2, 10).size() == 5);
+  const float nan_q[] = {NAN, 0.0f};
+  CHECK(!error_of([&] { table.search(nan_q, 2, 3); }).empty());
+}
+
+static void test_fts_query() {
+  CHECK(malm::fts_query("chicken, curry!") == "\"chicken\" \"curry\"");
+  CHECK(malm::fts_query("\"NEAR(*)\"") == "\"NEAR\"");
+  CHECK(malm::fts_query("  ...  ").empty());
+  CHECK(malm::fts_query("cr\xc3\xa8" "me br\xc3\xbbl\xc3\xa9" "e") == "\"cr\xc3\xa8" "me\" \"br\xc3\xbbl\xc3\xa9" "e\"");
+}
+
+static void test_resize_identity_and_orientation() {
+  std::vector<uint8_t> px(4 * 2 * 3);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t(i * 10);
+  malm::Image8 same = malm::resize_bicubic({px.data(), 4, 2, 12}, 4, 2);
+  CHECK(same.pixels == px);
+  malm::Image8 img{4, 2, px};
+  malm::Image8 rot = malm::apply_orientation(img, 6);  // ROTATE_270 (clockwise)
+  CHECK(rot.width == 2 && rot.height == 4);
+  CHECK(std::memcmp(&rot.pixels[0], &px[(1 * 4 + 0) * 3], 3) == 0);  // top-left <- bottom-left
+  malm::Image8 back = malm::apply_orientation(malm::apply_orientation(rot, 8), 1);
+  CHECK(back.pixels == px);
+  CHECK(!error_of([] { malm::decode_image_memory(nullptr, 0, "empty.jpg"); }).empty());
+  const uint8_t junk[] = {0xFF, 0xD8, 0xFF, 0xE0, 0x00};
+  CHECK(error_of([&] { malm::decode_image_memory(junk, sizeof junk, "junk.jpg"); }).find("junk.jpg: ") == 0);
+}
+
+int main() {
+  test_sha256();
+  test_manifest_errors();
+  test_join_path();
+  test_topk_ties();
+  test_fts_query();
+  test_resize_identity_and_orientation();
+  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
+  else std::printf("native unit tests: all passed\n");
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,121 @@
+"""The native core under AddressSanitizer + UndefinedBehaviorSanitizer, and libFuzzer runs.
+
+The ASan variant instruments all of our C++ (bundle reader, preprocessing, table, catalog, C API,
+image decoding glue, CLI) and runs the prebuilt ExecuTorch libraries uninstrumented inside the same
+process, so the encoder path is exercised too (its own code is not checked by ASan). A sanitizer
+report makes the process exit 86 (ASan/LSan) or 87 (UBSan), which these tests refuse.
+
+Fuzzing: `fuzz_manifest` (manifest.json text -> parser) and `fuzz_image` (file bytes -> JPEG/PNG
+decoding, EXIF orientation, PIL-exact resize + crop), clang + libFuzzer + ASan + UBSan, each for
+MALM_FUZZ_SECONDS (default 12) from a seed corpus made here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DATASETS
+from edge_bundle_fixture import get_bundle
+from malm_edge.edge.bundle import MANIFEST_FILE
+from native_build import native_dir, run_cli
+from test_native import TAMPERINGS, bad_images, parity_photos
+
+SANITIZER_EXIT_CODES = {86, 87}
+FUZZ_SECONDS = int(os.environ.get("MALM_FUZZ_SECONDS", "12"))
+
+
+@pytest.fixture(scope="module")
+def asan() -> Path:
+    return native_dir("asan")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return get_bundle(tmp_path_factory)
+
+
+def _clean(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode not in SANITIZER_EXIT_CODES and done.returncode >= 0, done.stderr[-4000:]
+    assert "ERROR: AddressSanitizer" not in done.stderr and "runtime error:" not in done.stderr, done.stderr[-4000:]
+
+
+def test_unit_tests_under_asan(asan) -> None:
+    done = subprocess.run([str(asan / "native_unit_tests")], capture_output=True, text=True, cwd=asan)
+    _clean(done)
+    assert done.returncode == 0
+
+
+def test_parity_under_asan(asan, bundle_dir, tmp_path) -> None:
+    """The sanitized CLI gives the release build's top-5 on the parity photos."""
+    photos = [str(p) for p in parity_photos(tmp_path / "photos")]
+    sanitized = run_cli(asan, "search", *photos, "--bundle", str(bundle_dir), "--json", "--threads", "1",
+                        timeout=600)
+    _clean(sanitized)
+    release = run_cli(native_dir("release"), "search", *photos, "--bundle", str(bundle_dir), "--json",
+                      "--threads", "1")
+    assert sanitized.returncode == release.returncode == 0
+    ids = lambda out: [[h["id"] for h in o["results"]] for o in json.loads(out)]  # noqa: E731
+    assert ids(sanitized.stdout) == ids(release.stdout)
+    _clean(run_cli(asan, "text", "chicken curry", "--bundle", str(bundle_dir), "--json"))
+
+
+def test_bad_bundles_under_asan(asan, bundle_dir, tmp_path) -> None:
+    for case, (tamper, named) in sorted(TAMPERINGS.items()):
+        bundle = Path(shutil.copytree(bundle_dir, tmp_path / case))
+        tamper(bundle)
+        done = run_cli(asan, "search", "x.jpg", "--bundle", str(bundle), "--json")
+        _clean(done)
+        assert done.returncode == 1 and str(bundle / named) in done.stderr, case
+    (bundle := Path(shutil.copytree(bundle_dir, tmp_path / "deep"))).joinpath(MANIFEST_FILE).write_text("{" * 10**5)
+    _clean(run_cli(asan, "verify", "--bundle", str(bundle)))
+
+
+def test_bad_images_under_asan(asan, bundle_dir, tmp_path) -> None:
+    photos = sorted((SHARED_DATASETS / "photos" / "inversecooking").glob("*.jpg"))
+    if not photos:
+        pytest.skip("no real photos in ../shared/datasets")
+    cases = bad_images(tmp_path / "bad", photos[0])
+    done = run_cli(asan, "search", *map(str, cases.values()), "--bundle", str(bundle_dir), "--json")
+    _clean(done)
+    assert done.returncode == 1
+    assert all("error" in o for o in json.loads(done.stdout))
+
+
+def _seed_corpus(folder: Path, bundle_dir: Path, kind: str) -> Path:
+    folder.mkdir(parents=True)
+    if kind == "manifest":
+        shutil.copy(bundle_dir / MANIFEST_FILE, folder / "manifest.json")
+        (folder / "nested.json").write_text('{"a": [[[{"b": 1}]]]}')
+        return folder
+    photos = sorted((SHARED_DATASETS / "photos" / "inversecooking").glob("*.jpg"))
+    image = (Image.open(photos[0]).convert("RGB") if photos else Image.new("RGB", (40, 30), "red"))
+    small = image.resize((24, 18))
+    small.save(folder / "a.jpg", quality=80)
+    small.save(folder / "b.jpg", progressive=True)
+    small.save(folder / "c.png")
+    small.convert("RGBA").save(folder / "d.png")
+    small.convert("P").save(folder / "e.png")
+    small.convert("L").save(folder / "f.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    small.save(folder / "g.jpg", exif=exif.tobytes())
+    return folder
+
+
+@pytest.mark.parametrize("target, kind", [("fuzz_manifest", "manifest"), ("fuzz_image", "image")])
+def test_fuzz_target_finds_nothing(bundle_dir, tmp_path, target, kind) -> None:
+    fuzz = native_dir("fuzz")
+    corpus = _seed_corpus(tmp_path / "corpus", bundle_dir, kind)
+    done = subprocess.run([str(fuzz / target), f"-max_total_time={FUZZ_SECONDS}", "-rss_limit_mb=2048",
+                           "-timeout=10", f"-artifact_prefix={tmp_path}/", str(corpus)],
+                          capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
+    assert done.returncode == 0 and runs, done.stderr[-4000:]
+    print(f"{target}: {runs[-1]}")
