@@ -75,7 +75,7 @@ def test_sentence_cache_is_written_once_and_read_without_pickle(tmp_path: Path) 
     assert torch.equal(first.encode(RECIPES[0])["ingredients"], again.encode(RECIPES[0])["ingredients"])
     (cache_file,) = (tmp_path / "sentence-embeddings").glob("*.npz")
     with np.load(cache_file, allow_pickle=False) as data:
-        assert data["vectors"].dtype == np.float16 and len(data["texts"]) == embedded
+        assert data["vectors"].dtype == np.float16 and len(data["text_offsets"]) == embedded + 1
 
 
 def test_recipe_encoder_reads_sentence_vectors() -> None:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import SHARED_DATASETS
 from edge_bundle_fixture import EMBED_DIM, INPUT_SIZE, ONNX_FILE, PTE_FILE, RESIZE_SIZE, ROWS, get_bundle
-from malm_edge.edge.bundle import MANIFEST_FILE, BundleError, Preprocessing, read_bundle
+from native_build import NativeLib, OpenOptions, native_dir, run_cli
+from PIL import Image
+
+from malm_edge.edge.bundle import MANIFEST_FILE, BundleError, read_bundle
 from malm_edge.edge.preprocess import center_crop, load_rgb, preprocess_image, resize_shorter_side
 from malm_edge.edge.retriever import Retriever
-from native_build import NativeLib, OpenOptions, native_dir, run_cli
 
 BUNDLE_FILES = [ONNX_FILE, PTE_FILE, "table.i8", "table.scales.f32", "catalog.sqlite", MANIFEST_FILE]
 SCORE_TOLERANCE = 1e-3

@@ -19,13 +19,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import SHARED_DATASETS
 from edge_bundle_fixture import get_bundle
-from malm_edge.edge.bundle import MANIFEST_FILE
 from native_build import native_dir, run_cli
+from PIL import Image
 from test_native import TAMPERINGS, bad_images, parity_photos
+
+from malm_edge.edge.bundle import MANIFEST_FILE
 
 SANITIZER_EXIT_CODES = {86, 87}
 FUZZ_SECONDS = int(os.environ.get("MALM_FUZZ_SECONDS", "12"))

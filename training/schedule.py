@@ -37,6 +37,8 @@ class TrainConfig:
         augmentations: Fixed augmentations per image, cycled over the epochs; with a frozen
             pretrained trunk (the hybrid image tower) its feature grids are then computed once per
             augmentation and cached (0: a fresh augmentation every epoch, no cache).
+        augment_seed: Seed of those K augmentations (None: `seed`). Runs that share it (seeds of a
+            study, ablation rows) share one cached set of trunk grids on disk.
         epoch_unit: "recipe" (default, as TFood): an epoch is one image of every training recipe, so
             the epoch-based schedules (epochs, frozen epochs, margin) mean what the paper's do
             whatever the images per recipe; "pair" (ablation): every (recipe, image) pair.
@@ -56,6 +58,7 @@ class TrainConfig:
     log_every: int = 10
     save_every_steps: int = 0
     augmentations: int = 0
+    augment_seed: int | None = None
     epoch_unit: str = "recipe"
 
     def __post_init__(self) -> None:

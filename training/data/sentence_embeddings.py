@@ -8,8 +8,8 @@ keys, holding vectors instead of token ids (models/recipe_encoder.py reads eithe
 collation and the recipe table work unchanged. Sentences met later (another catalog to index) are
 embedded when first seen.
 
-Cache files are `.npz` of a unicode text array and a float16 (U, 384) array, read with
-`allow_pickle=False`: a file from outside cannot run code.
+Cache files are `.npz` of the texts (UTF-8 bytes and their offsets) and a float16 (U, 384) array,
+read with `allow_pickle=False`: a file from outside cannot run code.
 """
 
 from __future__ import annotations
@@ -113,11 +113,12 @@ def _cache_path(texts: Sequence[str], root: Path) -> Path:
 def _read_cache(path: Path, texts: Sequence[str]) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
-            cached_texts, vectors = data["texts"], data["vectors"]
-    except (OSError, KeyError, ValueError) as error:
+            blob, offsets, vectors = data["text_bytes"].tobytes(), data["text_offsets"], data["vectors"]
+        cached_texts = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
+    except (OSError, KeyError, ValueError, UnicodeDecodeError) as error:
         log.warning("ignoring unreadable sentence-embedding cache %s (%s)", path, error)
         return None
-    if list(cached_texts) != list(texts) or vectors.shape != (len(texts), SENTENCE_DIM):
+    if cached_texts != list(texts) or vectors.shape != (len(texts), SENTENCE_DIM):
         log.warning("ignoring sentence-embedding cache %s: it holds other texts", path)
         return None
     return dict(zip(texts, vectors))
@@ -126,8 +127,11 @@ def _read_cache(path: Path, texts: Sequence[str]) -> dict[str, np.ndarray] | Non
 def _write_cache(path: Path, texts: Sequence[str], vectors: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    encoded = [text.encode("utf-8") for text in texts]
+    offsets = np.cumsum([0] + [len(text) for text in encoded], dtype=np.int64)  # (U + 1,)
     with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, texts=np.array(texts, dtype=np.str_), vectors=np.stack([vectors[t] for t in texts]))
+        np.savez(handle, text_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8), text_offsets=offsets,
+                 vectors=np.stack([vectors[t] for t in texts]))
     os.replace(tmp, path)
 
 

@@ -124,10 +124,12 @@ class EpochSampler(Sampler):
         world: WorldInfo,
         start_step: int = 0,
         augmentations: int = 0,
+        augment_seed: int | None = None,
         groups: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, epoch
         self.world, self.start_step, self.augmentations = world, start_step, augmentations
+        self.augment_seed = seed if augment_seed is None else augment_seed
         self.groups = groups
 
     @property
@@ -147,7 +149,7 @@ class EpochSampler(Sampler):
     def sample_seed(self, index: int) -> int:
         """The augmentation seed of one item in this epoch."""
         if self.augmentations:
-            return derive_seed(self.seed, "augment", index, self.epoch % self.augmentations)
+            return derive_seed(self.augment_seed, "augment", index, self.epoch % self.augmentations)
         return derive_seed(self.seed, "sample", self.epoch, index)
 
     def steps_per_epoch(self) -> int:
@@ -356,6 +358,7 @@ def _run_epoch(
         world=world,
         start_step=state.step_in_epoch,
         augmentations=spec.augmentations,
+        augment_seed=getattr(spec.schedule, "augment_seed", None),
         groups=spec.groups,
     )
     loader = torch.utils.data.DataLoader(
