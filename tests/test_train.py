@@ -311,10 +311,12 @@ def test_all_ranks_skips_a_step_together_when_one_rank_has_no_images(tmp_path: P
 def test_default_micro_run_is_clearly_above_chance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --preset micro` on its default SynthFood (300 recipes x 6 renders, 64 px) learns.
 
-    On a bag of 30 recipes chance is medR 15.5 and R@10 0.33. Over seeds 0-2 the val and test
-    splits average medR 6.3-7.3 and R@10 0.63-0.72 (BENCHMARKS.md). Averaging the two held-out
-    splits (60 queries) and fixing the thread count keeps the check steady; a loss, masking or data
-    change that stops the model from learning fails it.
+    On a bag of 30 recipes chance is medR 15.5 and R@10 0.33. Since SynthFood is split per family
+    (issue 13), val and test hold whole unseen families; over seeds 0-2 micro averages val medR
+    12.3 +- 1.3 and test 10.7 +- 1.8, R@10 0.44 and 0.56 (BENCHMARKS.md, "MALM as the paper means
+    it"); the worst seed's mean of the two splits is medR 12.0, R@10 0.47. Averaging the two
+    held-out splits (60 queries) and fixing the thread count keeps the check steady; a loss,
+    masking or data change that stops the model from learning fails it.
     """
     monkeypatch.setenv("MALM_EDGE_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
@@ -333,4 +335,4 @@ def test_default_micro_run_is_clearly_above_chance(tmp_path: Path, monkeypatch: 
         torch.set_num_threads(threads)
     medr = sum(s["medr"] for s in scores) / 2
     r10 = sum(s["r10"] for s in scores) / 2
-    assert medr <= 11.0 and r10 >= 0.5, scores
+    assert medr <= 13.0 and r10 >= 0.4, scores
