@@ -43,7 +43,9 @@ from malm_edge.converters.errors import ConverterError
 from malm_edge.converters.progress import recipe_progress
 from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
 from malm_edge.training.harness.distributed import WorldInfo, world_info_from_env
@@ -99,14 +101,15 @@ def shard_complete(out_dir: Path, shard: int) -> bool:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with guard_writes(path, ConverterError, intact="shards already written are kept; rerun to resume"):
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            write(Path(temp))
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
 
 def write_shard(out_dir: Path, shard: int, embeddings: np.ndarray, ids: list[str]) -> None:
@@ -169,7 +172,7 @@ def _index_meta(teacher: Any, recipes_dir: Path, shard_size: int) -> dict[str, A
 def _check_or_write_meta(out_dir: Path, meta: dict[str, Any], world: WorldInfo) -> None:
     path = out_dir / INDEX_META
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = load_json_file(path, error=IndexFolderError)
         keys = ("teacher_config_hash", "teacher_checkpoint", "recipes", "recipes_bytes", "shard_size")
         diff = [k for k in keys if old.get(k) != meta.get(k)]
         if diff:
@@ -242,12 +245,12 @@ def iter_shard_arrays(index_dir: Path) -> Iterator[tuple[int, np.ndarray, list[s
                                    "shard; rerun the index to complete it")
         npy, ids_path = shard_paths(index_dir, shard)
         values = np.load(npy, mmap_mode="r")
-        yield offset, values, json.loads(ids_path.read_text(encoding="utf-8"))
+        yield offset, values, load_json_file(ids_path, error=IndexFolderError)
         offset += len(values)
 
 
 def _check_shards_cover(index_dir: Path, recipes_dir: Path) -> None:
-    meta = json.loads((Path(index_dir) / INDEX_META).read_text(encoding="utf-8"))
+    meta = load_json_file(Path(index_dir) / INDEX_META, error=IndexFolderError)
     expected = (count_recipes(recipes_dir) + meta["shard_size"] - 1) // meta["shard_size"]
     missing = [s for s in range(expected) if not shard_complete(Path(index_dir), s)]
     if missing:

@@ -41,7 +41,7 @@ from malm_edge.converters.verify import (
     run_backend,
     single_image_latency_ms,
 )
-from malm_edge.edge.bundle import EncoderEntry, read_bundle
+from malm_edge.edge.bundle import EncoderEntry, add_extra_files, read_bundle
 from malm_edge.training.harness.student import load_student
 from malm_edge.training.harness.teacher import load_teacher
 from malm_edge.training.models.student import prepare_for_export
@@ -204,6 +204,10 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
                                         encoding="utf-8")
     (bundle_dir / REPORT_JSON).write_text(json.dumps([asdict(r) for r in rows], indent=2), encoding="utf-8")
     render_png(rows, bundle_dir / REPORT_PNG)
+    # The manifest covers every file of a bundle: name the report's three files in it.
+    if add_extra_files(bundle_dir, [REPORT_MD, REPORT_JSON, REPORT_PNG]):
+        logger.warning("%s: the manifest changed, so its signature was removed; sign it again with "
+                       "`malm-edge sign %s --key KEY`", bundle_dir, bundle_dir)
     return bundle_dir / REPORT_MD
 
 

@@ -122,8 +122,10 @@ def _sample_photo():
 def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None = None,
               backends: list[str] | None = None, threads: list[int] | None = None,
               synthetic_rows: tuple[int, ...] = DEFAULT_SYNTHETIC_ROWS, repeats: int = 20,
-              k: int = 5) -> dict[str, Any]:
+              k: int = 5, require_signature: str | os.PathLike | None = None) -> dict[str, Any]:
     """Benchmark a bundle: preprocessing, every encoder x thread count, table search sizes.
+
+    `require_signature` (a trusted Ed25519 public key, PEM) refuses an unsigned or wrongly signed bundle.
 
     Args:
         bundle_dir: The bundle.
@@ -138,7 +140,7 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
         {"bundle", "preprocess", "encoders": [...], "search": [...], "skipped": [...],
          "files": {name: bytes}, "peak_rss_mb"}.
     """
-    bundle = read_bundle(bundle_dir)
+    bundle = read_bundle(bundle_dir, require_signature=require_signature)
     pre = bundle.manifest.preprocessing
     source = photo if photo is not None else _sample_photo()
     result: dict[str, Any] = {"bundle": str(bundle.root), "encoders": [], "search": [],

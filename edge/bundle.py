@@ -7,12 +7,17 @@ A bundle is a folder (docs/architecture.md, "Bundle format (v1)")::
       encoder_*.pte|.onnx|.mlpackage
       table.i8 + table.scales.f32   (or table.f16)   edge/table.py
       catalog.sqlite            edge/catalog.py
+      report.md|json|png        optional, named in `extra_files` (converters/report.py)
+      manifest.sig              optional Ed25519 signature of manifest.json (edge/signing.py)
 
 `read_bundle` validates everything it can *before* any file is loaded: format name and version,
 field types, every referenced file present inside the bundle, file sizes and dims consistent
 (table dim == every encoder's output dim == manifest embedding dim, table rows == catalog count),
-then sha256 of every file (streamed). Each problem raises `BundleError` naming the file and what is
-wrong. Torch-free: json, hashlib and the standard library only.
+then sha256 of every file (streamed). The manifest covers the whole folder: a file it does not name
+(other than manifest.sig) is an error, and bundle files may not be symbolic links. With
+`require_signature` the manifest's bytes are checked against `manifest.sig` before they are parsed.
+Each problem raises `BundleError` naming the file and what is wrong. Torch-free: json, hashlib and
+the standard library only (`cryptography`, the `sign` extra, only to verify signatures).
 
 Checksums: a regular file's sha256 is of its bytes. A directory (a CoreML `.mlpackage`) is hashed
 deterministically by `sha256_path`: sha256 over one line per regular file below it, sorted by
@@ -39,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from malm_edge.edge.errors import EdgeError
+from malm_edge.edge.safe_json import JsonFileError, loads
+from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 FORMAT_NAME = "malm-edge-bundle"
 FORMAT_VERSION = 1
@@ -57,6 +64,7 @@ PREPROCESSING_CHOICES = {
     "layout": ("NCHW", "NHWC"),
 }
 _HASH_BLOCK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kilobytes
 
 
 class BundleError(EdgeError, ValueError):
@@ -208,6 +216,14 @@ class CatalogEntry:
 
 
 @dataclass
+class ExtraFile:
+    """Any other file of the bundle (report.md, report.json, report.png): covered like the rest."""
+
+    file: str
+    sha256: str
+
+
+@dataclass
 class Manifest:
     """The whole `manifest.json`. `provenance` is free-form; conventional keys are
     teacher_config_hash, student_config_hash, teacher_run, student_run, metrics (dict)."""
@@ -218,6 +234,7 @@ class Manifest:
     table: TableEntry
     catalog: CatalogEntry
     provenance: dict[str, Any] = field(default_factory=dict)
+    extra_files: list[ExtraFile] = field(default_factory=list)
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -226,7 +243,7 @@ class Manifest:
         """The JSON object written to manifest.json (keys in a stable, readable order)."""
         raw = asdict(self)
         order = ["format", "version", "created", "embedding_dim", "preprocessing", "encoders",
-                 "table", "catalog", "provenance"]
+                 "table", "catalog", "extra_files", "provenance"]
         return {key: raw[key] for key in order}
 
 
@@ -345,7 +362,6 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
         BundleError: the manifest would not pass `parse_manifest`, or holds NaN/Infinity.
     """
     bundle_dir = Path(bundle_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
     target = bundle_dir / MANIFEST_FILE
     data = manifest.to_dict()
     parse_manifest(data, target)  # never write a manifest this reader would refuse
@@ -353,11 +369,40 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
         text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     except ValueError as err:
         raise BundleError(f"{target}: cannot write a non-finite number ({err})") from err
-    handle, temp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(temp, target)
+    with guard_writes(target, OutputWriteError):
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle_dir)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
     return target
+
+
+def add_extra_files(bundle_dir: str | os.PathLike, files: list[str]) -> bool:
+    """Name more files of the bundle in its manifest (e.g. the report), with their sha256.
+
+    A signature no longer matches a changed manifest, so an existing `manifest.sig` is removed:
+    sign again (`malm-edge sign`). Returns True when a signature was removed.
+    """
+    from malm_edge.edge.signing import SIGNATURE_FILE
+
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    entries = {x.file: x for x in manifest.extra_files}
+    for relative in files:
+        _resolve(root, relative, "extra file", root / MANIFEST_FILE)
+        entries[relative] = ExtraFile(relative, sha256_path(root / relative))
+    manifest.extra_files = [entries[name] for name in sorted(entries)]
+    write_manifest(root, manifest)
+    signature = root / SIGNATURE_FILE
+    if signature.exists():
+        signature.unlink()
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,6 +525,8 @@ def parse_manifest(data: dict[str, Any], src: Path) -> Manifest:
         table=_parse_table(_require(data, "table", dict, "", src), src),
         catalog=_build(CatalogEntry, _require(data, "catalog", dict, "", src), "catalog.", src),
         provenance=data.get("provenance", {}) or {},
+        extra_files=[_parse_extra(raw, i, src) for i, raw in enumerate(_require(data, "extra_files", list, "", src))]
+        if "extra_files" in data else [],
         created=str(data.get("created", "")),
     )
     _check_types(manifest.catalog, {"file": str, "sha256": str, "count": int}, "catalog.", src)
@@ -489,14 +536,24 @@ def parse_manifest(data: dict[str, Any], src: Path) -> Manifest:
     return manifest
 
 
+def _parse_extra(raw: Any, index: int, src: Path) -> ExtraFile:
+    extra = _build(ExtraFile, raw, f"extra_files[{index}].", src)
+    _check_types(extra, {"file": str, "sha256": str}, f"extra_files[{index}].", src)
+    return extra
+
+
 def _resolve(root: Path, relative: str, what: str, src: Path) -> Path:
     """Path of a referenced file, refusing anything that escapes the bundle folder."""
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts or not relative:
         raise BundleError(f"{src}: {what} path {relative!r} must be relative and inside the bundle")
     full = root / candidate
+    if full.is_symlink():
+        raise BundleError(f"{full}: a symbolic link ({what}); bundle files must be regular files")
     if not full.exists():
         raise BundleError(f"{full}: missing ({what} named in {MANIFEST_FILE})")
+    if not os.path.realpath(full).startswith(os.path.realpath(root) + os.sep):
+        raise BundleError(f"{full}: resolves outside the bundle folder ({what})")
     return full
 
 
@@ -507,7 +564,29 @@ def _referenced_files(manifest: Manifest) -> list[tuple[str, str, str]]:
     if manifest.table.scales_file:
         files.append(("table scales", manifest.table.scales_file, manifest.table.scales_sha256 or ""))
     files.append(("catalog", manifest.catalog.file, manifest.catalog.sha256))
+    files += [(f"extra file {x.file!r}", x.file, x.sha256) for x in manifest.extra_files]
     return files
+
+
+def _check_covered(root: Path, manifest: Manifest) -> None:
+    """Every file in the bundle folder is named by the manifest (or is the manifest or its signature).
+
+    A file the manifest does not cover could be read by an app without any check, so it is an error.
+    """
+    from malm_edge.edge.signing import SIGNATURE_FILE
+
+    named = {Path(relative).as_posix() for _, relative, _ in _referenced_files(manifest)}
+    allowed = named | {MANIFEST_FILE, SIGNATURE_FILE}
+    for dirpath, dirnames, filenames in os.walk(root):
+        relative_dir = Path(dirpath).relative_to(root)
+        for name in sorted(dirnames):
+            if (relative_dir / name).as_posix() in named:
+                dirnames.remove(name)  # a directory encoder (.mlpackage) is hashed as a whole
+        for name in sorted(filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]):
+            relative = (relative_dir / name).as_posix()
+            if relative not in allowed:
+                raise BundleError(f"{root / relative}: not named in {MANIFEST_FILE}; a bundle holds only the "
+                                  "files its manifest covers (remove it, or rebuild the bundle)")
 
 
 def _check_dims(manifest: Manifest, root: Path) -> None:
@@ -553,28 +632,51 @@ def _check_sizes(manifest: Manifest, root: Path) -> None:
             raise BundleError(f"{root / entry.file}: {actual} bytes, manifest says {entry.size_bytes}")
 
 
-def read_manifest(bundle_dir: str | os.PathLike) -> Manifest:
-    """Parse and type-check `manifest.json` only (no file checks); see `read_bundle`."""
+def read_manifest(bundle_dir: str | os.PathLike, *,
+                  require_signature: str | os.PathLike | None = None) -> Manifest:
+    """Parse and type-check `manifest.json` only (no file checks); see `read_bundle`.
+
+    Args:
+        bundle_dir: The bundle folder.
+        require_signature: A trusted Ed25519 public key (PEM file): the manifest's exact bytes must
+            carry a valid signature by it (`manifest.sig`, edge/signing.py) before they are parsed.
+    """
     src = Path(bundle_dir) / MANIFEST_FILE
+    if src.is_symlink():
+        raise BundleError(f"{src}: a symbolic link; the manifest must be a regular file")
     if not src.is_file():
         raise BundleError(f"{src}: missing; {bundle_dir} is not a malm-edge bundle")
+    size = src.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{src}: {size} bytes, over the limit of {MAX_MANIFEST_BYTES} for a manifest")
+    data = src.read_bytes()  # read once: the bytes verified are the bytes parsed
+    if require_signature is not None:
+        from malm_edge.edge.signing import verify_manifest_bytes
+
+        verify_manifest_bytes(Path(bundle_dir), data, require_signature)
     try:
-        data = json.loads(src.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{src}: not valid JSON ({err})") from err
-    return parse_manifest(data, src)
+        decoded = loads(data, src)
+    except JsonFileError as err:
+        detail = str(err).split(": ", 1)[-1]
+        raise BundleError(f"{src}: not valid JSON ({detail})") from None
+    return parse_manifest(decoded, src)
 
 
-def read_bundle(bundle_dir: str | os.PathLike, *, verify_checksums: bool = True) -> Bundle:
+def read_bundle(bundle_dir: str | os.PathLike, *, verify_checksums: bool = True,
+                require_signature: str | os.PathLike | None = None) -> Bundle:
     """Validate a bundle before anything in it is loaded, and return it.
 
-    Order: manifest format/version/fields -> every file present inside the bundle -> dims and
-    file sizes consistent -> sha256 of every file (streamed; skipped only if verify_checksums is
-    False, e.g. in a benchmark loop).
+    Order: signature of the manifest's bytes (when `require_signature`) -> manifest
+    format/version/fields -> every referenced file present inside the bundle, a regular file ->
+    nothing else in the folder (every file is covered by the manifest) -> dims and file sizes
+    consistent -> sha256 of every file (streamed; skipped only if verify_checksums is False, e.g.
+    in a benchmark loop).
 
     Args:
         bundle_dir: The bundle folder.
         verify_checksums: Hash every referenced file against the manifest.
+        require_signature: A trusted Ed25519 public key file (PEM): refuse the bundle unless its
+            manifest is signed by that key (edge/signing.py).
 
     Returns:
         The validated `Bundle`.
@@ -584,10 +686,11 @@ def read_bundle(bundle_dir: str | os.PathLike, *, verify_checksums: bool = True)
     """
     root = Path(bundle_dir)
     src = root / MANIFEST_FILE
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, require_signature=require_signature)
     files = _referenced_files(manifest)
     for what, relative, _ in files:
         _resolve(root, relative, what, src)
+    _check_covered(root, manifest)
     _check_dims(manifest, root)
     _check_sizes(manifest, root)
     if verify_checksums:

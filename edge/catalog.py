@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from malm_edge.edge.errors import EdgeError
+from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 CATALOG_FILE = "catalog.sqlite"
 CATALOG_FORMAT = "malm-edge-catalog"
@@ -95,8 +96,13 @@ def write_catalog(path: str | os.PathLike, records: Iterable[Any], chunk_size: i
         The number of recipes written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
+    with guard_writes(path, OutputWriteError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _write_catalog(path, temp, records, chunk_size)
+
+
+def _write_catalog(path: Path, temp: Path, records: Iterable[Any], chunk_size: int) -> int:
     temp.unlink(missing_ok=True)
     connection = sqlite3.connect(temp)
     try:

@@ -16,6 +16,13 @@ run config and bundle manifest, `Preprocessing`):
 
 Files that are not images, truncated files and images over `max_pixels` (decompression bombs,
 checked from the header before any pixel is decoded) raise `ImageError` naming the file.
+
+This module is also the one rule set for which image files the project accepts, used by data
+check, both importers, training and search alike (`check_image_file`): a format every consumer
+decodes, the browser demo included (`SUPPORTED_FORMATS`: no TIFF, PSD, ...), at most `max_pixels`
+pixels (64M by default everywhere), and pixel data that decodes to the end (JPEGs are decoded at
+1/8 scale for the check, which still reads every byte of the entropy-coded data: truncated and
+corrupt files are caught at a fraction of a full decode's cost).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from malm_edge.edge.bundle import Preprocessing
 from malm_edge.edge.errors import EdgeError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# Formats every consumer decodes: pillow (training, search) and the browsers the demo targets.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
 ImageSource = str | os.PathLike | BinaryIO | Image.Image
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -53,6 +62,18 @@ class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed (a decompression bomb?)."""
 
 
+class UnsupportedImageError(UnreadableImageError):
+    """A readable image in a format not every consumer decodes (TIFF, PSD, ...).
+
+    Attributes:
+        format: PIL's name of the format.
+    """
+
+    def __init__(self, message: str, image_format: str | None) -> None:
+        super().__init__(message)
+        self.format = image_format
+
+
 def _name(source: ImageSource) -> str:
     if isinstance(source, Image.Image):
         return "<PIL image>"
@@ -73,6 +94,8 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
                 image = Image.open(source)
         except FileNotFoundError as err:
             raise MissingImageError(f"{name}: file not found") from err
+        except IsADirectoryError as err:
+            raise UnreadableImageError(f"{name}: is a folder, not an image file") from err
         except UnidentifiedImageError as err:
             raise UnreadableImageError(f"{name}: not a readable image file") from err
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -80,6 +103,9 @@ def _open(source: ImageSource, max_pixels: int) -> Image.Image:
         except OSError as err:
             raise UnreadableImageError(f"{name}: cannot open image: {err}") from err
     try:
+        if not isinstance(source, Image.Image) and image.format not in SUPPORTED_FORMATS:
+            raise UnsupportedImageError(f"{name}: unsupported image format ({image.format}); supported: "
+                                        f"{', '.join(sorted(SUPPORTED_FORMATS))}", image.format)
         _check_and_decode(image, name, max_pixels)
     except ImageError:
         if not isinstance(source, Image.Image):
@@ -101,6 +127,57 @@ def _check_and_decode(image: Image.Image, name: str, max_pixels: int) -> None:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise UnreadableImageError(f"{name}: truncated or corrupt image data: {err}") from err
+
+
+def check_image_file(source: str | os.PathLike, *, decode: bool = True,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The one acceptance rule for an image file (data check, importers, training, search).
+
+    Args:
+        source: The image file.
+        decode: Decode the pixel data to the end (JPEG at 1/8 scale, see the module doc); False
+            only reads the header (format and size).
+        max_pixels: Larger images are refused from the header.
+
+    Returns:
+        PIL's name of the real format (a PNG named .jpg is "PNG").
+
+    Raises:
+        MissingImageError, UnsupportedImageError, ImageTooLargeError, UnreadableImageError.
+    """
+    name = _name(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except FileNotFoundError as err:
+        raise MissingImageError(f"{name}: file not found") from err
+    except IsADirectoryError as err:
+        raise UnreadableImageError(f"{name}: is a folder, not an image file") from err
+    except UnidentifiedImageError as err:
+        raise UnreadableImageError(f"{name}: not a readable image file") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageTooLargeError(f"{name}: image too large (decompression bomb?): {err}") from err
+    except OSError as err:
+        raise UnreadableImageError(f"{name}: cannot open image: {err}") from err
+    with image:
+        image_format = image.format
+        if image_format not in SUPPORTED_FORMATS:
+            raise UnsupportedImageError(f"{name}: unsupported image format ({image_format})", image_format)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"{name}: {width}x{height} = {width * height} pixels exceeds the "
+                                     f"limit of {max_pixels} (decompression bomb?)")
+        if width == 0 or height == 0:
+            raise UnreadableImageError(f"{name}: empty image ({width}x{height})")
+        if decode:
+            try:
+                if image_format in ("JPEG", "MPO"):
+                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
+                raise UnreadableImageError(f"{name}: truncated or corrupt image data: {err}") from err
+    return image_format
 
 
 def _wide_to_l(image: Image.Image) -> Image.Image:

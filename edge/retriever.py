@@ -29,12 +29,14 @@ class Retriever:
         threads: Encoder threads (None: the runtime's default).
         chunk_rows: Table rows scored per chunk.
         max_pixels: Larger photos are refused.
+        require_signature: Trusted Ed25519 public key (PEM): refuse an unsigned or wrongly signed bundle.
     """
 
     def __init__(self, bundle_dir: str | os.PathLike, backend: str | EncoderBackend | None = None,
                  threads: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.bundle: Bundle = read_bundle(bundle_dir)
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 require_signature: str | os.PathLike | None = None) -> None:
+        self.bundle: Bundle = read_bundle(bundle_dir, require_signature=require_signature)
         self.preprocessing = self.bundle.manifest.preprocessing
         self.table = open_bundle_table(self.bundle)
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from malm_edge.edge.bundle import Bundle, BundleError, TableEntry, sha256_path
+from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 INT8_FILE = "table.i8"
 SCALES_FILE = "table.scales.f32"
@@ -96,31 +97,38 @@ class TableWriter:
         if dtype not in _NUMPY_DTYPES:
             raise ValueError(f"table dtype {dtype!r}, expected one of {list(_NUMPY_DTYPES)}")
         self.out_dir, self.dim, self.dtype, self.rows = Path(out_dir), dim, dtype, 0
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._names = [_FILES[dtype]] + ([SCALES_FILE] if dtype == "int8" else [])
-        self._handles = [open(self.out_dir / f".{name}.tmp", "wb") for name in self._names]
+        with self._guard():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._handles = [open(self.out_dir / f".{name}.tmp", "wb") for name in self._names]
+
+    def _guard(self):  # noqa: ANN202 - a context manager
+        return guard_writes(self.out_dir / self._names[0], OutputWriteError,
+                            intact="the previous table, if any, is unchanged")
 
     def append(self, rows: np.ndarray) -> None:
         """Append (C, D) float rows (quantized here for int8)."""
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"rows of shape {rows.shape}, expected (C, {self.dim})")
-        if self.dtype == "int8":
-            quantized, scales = quantize_rows_int8(rows)
-            self._handles[0].write(quantized.tobytes())
-            self._handles[1].write(scales.astype("<f4").tobytes())
-        else:
-            self._handles[0].write(rows.astype(_NUMPY_DTYPES[self.dtype]).tobytes())
+        with self._guard():
+            if self.dtype == "int8":
+                quantized, scales = quantize_rows_int8(rows)
+                self._handles[0].write(quantized.tobytes())
+                self._handles[1].write(scales.astype("<f4").tobytes())
+            else:
+                self._handles[0].write(rows.astype(_NUMPY_DTYPES[self.dtype]).tobytes())
         self.rows += len(rows)
 
     def close(self) -> TableEntry:
         """Flush, rename into place and return the manifest entry (with sha256s)."""
-        for handle in self._handles:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        for name in self._names:
-            os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
+        with self._guard():
+            for handle in self._handles:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            for name in self._names:
+                os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
         main = self._names[0]
         scales = self._names[1] if len(self._names) > 1 else None
         return TableEntry(file=main, dtype=self.dtype, rows=self.rows, dim=self.dim,

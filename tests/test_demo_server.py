@@ -32,11 +32,11 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(bundle_dir: Path, tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A copy of the bundle with an extra file the manifest does not name, served on a free port."""
+    """A copy of the bundle served on a free port, then given an extra file the manifest does not name."""
     copy = tmp_path_factory.mktemp("served") / "bundle"
     shutil.copytree(bundle_dir, copy)
-    (copy / "secret.txt").write_text("not in the manifest")
     server = make_server(copy, "127.0.0.1", 0)
+    (copy / "secret.txt").write_text("not in the manifest")  # after start-up: an unnamed file is refused before
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.url, copy
     server.shutdown()

@@ -116,7 +116,7 @@ def test_palette_with_transparency_and_animated_gif_first_frame(tmp_path) -> Non
 
 
 def test_cmyk_greyscale_and_one_bit(tmp_path) -> None:
-    cmyk = _save(_solid((0, 255, 255, 0), mode="CMYK"), tmp_path / "cmyk.tiff")
+    cmyk = _solid((0, 255, 255, 0), mode="CMYK")  # an opened image: TIFF files are refused (one format rule)
     np.testing.assert_allclose(_pixels01(preprocess_image(cmyk, PRE))[0, :, 5, 5], [1, 0, 0], atol=1e-6)
     grey = _save(_solid(128, mode="L"), tmp_path / "grey.png")
     np.testing.assert_allclose(_pixels01(preprocess_image(grey, PRE)), 128 / 255, atol=1e-6)

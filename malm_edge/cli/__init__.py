@@ -21,6 +21,7 @@ from malm_edge.cli import eval as eval_cli
 from malm_edge.cli import index as index_cli
 from malm_edge.cli import report as report_cli
 from malm_edge.cli import search as search_cli
+from malm_edge.cli import sign as sign_cli
 from malm_edge.cli import train as train_cli
 
 app = typer.Typer(
@@ -40,6 +41,8 @@ app.command("report")(report_cli.report)
 app.command("search")(search_cli.search)
 app.command("bench")(bench_cli.bench)
 app.command("demo")(demo_cli.demo)
+app.command("keygen")(sign_cli.keygen)
+app.command("sign")(sign_cli.sign)
 
 
 def _version_callback(value: bool) -> None:

@@ -24,4 +24,21 @@ def run_or_exit(job: Callable[[], T]) -> T:
         if any(cls.__name__ in USER_ERROR_BASES for cls in type(error).__mro__):
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
+        message = _write_failure_message(error)
+        if message:
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1) from None
         raise
+
+
+def _write_failure_message(error: Exception) -> str | None:
+    """One line for a write that failed outside a guarded writer (an OSError naming its path)."""
+    from malm_edge.edge.write_errors import write_failure_cause
+
+    if not isinstance(error, OSError):
+        return None
+    path = error.filename
+    cause = write_failure_cause(error, path)
+    if cause is None:
+        return None
+    return f"{path}: cannot write ({cause})" if path else f"cannot write the output ({cause})"

@@ -59,6 +59,9 @@ def bench(
         typer.Option("--backend", help="Only these targets: executorch, onnx, coreml (repeatable)."),
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 20,
+    require_signature: Annotated[Optional[Path], typer.Option(
+        "--require-signature", metavar="PUBKEY", help="Refuse the bundle unless signed by this Ed25519 key (PEM).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Median/p90 latency of preprocessing, each encoder and backend at 1 and all threads, table
@@ -77,7 +80,8 @@ def bench(
     try:
         with status:
             report = run_bench(bundle, photo=photo, backends=backend or None,
-                               threads=threads or None, synthetic_rows=synthetic, repeats=repeats)
+                               threads=threads or None, synthetic_rows=synthetic, repeats=repeats,
+                               require_signature=require_signature)
     except (BundleError, BackendError, ImageError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -53,6 +53,9 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.md / report.png into the bundle.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    sign: Annotated[Optional[Path], typer.Option(
+        "--sign", metavar="KEY", help="Sign the manifest with this Ed25519 private key (PEM; `malm-edge keygen`).")
+    ] = None,
 ) -> None:
     """Export a distilled student (ExecuTorch / CoreML / ONNX), build the recipe table and catalog,
     verify every file on real photos and write a checked bundle."""
@@ -65,7 +68,15 @@ def convert(
                              calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
                              report=report, progress=not as_json)
+    if sign is not None:
+        from malm_edge.edge.signing import load_private_key
+
+        run_or_exit(lambda: load_private_key(sign))  # a bad key fails before the long conversion
     result = run_or_exit(lambda: run_convert(student_run, recipes, out, options))
+    if sign is not None:
+        from malm_edge.edge.signing import sign_bundle
+
+        typer.echo(f"signed: {run_or_exit(lambda: sign_bundle(out, sign))}", err=as_json)
     summary = result.summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

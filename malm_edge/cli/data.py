@@ -41,8 +41,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     no_images: Annotated[bool, typer.Option("--no-images", help="Do not look at the images.")] = False,
     images: Annotated[
-        ImageCheckChoice, typer.Option(help="Image check: none, exists, verify (fast) or decode (every pixel).")
-    ] = ImageCheckChoice.verify,
+        ImageCheckChoice, typer.Option(help="Image check: none, exists, verify (header only) or decode (to the end).")
+    ] = ImageCheckChoice.decode,
     images_root: Annotated[
         Optional[Path], typer.Option(help="Folder relative image paths are relative to (default: dataset.json's).")
     ] = None,
@@ -64,6 +64,9 @@ def check(
             f"images: {report.n_images} referenced, {report.n_missing_images} missing, "
             f"{report.n_unreadable_images} unreadable (check: {report.image_check})"
         )
+        if report.image_check != "decode":
+            typer.echo(f"note: images were not decoded (check: {report.image_check}); truncated files show "
+                       "only with --images decode")
         typer.echo(f"bad lines: {report.n_bad_lines}")
         _echo_problems([f"{f}:{n}: {m}" for f, n, m in report.problems], report.n_problems)
         typer.echo("ok" if report.ok else f"{report.n_problems} problem(s)")
@@ -90,6 +93,12 @@ def import_recipe1m(
     no_image_check: Annotated[
         bool, typer.Option("--no-image-check", help="List every layer2 photo without checking its file exists.")
     ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip malformed records (counted) and write the good ones.")
+    ] = False,
+    max_bad: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --skip-bad: fail if more than this share is malformed.")
+    ] = 0.05,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -103,6 +112,7 @@ def import_recipe1m(
     options.max_steps = max_steps if max_steps is not None else options.max_steps
     options.use_det_ingrs = det_ingrs
     options.check_image_files = not no_image_check
+    options.skip_bad, options.max_bad_fraction = skip_bad, max_bad
     summary = run_or_exit(lambda: run_import(root, out, options, overwrite=overwrite, progress=not as_json))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -111,6 +121,9 @@ def import_recipe1m(
     typer.echo(f"text-only recipes: {summary['n_text_only']}")
     for name, count in summary["counts"].items():
         typer.echo(f"  {name}: {count}")
+    _echo_problems(summary["problems"], summary["counts"].get("skipped_bad_record", 0))
+    typer.echo(f"note: photos were only checked to exist; decode them all before a long run with "
+               f"`malm-edge data check {out}`")
 
 
 @import_app.command("epicurious")
@@ -123,6 +136,12 @@ def import_epicurious(
     add_unpaired: Annotated[
         bool, typer.Option("--add-unpaired", help="Add photos without a CSV row as title-only train recipes.")
     ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip malformed records (counted) and write the good ones.")
+    ] = False,
+    max_bad: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --skip-bad: fail if more than this share is malformed.")
+    ] = 0.05,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -130,7 +149,8 @@ def import_epicurious(
     from malm_edge.training.data.epicurious import import_epicurious as run_import
 
     report = run_or_exit(
-        lambda: run_import(src, out, split_file, add_unpaired, overwrite=overwrite, progress=not as_json)
+        lambda: run_import(src, out, split_file, add_unpaired, overwrite=overwrite, progress=not as_json,
+                           skip_bad=skip_bad, max_bad_fraction=max_bad)
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

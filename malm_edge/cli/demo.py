@@ -57,6 +57,9 @@ def demo(
                                           "(multi-threaded model).")] = True,
     app_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="The app folder "
                                                     "(default: mobile_demo/app of this checkout).")] = None,
+    require_signature: Annotated[Optional[Path], typer.Option(
+        "--require-signature", metavar="PUBKEY", help="Refuse the bundle unless signed by this Ed25519 key (PEM).")
+    ] = None,
 ) -> None:
     """Serve the offline progressive web app with a bundle: photo -> recipes in the browser."""
     from malm_edge.edge.bundle import BundleError
@@ -67,7 +70,7 @@ def demo(
         raise typer.Exit(1)
     try:
         server = make_server(bundle, host, port, app_dir=app_dir, isolate=isolate, certfile=cert,
-                             keyfile=key)
+                             keyfile=key, require_signature=require_signature)
     except (BundleError, DemoError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -25,7 +25,7 @@ class BackendChoice(str, Enum):
 
 
 def search_photos(photos: list[Path], bundle: Path, top_k: int = 5, backend: str | None = None,
-                  threads: int | None = None) -> list[dict[str, Any]]:
+                  threads: int | None = None, require_signature: Path | None = None) -> list[dict[str, Any]]:
     """Search each photo; one dict per photo, in order.
 
     Returns:
@@ -39,7 +39,7 @@ def search_photos(photos: list[Path], bundle: Path, top_k: int = 5, backend: str
     from malm_edge.edge.retriever import Retriever
 
     outputs = []
-    with Retriever(bundle, backend=backend, threads=threads) as retriever:
+    with Retriever(bundle, backend=backend, threads=threads, require_signature=require_signature) as retriever:
         header = {"bundle": str(bundle), "backend": retriever.backend.name,
                   "encoder": retriever.backend.encoder}
         for photo in photos:
@@ -75,6 +75,9 @@ def search(
     ] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Encoder threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list when several photos).")] = False,
+    require_signature: Annotated[Optional[Path], typer.Option(
+        "--require-signature", metavar="PUBKEY", help="Refuse the bundle unless signed by this Ed25519 key (PEM).")
+    ] = None,
 ) -> None:
     """Rank the bundle's recipes for each photo (preprocess, encode, int8 table top-k, catalog)."""
     from malm_edge.converters.executorch_runtime import register_executorch_backend
@@ -84,7 +87,7 @@ def search(
     register_executorch_backend()
     preferred = encoder or (backend.value if backend else None)
     try:
-        outputs = search_photos(photos, bundle, top_k, preferred, threads)
+        outputs = search_photos(photos, bundle, top_k, preferred, threads, require_signature)
     except (BundleError, BackendError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -178,7 +178,12 @@ def train(
         data_dir = data if data is not None else default_synthfood_for(preset.value)
         run_dir = out or Path("runs") / f"malm-{preset.value}-{datetime.now():%Y%m%d-%H%M%S}"
         return train_teacher(
-            run_dir, data_dir=data_dir, model_cfg=model_cfg, train_cfg=train_cfg, progress=not as_json, preset=preset.value
+            run_dir,
+            data_dir=data_dir,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            progress=not as_json,
+            preset=preset.value,
         )
 
     summary = run_or_exit(job)

@@ -5,9 +5,10 @@
 //   so a new app version is picked up on the next visit.
 // - Bundle files (bundle/<file>?v=<sha256 prefix>): immutable URLs, cache first. The page stores
 //   them in the "malm-edge-bundle" cache as it downloads them (see js/bundle.js).
-// - bundle/manifest.json: network first, the cached copy when offline.
+// - bundle/manifest.json, and its signature and trusted key (js/signature.js): network first, the
+//   cached copy when offline (a cached signature must never pair with a newer manifest).
 // Only same-origin GET requests are handled; the app never asks any other host for anything.
-const SHELL_CACHE = "malm-edge-shell-v1";
+const SHELL_CACHE = "malm-edge-shell-v2";
 const BUNDLE_CACHE = "malm-edge-bundle";
 const SHELL = [
   "./",
@@ -17,6 +18,7 @@ const SHELL = [
   "icon.svg",
   "js/main.js",
   "js/bundle.js",
+  "js/signature.js",
   "js/preprocess.js",
   "js/topk.js",
   "js/encoder.js",
@@ -28,6 +30,8 @@ const SHELL = [
   "vendor/sqlite/sqlite3.mjs",
   "vendor/sqlite/sqlite3.wasm",
 ];
+
+const NETWORK_FIRST = new Set(["bundle/manifest.json", "bundle/manifest.sig", "bundle/trusted-key.json"]);
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(SHELL_CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));
@@ -85,7 +89,7 @@ self.addEventListener("fetch", (event) => {
   if (request.method !== "GET" || url.origin !== self.location.origin) return;
   const scope = new URL(self.registration.scope);
   const path = url.pathname.slice(scope.pathname.length);
-  if (path === "bundle/manifest.json") event.respondWith(networkFirst(request));
+  if (NETWORK_FIRST.has(path)) event.respondWith(networkFirst(request));
   else if (path.startsWith("bundle/")) event.respondWith(cacheFirst(request));
   else event.respondWith(staleWhileRevalidate(event));
 });

@@ -30,6 +30,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from malm_edge.edge.preprocess import SUPPORTED_FORMATS
+from malm_edge.edge.safe_json import MAX_DEPTH as MAX_JSON_DEPTH
+from malm_edge.edge.safe_json import json_depth, load_json_file
+from malm_edge.edge.write_errors import guard_writes
+from malm_edge.training.data.limits import MAX_ITEMS, MAX_RECORD_BYTES, image_path_error, text_error
 from malm_edge.training.data.records import PARTITIONS, RECIPES_FILE, Recipe, write_recipes_jsonl
 from malm_edge.training.errors import TrainingError
 
@@ -37,8 +42,9 @@ DATASET_META_FILE = "dataset.json"
 DATASET_FORMAT = "malm-edge-dataset"
 DATASET_FORMAT_VERSION = 1
 # Formats every consumer can decode, the browser demo included (so not PSD, TIFF, ...).
-SUPPORTED_IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP"})
+SUPPORTED_IMAGE_FORMATS = SUPPORTED_FORMATS  # edge/preprocess.py decides, for every component
 _LIST_FIELDS = ("ingredients", "instructions", "images")
+MAX_META_BYTES = 64 << 20  # dataset.json holds counts and a few paths
 T = TypeVar("T")
 
 
@@ -51,8 +57,8 @@ class ImageCheck(str, Enum):
 
     none = "none"  # do not look at images at all
     exists = "exists"  # the file exists
-    verify = "verify"  # PIL identifies it and its header/structure verifies (fast)
-    decode = "decode"  # PIL decodes every pixel (slow, catches truncated files)
+    verify = "verify"  # header only: format and size (fast; misses truncated files)
+    decode = "decode"  # the pixel data decodes to the end (JPEG at 1/8 scale): the default
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class CheckReport:
     n_bad_lines: int = 0
     n_problems: int = 0
     problems: list[tuple[str, int, str]] = field(default_factory=list)
-    image_check: str = ImageCheck.verify.value
+    image_check: str = ImageCheck.decode.value
 
     @property
     def ok(self) -> bool:
@@ -142,12 +148,7 @@ def read_dataset_meta(dataset_dir: Path | str) -> dict:
 def _read_meta_cached(path: str, mtime_ns: int) -> tuple:
     # Cached per (path, mtime) so resolving millions of image paths reads the file once.
     del mtime_ns
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg}") from None
+    meta = load_json_file(path, error=DatasetError, max_bytes=MAX_META_BYTES)
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}:1: expected a JSON object")
     root = meta.get("images_root")
@@ -222,9 +223,13 @@ def validate_record(record: object) -> str | None:
     class_name = record.get("class")
     if class_name is not None and not isinstance(class_name, (str, int)):
         return f"'class' must be a string or null, got {type(class_name).__name__}"
-    if not record["title"].strip() and not record["ingredients"]:
-        return "recipe has neither a title nor ingredients"
-    return None
+    for image in record["images"]:
+        error = image_path_error(image)
+        if error:
+            return error
+    if len(record["images"]) > MAX_ITEMS:
+        return f"'images' has {len(record['images'])} entries, over the limit of {MAX_ITEMS}"
+    return text_error(record["title"], record["ingredients"], record["instructions"])
 
 
 def _list_of_str_error(name: str, value: object) -> str | None:
@@ -243,11 +248,14 @@ def _decode_line(raw: bytes) -> tuple[object | None, str | None]:
     except UnicodeDecodeError as error:
         return None, f"not valid UTF-8 (byte {error.start})"
     try:
-        return json.loads(text), None
+        record = json.loads(text)
     except json.JSONDecodeError as error:
         return None, f"malformed JSON: {error.msg} (column {error.colno})"
     except RecursionError:
-        return None, "malformed JSON: nested too deeply"
+        return None, f"malformed JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+    if json_depth(record) > MAX_JSON_DEPTH:
+        return None, f"malformed JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+    return record, None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -275,12 +283,15 @@ def iter_lines(
     path = recipes_path(dataset_dir)
     first_line_of: dict[str, int] = {}
     with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+        for line_no, raw, size in _bounded_lines(handle):
             if on_bytes is not None:
-                on_bytes(len(raw))
-            if not raw.strip():
+                on_bytes(size)
+            if raw is None:
+                record, error = None, f"line is {size} bytes, over the limit of {MAX_RECORD_BYTES}"
+            elif not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry nothing
-            record, error = _decode_line(raw)
+            else:
+                record, error = _decode_line(raw)
             if error is None:
                 error = validate_record(record)
             if error is None:
@@ -296,6 +307,21 @@ def iter_lines(
                 raise DatasetError(str(problem))
             if on_problem is not None:
                 on_problem(problem)
+
+
+def _bounded_lines(handle) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, raw line or None when over MAX_RECORD_BYTES, size); never holds more than the limit."""
+    line_no = 0
+    while raw := handle.readline(MAX_RECORD_BYTES + 1):
+        line_no += 1
+        if len(raw) <= MAX_RECORD_BYTES:
+            yield line_no, raw, len(raw)
+            continue
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):  # skip the rest of the over-long line
+            raw = handle.readline(1 << 20)
+            size += len(raw)
+        yield line_no, None, size
 
 
 def iter_records(
@@ -332,38 +358,43 @@ def load_recipes(
 # ----------------------------------------------------------------------------- images
 
 
-def inspect_image(path: Path, decode: bool = False) -> tuple[str | None, str | None]:
-    """The real format of an image file and whether every consumer can read it.
+def inspect_image(path: Path, decode: bool = True) -> tuple[str | None, str | None]:
+    """The real format of an image file and whether the project accepts it.
 
-    PIL identifies the format from the content, so a PNG or GIF named `.jpg` is fine.
+    The rule (formats, pixel limit, decoding) is `edge.preprocess.check_image_file`'s, the same
+    training and search apply; PIL identifies the format from the content, so a PNG or GIF named
+    `.jpg` is fine.
 
     Args:
         path: The image file.
-        decode: Decode every pixel (slow; catches truncated files) instead of verifying the structure.
+        decode: Decode the pixel data to the end (catches truncated files; the default) instead of
+            reading the header only.
 
     Returns:
-        (format, None) when readable, else (format or None, a short reason).
+        (format, None) when accepted, else (format or None, a short reason).
     """
-    from PIL import Image
+    from malm_edge.edge.preprocess import (
+        ImageError,
+        ImageTooLargeError,
+        MissingImageError,
+        UnsupportedImageError,
+        check_image_file,
+    )
 
-    image_format = None
     try:
-        with Image.open(path) as image:
-            image_format = image.format
-            if image_format not in SUPPORTED_IMAGE_FORMATS:
-                return image_format, f"in an unsupported image format ({image_format})"
-            if decode:
-                image.load()
-            else:
-                image.verify()
-    except FileNotFoundError:
+        return check_image_file(path, decode=decode), None
+    except MissingImageError:
         return None, "missing"
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        return image_format, f"unreadable ({type(error).__name__}: {error})"
-    return image_format, None
+    except UnsupportedImageError as error:
+        return error.format, f"in an unsupported image format ({error.format})"
+    except ImageTooLargeError as error:
+        return None, f"too large ({str(error).split(': ', 1)[-1]})"
+    except ImageError as error:
+        detail = str(error).split(": ", 1)[-1]
+        return None, "a folder, not an image file" if "is a folder" in detail else f"unreadable ({detail})"
 
 
-def check_image(path: Path, decode: bool = False) -> str | None:
+def check_image(path: Path, decode: bool = True) -> str | None:
     """None when `path` is an image every consumer can read, else a short reason (`inspect_image`)."""
     return inspect_image(path, decode)[1]
 
@@ -375,7 +406,9 @@ def _check_recipe_images(
     found = []
     for image in recipe.images:
         path = resolve_image_path(dataset_dir, image, images_root)
-        if not path.is_file():
+        if path.is_dir():
+            found.append(("unreadable", f"image {image!r} is a folder, not an image file ({path})"))
+        elif not path.is_file():
             found.append(("missing", f"image {image!r} is missing ({path})"))
         elif mode in (ImageCheck.verify, ImageCheck.decode):
             reason = check_image(path, decode=mode is ImageCheck.decode)
@@ -395,7 +428,7 @@ def check_dataset(
 
     Args:
         dataset_dir: The dataset folder.
-        check_images: True for `ImageCheck.verify`, False for none, or an `ImageCheck` (name).
+        check_images: True for `ImageCheck.decode`, False for none, or an `ImageCheck` (name).
         max_problems: How many problems to keep in the report (all are counted).
         images_root: Overrides `dataset.json`'s images_root.
         progress: Show a progress bar (over the bytes of `recipes.jsonl`).
@@ -468,7 +501,7 @@ def _count_recipe(report: CheckReport, recipe: Recipe) -> None:
 
 def _image_check_mode(check_images: bool | ImageCheck | str) -> ImageCheck:
     if isinstance(check_images, bool):
-        return ImageCheck.verify if check_images else ImageCheck.none
+        return ImageCheck.decode if check_images else ImageCheck.none
     try:
         return ImageCheck(check_images)
     except ValueError:
@@ -501,14 +534,17 @@ def write_dataset(out_dir: Path, recipes: Iterable[Recipe], meta: Callable[[], d
         The number of recipes written.
     """
     created = not out_dir.exists()
+    intact = "nothing was replaced" if not created else "nothing was written"
     try:
-        count = write_recipes_jsonl(recipes, out_dir)
+        with guard_writes(out_dir / RECIPES_FILE, DatasetError, intact=intact):
+            count = write_recipes_jsonl(recipes, out_dir)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    if meta is None:
-        (out_dir / DATASET_META_FILE).unlink(missing_ok=True)
-    else:
-        write_dataset_meta(out_dir, meta() if callable(meta) else meta)
+    with guard_writes(out_dir / DATASET_META_FILE, DatasetError):
+        if meta is None:
+            (out_dir / DATASET_META_FILE).unlink(missing_ok=True)
+        else:
+            write_dataset_meta(out_dir, meta() if callable(meta) else meta)
     return count

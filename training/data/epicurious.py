@@ -28,15 +28,22 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import json
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.training.data.canonical import DatasetError, ensure_writable, inspect_image, progress_iter, write_dataset
+from malm_edge.training.data.limits import (
+    MAX_CELL_CHARS,
+    MAX_TITLE_CHARS,
+    clean_lines,
+    clean_text,
+    plain_file_name_error,
+)
 from malm_edge.training.data.records import PARTITIONS, Recipe
 
 log = logging.getLogger(__name__)
@@ -178,27 +185,38 @@ def _parse_row(row: dict, index: int, line: int) -> EpicuriousRow:
         if ingredients:
             notes.append("Ingredients is not a list literal; kept as one line")
     image_name = (row.get("Image_Name") or "").strip()
+    title, fixes = clean_text(title, MAX_TITLE_CHARS)
+    ingredients, more = clean_lines(ingredients)
+    instructions, most = clean_lines(instructions)
+    fixed = dict.fromkeys(fixes + more + most)
+    notes += [f"{fix.replace('_', ' ')}; text limits (training/data/limits.py)" for fix in fixed]
     return EpicuriousRow(index, line, title, ingredients, instructions, image_name, notes)
 
 
-def read_rows(csv_path: Path) -> Iterator[EpicuriousRow]:
+def read_rows(csv_path: Path, on_bad: Callable[[DatasetError], None] | None = None) -> Iterator[EpicuriousRow]:
     """Stream the CSV's rows (parsed), checking the header and the row index.
 
+    Args:
+        csv_path: The CSV file.
+        on_bad: Called with each malformed row's error, which is then skipped (`--skip-bad`);
+            None raises at the first.
+
     Raises:
-        DatasetError: Unreadable CSV, missing columns, or a bad or repeated row index (file:line named).
+        DatasetError: Unreadable CSV, missing columns, or (without on_bad) a malformed row, a bad or
+            repeated row index (file:line named).
     """
     old_limit = csv.field_size_limit()
     csv.field_size_limit(16 * 1024 * 1024)  # long method texts exceed the csv default of 128 KiB
     try:
         with csv_path.open("r", encoding="utf-8-sig", newline="") as handle:
-            yield from _read_rows(csv_path, handle)
+            yield from _read_rows(csv_path, handle, on_bad)
     except UnicodeDecodeError as error:
         raise DatasetError(f"{csv_path}: not valid UTF-8 ({error.reason})") from None
     finally:
         csv.field_size_limit(old_limit)
 
 
-def _read_rows(csv_path: Path, handle) -> Iterator[EpicuriousRow]:
+def _read_rows(csv_path: Path, handle, on_bad: Callable[[DatasetError], None] | None) -> Iterator[EpicuriousRow]:
     reader = csv.DictReader(handle)
     try:
         header = reader.fieldnames or []
@@ -212,19 +230,40 @@ def _read_rows(csv_path: Path, handle) -> Iterator[EpicuriousRow]:
     line = reader.line_num + 1
     while True:
         try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise DatasetError(f"{csv_path}:{reader.line_num}: malformed CSV: {error}") from None
-        if None in row or any(value is None for value in row.values()):
-            raise DatasetError(f"{csv_path}:{line}: row has {len(row)} fields where the header has {len(header)}")
-        index = _row_index(csv_path, line, row, index_column, len(seen))
-        if index in seen:
-            raise DatasetError(f"{csv_path}:{line}: duplicate row index {index} (first on line {seen[index]})")
-        seen[index] = line
-        yield _parse_row(row, index, line)
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise DatasetError(f"{csv_path}:{reader.line_num}: malformed CSV: {error}") from None
+            _check_row_shape(csv_path, line, reader.line_num, row, len(header))
+            index = _row_index(csv_path, line, row, index_column, len(seen))
+            if index in seen:
+                raise DatasetError(f"{csv_path}:{line}: duplicate row index {index} (first on line {seen[index]})")
+            seen[index] = line
+            yield _parse_row(row, index, line)
+        except DatasetError as error:
+            if on_bad is None:
+                raise
+            on_bad(error)
         line = reader.line_num + 1
+
+
+def _check_row_shape(csv_path: Path, line: int, last_line: int, row: dict, n_header: int) -> None:
+    """Refuse a row with more or fewer fields than the header, saying how many it really has."""
+    if None in row:
+        n_fields = n_header + len(row[None])
+    else:
+        n_fields = sum(value is not None for value in row.values())
+    if n_fields != n_header:
+        spans = f" (lines {line}-{last_line}: a quote left open?)" if last_line > line else ""
+        raise DatasetError(f"{csv_path}:{line}: row has {n_fields} fields where the header has {n_header}{spans}")
+    too_long = [name for name, value in row.items() if len(value) > MAX_CELL_CHARS]
+    if too_long:
+        raise DatasetError(
+            f"{csv_path}:{line}: column {too_long[0]!r} is {len(row[too_long[0]])} characters, "
+            f"over the limit of {MAX_CELL_CHARS}"
+        )
 
 
 def _row_index(csv_path: Path, line: int, row: dict, column: str | None, position: int) -> int:
@@ -244,12 +283,7 @@ def read_split_file(path: Path) -> dict[int, str]:
     """
     if not Path(path).is_file():
         raise DatasetError(f"{path}: split file does not exist")
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, OSError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg}") from None
+    data = load_json_file(path, error=DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected an object {{partition: [row index, ...]}}")
     partition_of: dict[int, str] = {}
@@ -315,6 +349,10 @@ class EpicuriousImporter:
         add_unpaired: Add photos without a CSV row as title-only training recipes.
         max_problems: How many problem lines to keep in the report.
         progress: Show progress bars while photos are checked.
+        skip_bad: Skip malformed CSV rows (counted as `malformed_row`) instead of stopping at the
+            first; the import still fails when nothing is kept or when more than
+            `max_bad_fraction` of the rows are malformed.
+        max_bad_fraction: With skip_bad, the share of malformed rows above which the import fails.
     """
 
     def __init__(
@@ -324,8 +362,11 @@ class EpicuriousImporter:
         add_unpaired: bool = False,
         max_problems: int = 50,
         progress: bool = False,
+        skip_bad: bool = False,
+        max_bad_fraction: float = 0.05,
     ) -> None:
         self.csv_path, self.images_dir = find_layout(Path(src))
+        self.skip_bad, self.max_bad_fraction = skip_bad, max_bad_fraction
         self.split = read_split_file(split_file) if split_file is not None else None
         self.add_unpaired = add_unpaired
         self.max_problems = max_problems
@@ -348,7 +389,12 @@ class EpicuriousImporter:
         """(path, format, None) for a readable photo, else (None, None, reason)."""
         if image_name in NO_IMAGE_NAMES:
             return None, None, f"no image name ({image_name!r})"
+        escape = plain_file_name_error(image_name, IMAGES_DIR)
+        if escape:
+            return None, None, escape
         path = self.images_dir / f"{image_name}.jpg"
+        if path.is_dir():
+            return None, None, f"image {path.name!r} is a folder, not an image file"
         if not path.is_file():
             return None, None, f"image {path.name!r} is missing"
         image_format, reason = inspect_image(path)
@@ -362,8 +408,8 @@ class EpicuriousImporter:
         Raises:
             DatasetError: Missing or malformed input (file and line named).
         """
-        rows = list(read_rows(self.csv_path))
-        self.report.n_rows = len(rows)
+        rows = list(read_rows(self.csv_path, self._malformed if self.skip_bad else None))
+        self.report.n_rows = len(rows) + self._skipped["malformed_row"]
         kept = list(self._rows_with_photos(rows))
         photo_hash = {row.image_name: _sha1(path) for row, path, _ in kept}
         partition_of = self.split
@@ -379,12 +425,32 @@ class EpicuriousImporter:
                 held_out_titles.add(normalise_title(row.title))
                 held_out_hashes.add(photo_hash[row.image_name])
             self._formats[image_format] += 1
-            yield self._count(Recipe(f"epicurious-{row.index}", row.title, row.ingredients, row.instructions,
-                                     [path.name], partition))
+            yield self._count(
+                Recipe(f"epicurious-{row.index}", row.title, row.ingredients, row.instructions, [path.name], partition)
+            )
         if self.add_unpaired:
             named = {row.image_name for row in rows}
             yield from self._unpaired(named, held_out_titles, held_out_hashes)
         self._finish()
+        self._check_kept()
+
+    def _malformed(self, error: DatasetError) -> None:
+        self._skipped["malformed_row"] += 1
+        if len(self.report.problems) < self.max_problems:
+            self.report.problems.append(f"{error}; skipped")
+
+    def _check_kept(self) -> None:
+        """With skip_bad: fail (nothing written) when nothing was kept or too many rows were malformed."""
+        bad = self._skipped["malformed_row"]
+        if not bad:
+            return
+        if self.report.n_recipes == 0:
+            raise DatasetError(f"{self.csv_path}: no recipe kept ({bad} malformed rows skipped); nothing written")
+        if bad > self.max_bad_fraction * self.report.n_rows:
+            raise DatasetError(
+                f"{self.csv_path}: {bad} of {self.report.n_rows} rows are malformed, over the "
+                f"--max-bad {self.max_bad_fraction:g} threshold; nothing written"
+            )
 
     def _rows_with_photos(self, rows: list[EpicuriousRow]) -> Iterator[tuple[EpicuriousRow, Path, str]]:
         """Rows with text and a readable photo, as (row, photo path, real photo format)."""
@@ -442,6 +508,8 @@ def import_epicurious(
     add_unpaired: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    skip_bad: bool = False,
+    max_bad_fraction: float = 0.05,
 ) -> EpicuriousReport:
     """Write a canonical dataset at `out_dir` that reads the Epicurious photos in place.
 
@@ -452,6 +520,8 @@ def import_epicurious(
         add_unpaired: Add photos without a CSV row as title-only training recipes.
         overwrite: Replace an existing dataset at `out_dir`.
         progress: Show progress bars.
+        skip_bad: Skip malformed CSV rows (counted) instead of stopping at the first.
+        max_bad_fraction: With skip_bad, fail when more than this share of the rows is malformed.
 
     Returns:
         What was kept, skipped and fixed (also stored in `dataset.json`, problems aside).
@@ -459,7 +529,9 @@ def import_epicurious(
     Raises:
         DatasetError: Missing or malformed input, or `out_dir` already holds a dataset; nothing is written.
     """
-    importer = EpicuriousImporter(src, split_file, add_unpaired, progress=progress)
+    importer = EpicuriousImporter(
+        src, split_file, add_unpaired, progress=progress, skip_bad=skip_bad, max_bad_fraction=max_bad_fraction
+    )
     out_dir = Path(out_dir)
     ensure_writable(out_dir, overwrite)
 

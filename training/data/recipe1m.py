@@ -16,15 +16,16 @@ options, as is H-T's cap of 5 images per recipe.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from malm_edge.edge.safe_json import load_json_file
 from malm_edge.training.data.canonical import DatasetError, ensure_writable, progress_iter, write_dataset
+from malm_edge.training.data.limits import MAX_TITLE_CHARS, clean_lines, clean_text, plain_file_name_error
 from malm_edge.training.data.records import PARTITIONS, Recipe
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ DET_INGRS = "det_ingrs.json"
 CLASSES = "classes1M.pkl"
 BACKGROUND_CLASS = 0  # im2recipe's "no semantic class" index
 HT_MAX_STEPS = 20
+MAX_PROBLEMS = 20  # problem lines kept in the summary (all are counted)
 
 
 @dataclass
@@ -48,7 +50,12 @@ class Recipe1MOptions:
         max_steps: Drop recipes with this many instruction steps or more (H-T filter: 20); None keeps all.
         use_det_ingrs: Use det_ingrs.json's valid ingredient names in place of the raw lines.
         check_image_files: Keep only photos whose file exists (one stat per photo); when False every
-            photo in layer2 is listed, e.g. for images mounted later.
+            photo in layer2 is listed, e.g. for images mounted later. Photos are not decoded here
+            (a million of them): `malm-edge data check OUT` decodes them before a long run.
+        skip_bad: Skip malformed records (counted, first problems listed) and write the good ones,
+            instead of stopping at the first; the import still fails when nothing is kept or more
+            than `max_bad_fraction` of the records are bad.
+        max_bad_fraction: With skip_bad, the share of bad records above which the import fails.
         read_classes: Read the semantic classes from `classes1M.pkl` into `class` when the file is
             there (TFood's semantic triplet term needs them); "background" recipes get none.
     """
@@ -59,6 +66,8 @@ class Recipe1MOptions:
     max_steps: int | None = None
     use_det_ingrs: bool = False
     check_image_files: bool = True
+    skip_bad: bool = False
+    max_bad_fraction: float = 0.05
     read_classes: bool = True
 
     @classmethod
@@ -86,13 +95,7 @@ def find_images_root(root: Path) -> Path:
 def _load_json_list(path: Path) -> list:
     if not path.is_file():
         raise DatasetError(f"{path}: missing (expected Recipe1M's {path.name})")
-    try:
-        with path.open("r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path}: not valid UTF-8 ({error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}:{error.lineno}: malformed JSON: {error.msg} (column {error.colno})") from None
+    data = load_json_file(path, error=DatasetError)
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
@@ -115,29 +118,46 @@ def _texts(path: Path, index: int, record: dict, name: str) -> list[str]:
 def _check_layer1_record(path: Path, index: int, record: object) -> dict:
     if not isinstance(record, dict):
         raise DatasetError(f"{path}: record {index}: expected an object, got {type(record).__name__}")
+    where = f"{path}: record {index} (id {record.get('id')!r})"
     for name in ("id", "title", "partition"):
-        if not isinstance(record.get(name), str) or not record[name]:
-            where = f"{path}: record {index} (id {record.get('id')!r})"
-            raise DatasetError(f"{where}: missing or non-string {name!r}")
+        if name not in record:
+            raise DatasetError(f"{where}: missing {name!r}")
+        if not isinstance(record[name], str):
+            raise DatasetError(f"{where}: {name!r} must be a string, got {type(record[name]).__name__}")
+        if name != "title" and not record[name].strip():  # an empty title is fine when there are ingredients
+            raise DatasetError(f"{where}: empty {name!r}")
     if record["partition"] not in PARTITIONS:
-        where = f"{path}: record {index} (id {record['id']!r})"
         raise DatasetError(f"{where}: unknown partition {record['partition']!r}")
     return record
 
 
-def _load_images(path: Path) -> dict[str, list[str]]:
-    """Recipe id -> image ids (file names) from layer2.json."""
+def _load_images(path: Path, on_bad: Callable[[DatasetError], None] | None = None) -> dict[str, list[str]]:
+    """Recipe id -> image ids (file names) from layer2.json (bad records go to `on_bad` when given)."""
     images: dict[str, list[str]] = {}
     for index, record in enumerate(_load_json_list(path)):
-        entries = record.get("images") if isinstance(record, dict) else None
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not isinstance(entries, list):
-            raise DatasetError(f"{path}: record {index}: expected {{id, images: [{{id}}]}}")
-        for entry in entries:
-            image_id = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(image_id, str) or len(image_id) < 5 or "/" in image_id:
-                raise DatasetError(f"{path}: record {index} (id {record['id']!r}): bad image id {image_id!r}")
-            images.setdefault(record["id"], []).append(image_id)
+        try:
+            ids = _layer2_image_ids(path, index, record)
+        except DatasetError as error:
+            if on_bad is None:
+                raise
+            on_bad(error)
+            continue
+        images.setdefault(record["id"], []).extend(ids)
     return images
+
+
+def _layer2_image_ids(path: Path, index: int, record: object) -> list[str]:
+    entries = record.get("images") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not isinstance(entries, list):
+        raise DatasetError(f"{path}: record {index}: expected {{id, images: [{{id}}]}}")
+    ids = []
+    for entry in entries:
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(image_id, str) or len(image_id) < 5 or plain_file_name_error(image_id, "images"):
+            raise DatasetError(f"{path}: record {index} (id {record['id']!r}): bad image id {image_id!r} "
+                               "(expected a plain file name such as 0a1b2c3d4e.jpg)")
+        ids.append(image_id)
+    return ids
 
 
 def _load_det_ingrs(path: Path) -> dict[str, list[str]]:
@@ -219,12 +239,19 @@ class Recipe1MReader:
         self.counts: Counter = Counter()
         self.classes: dict[str, str] = {}
         self.partitions: Counter = Counter()
+        self.problems: list[str] = []
+
+    def _bad(self, error: DatasetError) -> None:
+        """Count a malformed record (skip_bad) and keep its message among the first problems."""
+        self.counts["skipped_bad_record"] += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(str(error))
 
     def _layers(self) -> tuple[list, dict[str, list[str]], dict[str, list[str]] | None]:
         classes_path = self.root / CLASSES
         self.classes = load_classes(classes_path) if self.options.read_classes and classes_path.is_file() else {}
         layer1 = _load_json_list(self.root / LAYER1)
-        images = _load_images(self.root / LAYER2)
+        images = _load_images(self.root / LAYER2, self._bad if self.options.skip_bad else None)
         det_path = self.root / DET_INGRS
         if self.options.use_det_ingrs and not det_path.is_file():
             raise DatasetError(f"{det_path}: missing (asked to use detected ingredients)")
@@ -241,14 +268,42 @@ class Recipe1MReader:
         known_ids: set[str] = set()
         records = progress_iter(enumerate(layer1), len(layer1), "Recipe1M", enabled=progress)
         for index, raw in records:
-            record = _check_layer1_record(self.root / LAYER1, index, raw)
-            if record["id"] in known_ids:
-                raise DatasetError(f"{self.root / LAYER1}: record {index}: duplicate id {record['id']!r}")
-            known_ids.add(record["id"])
-            recipe = self._convert(index, record, images.get(record["id"], []), detected)
+            try:
+                recipe = self._record(index, raw, known_ids, images, detected)
+            except DatasetError as error:
+                if not self.options.skip_bad:
+                    raise
+                self._bad(error)
+                continue
             if recipe is not None:
                 yield recipe
         self.counts["layer2_unknown_ids"] = len(set(images) - known_ids)
+        self._check_kept(len(layer1))
+
+    def _record(self, index: int, raw: object, known_ids: set[str], images: dict[str, list[str]],
+                detected: dict[str, list[str]] | None) -> Recipe | None:
+        record = _check_layer1_record(self.root / LAYER1, index, raw)
+        if record["id"] in known_ids:
+            raise DatasetError(f"{self.root / LAYER1}: record {index}: duplicate id {record['id']!r}")
+        recipe = self._convert(index, record, images.get(record["id"], []), detected)
+        known_ids.add(record["id"])
+        return recipe
+
+    def _check_kept(self, n_records: int) -> None:
+        """With skip_bad: fail (nothing written) when nothing was kept or too many records were bad."""
+        bad = self.counts["skipped_bad_record"]
+        if not self.options.skip_bad or not bad:
+            return
+        first = f" First: {self.problems[0]}" if self.problems else ""
+        if self.counts["recipes"] == 0:
+            raise DatasetError(
+                f"{self.root}: no recipe kept ({bad} malformed records skipped); nothing written.{first}"
+            )
+        if bad > self.options.max_bad_fraction * max(n_records, 1):
+            raise DatasetError(
+                f"{self.root}: {bad} of {n_records} records are malformed, over the "
+                f"--max-bad {self.options.max_bad_fraction:g} threshold; nothing written.{first}"
+            )
 
     def _convert(
         self, index: int, record: dict, image_ids: list[str], detected: dict[str, list[str]] | None
@@ -262,8 +317,13 @@ class Recipe1MReader:
             else:
                 self.counts["no_det_ingrs"] += 1
         instructions = _texts(path, index, record, "instructions")
+        title, fixes = clean_text(record["title"], MAX_TITLE_CHARS)
+        ingredients, more = clean_lines(ingredients)
+        instructions, most = clean_lines(instructions)
+        for fix in set(fixes + more + most):
+            self.counts[f"fixed_{fix}"] += 1
         photos = self._photos(record["partition"], image_ids)
-        drop = self._drop_reason(record["title"], ingredients, instructions, photos)
+        drop = self._drop_reason(title, ingredients, instructions, photos)
         if drop:
             self.counts[f"dropped_{drop}"] += 1
             return None
@@ -274,7 +334,7 @@ class Recipe1MReader:
         class_name = self.classes.get(record["id"])
         self.counts["with_class"] += class_name is not None
         return Recipe(
-            record["id"], record["title"].strip(), ingredients, instructions, photos, record["partition"], class_name
+            record["id"], title, ingredients, instructions, photos, record["partition"], class_name
         )
 
     def _photos(self, partition: str, image_ids: list[str]) -> list[str]:
@@ -310,6 +370,8 @@ class Recipe1MReader:
             "n_images": self.counts["images"],
             "n_text_only": self.counts["text_only"],
             "counts": {k: v for k, v in sorted(self.counts.items()) if k not in ("recipes", "images", "text_only")},
+            "image_check": "exists" if self.options.check_image_files else "none",
+            "problems": list(self.problems),
         }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models.weights import strip_prefixes
 
@@ -59,6 +60,14 @@ def save_checkpoint(
         tag: Folder name, e.g. `step-00000120`.
         is_best: Also point `best.json` at this checkpoint.
     """
+    previous = read_pointer(checkpoint_root, "last") if (checkpoint_root / "last.json").exists() else None
+    intact = f"the last good checkpoint ({previous}) is intact" if previous else "no checkpoint was written"
+    with guard_writes(checkpoint_root / tag, CheckpointError, intact=intact):
+        return _save_checkpoint(checkpoint_root, model_state, train_state, meta, tag=tag, is_best=is_best)
+
+
+def _save_checkpoint(checkpoint_root: Path, model_state: dict[str, torch.Tensor], train_state: dict[str, Any],
+                     meta: dict[str, Any], *, tag: str, is_best: bool) -> Path:
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     final_dir = checkpoint_root / tag
     tmp_dir = Path(tempfile.mkdtemp(dir=checkpoint_root, prefix=f".{tag}."))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from malm_edge.edge.safe_json import JsonFileError, load_json_file
 from malm_edge.training.errors import TrainingError
 
 CONFIG_FILE = "config.json"
@@ -57,9 +58,11 @@ def read_run_config(run_dir: Path, *, kind: str | None = None) -> dict[str, Any]
     if not paths.config.exists():
         raise RunError(f"{run_dir}: not a malm-edge run folder ({CONFIG_FILE} is missing)")
     try:
-        config = json.loads(paths.config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{paths.config}: not valid JSON ({error})") from error
+        config = load_json_file(paths.config)
+    except JsonFileError as error:  # a run folder may come from another machine: bounded, errors named
+        raise RunError(f"{paths.config}: not valid JSON ({str(error).split(': ', 1)[-1]})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{paths.config}: not valid JSON (expected an object)")
     if kind is not None and config.get("kind") != kind:
         raise RunError(f"{run_dir}: a {config.get('kind')!r} run, expected a {kind!r} run")
     return _follow_moved_paths(run_dir, config)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.configs import config_hash
 from malm_edge.training.data.dataset import (
     RecipeImageDataset,
@@ -157,8 +158,9 @@ def teacher_recipe_table(run: StudentRun, frozen: FrozenTeacher, world: WorldInf
         rows = [frozen.encode_recipes(recipe_batch(batch, frozen.device)).cpu() for batch in loader]
         table = torch.cat(rows)  # (N_recipes, D)
         tmp = path.with_suffix(".tmp")
-        save_file({"recipes": table.contiguous()}, str(tmp))
-        tmp.replace(path)
+        with guard_writes(path, ckpt.CheckpointError):
+            save_file({"recipes": table.contiguous()}, str(tmp))
+            tmp.replace(path)
     barrier()
     return load_file(str(path))["recipes"]
 

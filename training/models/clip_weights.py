@@ -2,10 +2,11 @@
 
 MALM initialises its image encoder from CLIP ViT-B/16 (arXiv 2305.11327, Sec 4.3). Accepted files:
 
-- OpenAI CLIP `.pt` (a TorchScript archive, e.g. ViT-B-16.pt): read with
-  `torch.jit.load(path, map_location="cpu").state_dict()`. TorchScript archives are not generic
-  pickles: their tensors are restored by a restricted reader and their code is TorchScript that only
-  runs if called (we only read `state_dict()`), so no arbitrary Python object is unpickled.
+- OpenAI CLIP `.pt` (a TorchScript archive, e.g. ViT-B-16.pt): its tensors are read from the zip
+  by `torchscript_tensors.read_torchscript_tensors`, a restricted unpickler that runs none of the
+  archive's code (`torch.jit.load` would run its `__setstate__` while loading, before any check).
+  An archive that needs more than tensors to load is refused, with how to convert it once in a
+  trusted environment.
 - A state dict saved with `torch.save` (`.pt`, `.pth`, `.bin`), possibly wrapped as
   `{"state_dict": ...}` (open_clip training checkpoints): read with `torch.load(weights_only=True)`,
   with no unsafe fallback.
@@ -31,6 +32,7 @@ import torch
 
 from malm_edge.training.errors import TrainingError
 from malm_edge.training.models import weights
+from malm_edge.training.models.torchscript_tensors import TorchScriptReadError, read_torchscript_tensors
 from malm_edge.training.models.vit import VisionTransformer, resize_positional_embedding
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a CLIP checkpoint into a flat {key: tensor} dict (TorchScript archive or `weights.read_state_dict`).
+    """Read a CLIP checkpoint into a flat {key: tensor} dict (TorchScript tensors only, or `weights.read_state_dict`).
 
     Raises:
         ClipWeightsError: The file is missing or not a readable state dict.
@@ -79,9 +81,14 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not (path.is_file() and _is_torchscript_archive(path)):
         return weights.read_state_dict(path, error=ClipWeightsError)
     try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception as error:  # noqa: BLE001 - re-raised with the file name
-        raise ClipWeightsError(f"{path}: cannot read as a state dict ({type(error).__name__}: {error})") from error
+        state = read_torchscript_tensors(path)
+    except TorchScriptReadError as error:
+        raise ClipWeightsError(
+            f"{path}: TorchScript archive not read ({error}); its code is never run here. Convert it once, "
+            "in an environment you trust, to a plain state dict: python -c \"import sys, torch; "
+            "torch.save(torch.jit.load(sys.argv[1], map_location='cpu').state_dict(), sys.argv[2])\" "
+            f"{path} clip_state_dict.pt"
+        ) from None
     return weights.tensors_of(state, path, ClipWeightsError)
 
 

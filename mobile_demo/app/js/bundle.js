@@ -3,6 +3,8 @@
 // File URLs carry the file's sha256 (?v=...), so a cached file is never stale: a new bundle has
 // new URLs, and files no longer named by the manifest are dropped from the cache.
 
+import { SIGNATURE_URL, TRUSTED_KEY_URL, checkManifestSignature } from "./signature.js";
+
 export const BUNDLE_CACHE = "malm-edge-bundle";
 const MANIFEST_URL = "bundle/manifest.json";
 
@@ -30,23 +32,56 @@ export function bundleFiles(manifest, encoder) {
   return files.map((f) => ({ ...f, url: `bundle/${f.file.split("/").map(encodeURIComponent).join("/")}?v=${f.sha256.slice(0, 16)}` }));
 }
 
-/** manifest.json from the server (kept in the cache), or the cached copy when offline. */
-export async function fetchManifest() {
-  const cache = await openCache();
+/**
+ * A small bundle file from the server (kept in the cache), or the cached copy when offline; null on 404,
+ * and null for an `optional` file that is neither reachable nor cached (offline, never published).
+ */
+async function fetchSmall(url, cache, optional = false) {
   let response;
   try {
-    response = await fetch(MANIFEST_URL, { cache: "no-cache" });
-    if (!response.ok) throw new Error(`${MANIFEST_URL}: HTTP ${response.status}`);
-    if (cache) await cache.put(MANIFEST_URL, response.clone());
+    response = await fetch(url, { cache: "no-cache" });
+    if (response.status === 404) {
+      if (cache) await cache.delete(url);
+      return null;
+    }
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    if (cache) await cache.put(url, response.clone());
   } catch (err) {
-    response = cache ? await cache.match(MANIFEST_URL) : undefined;
+    response = cache ? await cache.match(url) : undefined;
+    if (!response && optional) return null;
     if (!response) throw err;
   }
-  const manifest = await response.json();
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/**
+ * manifest.json (online, or cached when offline) and its signature state (js/signature.js).
+ * @returns {Promise<{manifest: object, signature: {state: string, keyId?: string}}>}
+ */
+export async function fetchSignedManifest() {
+  const cache = await openCache();
+  const bytes = await fetchSmall(MANIFEST_URL, cache);
+  if (!bytes) throw new Error(`${MANIFEST_URL}: HTTP 404`);
+  const getJson = async (url) => {
+    const data = await fetchSmall(url, cache, true);
+    if (!data) return null;
+    try {
+      return JSON.parse(new TextDecoder().decode(data));
+    } catch {
+      throw new Error(`${url}: not valid JSON`);
+    }
+  };
+  const signature = await checkManifestSignature(bytes, getJson);
+  const manifest = JSON.parse(new TextDecoder().decode(bytes));
   if (manifest.format !== "malm-edge-bundle" || manifest.version !== 1) {
     throw new Error(`${MANIFEST_URL}: not a malm-edge bundle v1 (format ${manifest.format}, version ${manifest.version})`);
   }
-  return manifest;
+  return { manifest, signature };
+}
+
+/** manifest.json from the server (kept in the cache), or the cached copy when offline (signature checked). */
+export async function fetchManifest() {
+  return (await fetchSignedManifest()).manifest;
 }
 
 async function readWithProgress(response, onBytes) {
@@ -127,7 +162,7 @@ export async function downloadBundle(manifest, encoder, onProgress) {
 /** Keep the manifest (for offline reloads) and only the current files in the bundle cache. */
 async function pruneCache(cache, files) {
   const keep = new Set(files.map((f) => new URL(f.url, location.href).href));
-  keep.add(new URL(MANIFEST_URL, location.href).href);
+  for (const url of [MANIFEST_URL, SIGNATURE_URL, TRUSTED_KEY_URL]) keep.add(new URL(url, location.href).href);
   for (const request of await cache.keys()) {
     if (!keep.has(request.url)) await cache.delete(request);
   }

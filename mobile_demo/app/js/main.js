@@ -5,7 +5,7 @@
 // State for tests and benchmarks is in the DOM: body[data-state] = loading | ready | searching |
 // error | unsupported; each result <li> carries data-rank, data-id, data-row, data-score;
 // #results[data-search-count] counts finished photo searches; #timing carries data-*-ms.
-import { chooseEncoder, downloadBundle, fetchManifest } from "./bundle.js";
+import { chooseEncoder, downloadBundle, fetchSignedManifest } from "./bundle.js";
 import { decodePhoto, preprocessPixels } from "./preprocess.js";
 import { makeTable, searchTopK } from "./topk.js";
 
@@ -65,7 +65,13 @@ async function registerServiceWorker() {
 async function loadBundle() {
   const started = performance.now();
   $("status").textContent = "Reading the bundle manifest…";
-  const manifest = await fetchManifest();
+  const { manifest, signature } = await fetchSignedManifest();
+  document.body.dataset.signature = signature.state;
+  if (signature.state === "unsupported") {
+    $("warnings").textContent = [$("warnings").textContent, "This browser cannot check Ed25519 signatures " +
+      "(no WebCrypto Ed25519): the bundle's checksums are checked, its signature is not. Use a recent Chrome, " +
+      "Safari or Firefox."].filter(Boolean).join(" ");
+  }
   const wanted = new URLSearchParams(location.search).get("encoder");
   const entry = chooseEncoder(manifest, wanted);
   const { bytes, verified, totalBytes } = await downloadBundle(manifest, entry, (done, total, what) => {
@@ -92,7 +98,8 @@ async function loadBundle() {
   document.body.dataset.threads = String(wasmThreads());
   $("env").textContent = `${manifest.table.rows} recipes · encoder ${entry.name} (${megabytes(entry.size_bytes)}) · ` +
     `onnxruntime-web ${ortVersion}, ${wasmThreads()} thread(s) · SQLite ${sqlite.version}${sqlite.fts5 ? " + FTS5" : ""} · ` +
-    `bundle ${megabytes(totalBytes)}${verified ? ", sha256 checked" : ""} · ready in ${(loadMs / 1000).toFixed(1)} s`;
+    `bundle ${megabytes(totalBytes)}${verified ? ", sha256 checked" : ""}` +
+    `${signature.state === "verified" ? `, signature verified (key ${signature.keyId})` : ""} · ready in ${(loadMs / 1000).toFixed(1)} s`;
 }
 
 function element(tag, attrs = {}, text = "") {
