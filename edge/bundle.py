@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from malm_edge.edge.errors import EdgeError
@@ -447,7 +448,13 @@ def _check_types(obj: Any, spec: dict[str, Any], where: str, src: Path) -> None:
 
 
 def _parse_preprocessing(raw: Any, src: Path) -> Preprocessing:
-    pre = _build(Preprocessing, raw, "preprocessing.", src)
+    # Checked before the dataclass is built, so the messages say what format v1 supports.
+    if not isinstance(raw, dict):
+        raise BundleError(f"{src}: field 'preprocessing' must be an object")
+    values = {f.name: raw.get(f.name, f.default) for f in dataclasses.fields(Preprocessing)}
+    if values["resize_size"] is None:
+        values["resize_size"] = values["input_size"]
+    pre = SimpleNamespace(**values)
     _check_types(pre, {"input_size": int, "resize_size": int, "resize": str, "interpolation": str,
                        "crop": str, "mean": (list, tuple), "std": (list, tuple),
                        "channel_order": str, "layout": str, "scale": (int, float)},
@@ -463,7 +470,7 @@ def _parse_preprocessing(raw: Any, src: Path) -> Preprocessing:
     if pre.input_size <= 0 or pre.resize_size < pre.input_size:
         raise BundleError(f"{src}: preprocessing needs 0 < input_size <= resize_size, got "
                           f"{pre.input_size} and {pre.resize_size}")
-    return pre
+    return _build(Preprocessing, raw, "preprocessing.", src)
 
 
 def _parse_tensor(raw: Any, where: str, src: Path) -> TensorSpec:
