@@ -171,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     from malm_edge.training.presets import get_preset
 
     model_cfg, train_cfg = get_preset("micro")
-    train_cfg.epochs, train_cfg.batch_size, train_cfg.save_every_steps = 1, 16, 1
+    train_cfg.epochs, train_cfg.batch_size, train_cfg.save_every_steps = 1, 8, 1  # 5 recipe-level steps
     calls = {"n": 0}
     original = MALM.forward
 
