@@ -39,10 +39,11 @@ def measure(
     steps: int,
     warmup: int,
     batch_size: int | None = None,
-    matching_negatives: int = 0,
+    matching_negatives: int | None = None,
 ) -> dict:
     """Samples per second of full training steps for one preset and ablation."""
-    model_cfg, train_cfg = get_preset(preset, ablation=ablation, matching_negatives=matching_negatives)
+    overrides = {} if matching_negatives is None else {"matching_negatives": matching_negatives}
+    model_cfg, train_cfg = get_preset(preset, ablation=ablation, **overrides)
     if batch_size is not None:
         train_cfg.batch_size = batch_size
     tokenizer = train_tokenizer(load_recipes(dataset_dir, "train"), vocab_size=model_cfg.vocab_size)
@@ -70,7 +71,7 @@ def measure(
     return {
         "preset": preset,
         "ablation": ablation,
-        "matching_negatives": matching_negatives,
+        "matching_negatives": model_cfg.matching_negatives,
         "batch_size": train_cfg.batch_size,
         "image_size": model_cfg.image_size,
         "trainable_params": count_parameters(model),
@@ -89,7 +90,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, default=None, help="replace the preset's batch size")
-    parser.add_argument("--matching-negatives", type=int, nargs="+", default=[0], help="k values to time")
+    parser.add_argument(
+        "--matching-negatives", type=int, nargs="+", default=[None], help="k values to time (default: the preset's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.presets:

@@ -134,3 +134,13 @@ def test_bad_partition_and_missing_dataset(dataset_dir, tokenizer, tmp_path):
         RecipeTextDataset(dataset_dir, "dev", tokenizer)
     with pytest.raises(DatasetError, match="does not exist"):
         RecipeTextDataset(tmp_path / "nowhere", "train", tokenizer)
+
+
+def test_recipe_groups_list_the_items_of_each_recipe(dataset_dir, tokenizer):
+    dataset = RecipeImageDataset(dataset_dir, "train", tokenizer, EvalTransform(Preprocessing(input_size=SIZE)))
+    groups = dataset.recipe_groups()
+    assert [g.tolist() for g in groups] == [[0, 1], [2, 3], [4]]  # r0 x2, r1 x2, r2 x1
+    assert np.concatenate(groups).tolist() == list(range(len(dataset)))
+    for group in groups:
+        assert len(set(dataset.item_recipe[group].tolist())) == 1
+    assert len(groups) == len(set(dataset.item_recipe.tolist()))

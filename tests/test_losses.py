@@ -188,3 +188,25 @@ def test_normalize_features_is_layer_norm_without_affine() -> None:
     y = normalize_features(x)
     assert torch.allclose(y.mean(-1), torch.zeros(2, 3), atol=1e-5)
     assert torch.allclose(y.var(-1, unbiased=False), torch.ones(2, 3), atol=1e-3)
+
+
+def test_same_recipe_rows_are_not_negatives_in_triplet_and_info_nce() -> None:
+    """Defect 5: two photos of one recipe in a batch were each other's negatives."""
+    image, recipe = _embeddings(6, 8, seed=11)
+    recipe_ids = torch.tensor([0, 0, 1, 2, 2, 2])
+    same = recipe_ids.unsqueeze(1) == recipe_ids.unsqueeze(0)  # (B, B)
+    s = (image @ recipe.t()).tolist()
+    margin, want = 0.3, 0.0
+    for sim in (s, [list(row) for row in zip(*s)]):
+        costs = [max(0.0, margin - sim[i][i] + sim[i][k]) for i in range(6) for k in range(6) if not same[i, k]]
+        want += _naive_adaptive(costs)
+    got = adaptive_triplet_loss(image, recipe, margin, same_recipe=same)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    assert got.item() != pytest.approx(adaptive_triplet_loss(image, recipe, margin).item(), rel=1e-6)
+    logits = (F.normalize(image, dim=-1) @ F.normalize(recipe, dim=-1).t() / 0.1).tolist()
+    naive = 0.0
+    for rows in (logits, [list(row) for row in zip(*logits)]):
+        for i in range(6):
+            kept = [rows[i][k] for k in range(6) if k == i or not same[i, k]]
+            naive -= rows[i][i] - math.log(sum(math.exp(v) for v in kept))
+    assert info_nce(image, recipe, 0.1, same).item() == pytest.approx(naive / 12, rel=1e-9)

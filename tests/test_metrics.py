@@ -68,15 +68,37 @@ def test_tfood_matches_naive_loop_on_random_data():
     assert 0.0 < got["image_to_recipe"]["r1"] < 1.0
 
 
+def _ht_reference_bags(ids: np.ndarray, medr_n: int, ntimes: int) -> list[np.ndarray]:
+    """H-T's src/eval.py, re-typed: `random.seed(1234)` at import, sort by id, then
+    `computeAverageMetrics`' loop of `random.sample(range(0, len(imfeats)), k)`."""
+    import random
+
+    random.seed(1234)
+    idxs = np.argsort(ids)
+    bags = []
+    for _ in range(ntimes):
+        sub_ids = random.sample(range(0, len(ids)), medr_n)
+        bags.append(idxs[sub_ids])
+    return bags
+
+
 def test_ht_matches_naive_loop_and_sorts_by_id():
     images, recipes = _noisy_pairs(60, 6, 1.0, seed=1)
     ids = np.array([f"id{(i * 37) % 60:03d}" for i in range(60)])
     got = retrieval_metrics(images, recipes, protocol="ht", bag_size=25, ids=ids)
-    order = np.argsort(ids, kind="stable")
-    rng = np.random.RandomState(1234)
-    bags = [order[rng.choice(60, 25, replace=False)] for _ in range(10)]
-    _assert_close(got, _naive(images, recipes, bags))
+    _assert_close(got, _naive(images, recipes, _ht_reference_bags(ids, 25, 10)))
     assert (got["bag_size"], got["n_bags"], got["protocol"]) == (25, 10, "ht")
+
+
+def test_ht_bags_are_the_reference_loops_bags():
+    """Defect 8: H-T samples with Python's random.seed(1234) + random.sample, not np.RandomState.choice."""
+    from malm_edge.training.metrics import make_bags
+
+    ids = np.array([f"r{(i * 7919) % 1500:05d}" for i in range(1500)])
+    order = np.argsort(ids, kind="stable")
+    bags = make_bags(1500, protocol="ht", bag_size=1000, n_bags=None, seed=1234, order=order)
+    reference = _ht_reference_bags(ids, 1000, 10)
+    assert len(bags) == 10 and all(np.array_equal(got, want) for got, want in zip(bags, reference))
 
 
 def test_explicit_seed_and_n_bags_are_used():

@@ -455,3 +455,107 @@ def test_create_model_returns_preprocessing() -> None:
     assert size == config.image_size
     none, same = create_model(config, build=False)
     assert none is None and same == preprocessing
+
+
+# ---- issue 13: MALM as the paper means it --------------------------------------------------------
+
+
+def _captured(model: MALM) -> dict[str, list]:
+    """Record the student passes, ψ's outputs and T's inputs of the next forward."""
+    seen: dict[str, list] = {"student": [], "match": [], "predictor": []}
+    model.image_encoder.register_forward_hook(lambda m, args, out: seen["student"].append(out))
+    model.matching.register_forward_hook(lambda m, args, out: seen["match"].append(out))
+    if model.predictor is not None:
+        model.predictor.register_forward_hook(lambda m, args, out: seen["predictor"].append(args[0]))
+    return seen
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if n != "micro"])
+def test_every_malm_preset_decodes_cross_negatives_by_default(name: str) -> None:
+    """Defect 1: with k = 0, ψ decodes each true pair together and wins the contrast on pair identity."""
+    assert get_preset(name)[0].matching_negatives >= 4
+    assert MalmConfig().matching_negatives >= 4 and get_preset("micro")[0].matching_negatives >= 1
+
+
+def test_masked_patches_are_different_queries_inside_psi() -> None:
+    """Defect 2: the mask token has no position, so every masked patch was the same ψ query (spread ~1e-6)."""
+    config = micro(mask_ratio=0.75, matching_negatives=2)
+    torch.manual_seed(0)
+    model = MALM(config).train()
+    seen = _captured(model)
+    model(images(config, 4), make_recipe_batch(4), epoch=0)
+    mask = seen["student"][0]["mask"]  # (B, P) of the masked pass
+    image_att = seen["match"][0]["image_att"][:4, 1:]  # (B, P, M) of the true pairs
+    recipe_local = seen["match"][0]["recipe_local"][:4]  # (B, P, M)
+    for b in range(4):
+        for features in (image_att[b][mask[b]], recipe_local[b][mask[b]]):  # (masked, M)
+            spread = (features - features.mean(0)).norm(dim=-1).mean()
+            assert spread > 1e-2 * features.norm(dim=-1).mean(), spread
+
+
+def test_itc_trains_on_the_unmasked_pass_retrieval_runs() -> None:
+    """Defect 3: L_itc read the masked student; retrieval runs on the full image."""
+    config = micro(mask_ratio=0.75)
+    torch.manual_seed(0)
+    model = MALM(config).train()
+    pixels, batch = images(config, 4), make_recipe_batch(4)
+    out = model(pixels, batch, epoch=0)
+    torch.testing.assert_close(out["image_embedding"], model.encode_images(pixels))
+    model.config.itc_on_masked = True  # the ablation switch: the masked pass
+    masked = model(pixels, batch, epoch=0)["image_embedding"]
+    assert not torch.allclose(masked, model.encode_images(pixels), atol=1e-3)
+
+
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_predictor_reads_the_matched_recipe_conditioned_tokens(negatives: int) -> None:
+    """Defect 4: T read the projected I_f only; Fig. 2 reconstructs from ψ's matched tokens."""
+    config = micro(matching_negatives=negatives)
+    assert config.predictor_input == "matched"
+    torch.manual_seed(0)
+    model = MALM(config).train()
+    seen = _captured(model)
+    out = model(images(config, 4), make_recipe_batch(4), epoch=0)
+    torch.testing.assert_close(seen["predictor"][0], seen["match"][0]["image_att"][:4])
+    out["loss_dist"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.matching.psi.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.recipe_encoder.parameters())
+    plain = MALM(micro(matching_negatives=negatives, predictor_input="image_tokens")).train()
+    seen = _captured(plain)
+    plain(images(config, 4), make_recipe_batch(4), epoch=0)
+    assert not torch.allclose(seen["predictor"][0], seen["match"][0]["image_att"][:4])
+    with pytest.raises(ValueError, match="predictor_input"):
+        micro(predictor_input="teacher")
+
+
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_two_photos_of_one_recipe_are_never_negatives(negatives: int) -> None:
+    """Defect 5: L_itc (and the true-pair InfoNCE) ignored recipe_ids."""
+    config = micro(matching_negatives=negatives)
+    torch.manual_seed(0)
+    model = MALM(config).train()
+    pixels, batch = images(config, 4), make_recipe_batch(4)
+    torch.manual_seed(1)  # the same patch mask in both calls
+    distinct = model(pixels, batch, epoch=0, recipe_ids=torch.arange(4))
+    torch.manual_seed(1)
+    paired = model(pixels, batch, epoch=0, recipe_ids=torch.tensor([0, 0, 1, 1]))
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(pixels, batch, epoch=0)["loss"], distinct["loss"])
+    for name in ("loss_itc", "loss_gc", "loss_lc"):
+        assert torch.isfinite(paired[name]) and not torch.allclose(distinct[name], paired[name]), name
+
+
+def test_frozen_tower_gets_no_backward_pass() -> None:
+    """Defect 9: the frozen phase set the tower's rate to 0 but still back-propagated through it."""
+    from malm_edge.training.harness.distributed import WorldInfo
+    from malm_edge.training.harness.teacher import FrozenTower
+
+    config = micro()
+    model = MALM(config).train()
+    tower = FrozenTower(model, WorldInfo(), torch.device("cpu"))
+    tower.set_frozen(True)
+    out = tower.ddp_model(images(config, 4), make_recipe_batch(4), epoch=0)
+    out["loss"].backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.image_tower_parameters())
+    assert model.image_head.weight.grad is not None
+    tower.set_frozen(False)
+    assert all(p.requires_grad for p in model.image_tower_parameters())

@@ -149,3 +149,36 @@ def test_import_command(recipe1m_sample: Path, tmp_path: Path) -> None:
     assert again.exit_code == 1 and "already exists" in again.stderr
     result = runner.invoke(_cli(), ["data", "import", "recipe1m", str(tmp_path / "nope"), "--out", str(out)])
     assert result.exit_code == 1 and "does not exist" in result.stderr and "Traceback" not in result.output
+
+
+def _write_pickles(path: Path, *objects: object) -> None:
+    import pickle
+
+    with path.open("wb") as handle:
+        for obj in objects:
+            pickle.dump(obj, handle, protocol=2)  # as im2recipe's Python 2 scripts wrote it
+
+
+def test_semantic_classes_are_read_from_classes1m(recipe1m_sample: Path, tmp_path: Path) -> None:
+    """Defect 7: classes1M.pkl was ignored, so TFood's semantic term had no classes on Recipe1M."""
+    root = _layers_only(recipe1m_sample, tmp_path / "r1m")
+    ids = [record["id"] for record in json.loads((root / "layer1.json").read_text())[:3]]
+    _write_pickles(root / "classes1M.pkl", {ids[0]: 2, ids[1]: 0, ids[2]: 1}, {0: "background", 1: "pizza", 2: "pie"})
+    summary = import_recipe1m(root, tmp_path / "ds")
+    classes = {r.id: r.class_name for r in load_recipes(tmp_path / "ds")}
+    assert (classes[ids[0]], classes[ids[1]], classes[ids[2]]) == ("pie", None, "pizza")
+    assert summary["counts"]["with_class"] == 2
+
+
+def test_classes_file_with_anything_but_builtins_is_refused(recipe1m_sample: Path, tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return (os.getcwd, ())
+
+    root = _layers_only(recipe1m_sample, tmp_path / "r1m")
+    _write_pickles(root / "classes1M.pkl", {"x": Payload()}, {0: "background"})
+    with pytest.raises(DatasetError, match="only plain builtins"):
+        import_recipe1m(root, tmp_path / "ds")
+    assert not (tmp_path / "ds" / "recipes.jsonl").exists()

@@ -172,3 +172,16 @@ def test_render_to_render_retrieval_beats_chance_but_is_far_from_perfect(dataset
     classes = np.array([r.class_name for r in records])
     class_agreement = float((classes[similarity.argmax(1)] == classes).mean())
     assert class_agreement > 3 / len(DISH_TYPES)
+
+
+def test_partitions_are_drawn_per_family_so_no_held_out_recipe_has_a_train_twin() -> None:
+    """Issue 13, defect 6: per-recipe partitions put a family member of 393/400 val/test recipes in train."""
+    specs, records = synthfood_recipes(2000, seed=0)
+    family = {record.id: spec.family for spec, record in zip(specs, records)}
+    train_families = {family[r.id] for r in records if r.partition == "train"}
+    held_out = [r for r in records if r.partition in ("val", "test")]
+    assert [r.id for r in held_out if family[r.id] in train_families] == []
+    counts = {name: sum(r.partition == name for r in records) for name in PARTITIONS}
+    assert 180 <= counts["val"] <= 230 and 180 <= counts["test"] <= 230, counts
+    small = synthfood_recipes(16, seed=3)[1]
+    assert {r.partition for r in small} == set(PARTITIONS)  # from 3 families up, every partition

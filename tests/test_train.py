@@ -21,7 +21,7 @@ from malm_edge.training.harness.distributed import WorldInfo
 from malm_edge.training.harness.loop import EpochSampler, NonFiniteLossError, lr_factor
 
 runner = CliRunner()
-SMALL = ["--preset", "micro", "--epochs", "2", "--batch-size", "16", "--seed", "3"]
+SMALL = ["--preset", "micro", "--epochs", "2", "--batch-size", "8", "--seed", "3"]
 
 
 def _env() -> dict[str, str]:
@@ -36,7 +36,10 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_train_then_eval_end_to_end(tiny_synthfood: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    loss_options = ["--mask-ratio", "0.6", "--lambda-itm", "0.5", "--lambda-dist", "0.2", "--matching-negatives", "2"]
+    loss_options = [
+        "--mask-ratio", "0.6", "--lambda-itm", "0.5", "--lambda-dist", "0.2", "--matching-negatives", "3",
+        "--grad-clip", "8", "--predictor-input", "image_tokens",
+    ]
     result = runner.invoke(
         app, ["train", "--data", str(tiny_synthfood), "--out", str(run), *SMALL, *loss_options, "--json"]
     )
@@ -46,7 +49,9 @@ def test_train_then_eval_end_to_end(tiny_synthfood: Path, tmp_path: Path) -> Non
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "teacher" and config["model"]["vocab_size"] > 5
     chosen = {k: config["model"][k] for k in ("mask_ratio", "lambda_itm", "lambda_dist", "matching_negatives")}
-    assert chosen == {"mask_ratio": 0.6, "lambda_itm": 0.5, "lambda_dist": 0.2, "matching_negatives": 2}
+    assert chosen == {"mask_ratio": 0.6, "lambda_itm": 0.5, "lambda_dist": 0.2, "matching_negatives": 3}
+    assert config["model"]["predictor_input"] == "image_tokens" and config["train"]["grad_clip"] == 8.0
+    assert config["train"]["epoch_unit"] == "recipe"
     assert (run / "tokenizer.json").exists()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
@@ -147,12 +152,12 @@ def test_torchrun_two_processes_step_in_sync(tiny_synthfood: Path, tmp_path: Pat
     ]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    n_pairs = sum(
-        len(json.loads(line)["images"])
+    n_recipes = sum(  # an epoch is one image of every training recipe
+        bool(json.loads(line)["images"])
         for line in (tiny_synthfood / "recipes.jsonl").read_text().splitlines()
         if json.loads(line)["partition"] == "train"
     )
-    expected_steps = n_pairs // (8 * 2)
+    expected_steps = n_recipes // (8 * 2)
     stops = sorted(line.split("rank ")[1] for line in done.stderr.splitlines() if "stopped at global step" in line)
     assert stops == [f"0 stopped at global step {expected_steps}", f"1 stopped at global step {expected_steps}"]
     assert json.loads((run / "checkpoints" / "last.json").read_text())["global_step"] == expected_steps
@@ -166,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     from malm_edge.training.presets import get_preset
 
     model_cfg, train_cfg = get_preset("micro")
-    train_cfg.epochs, train_cfg.batch_size, train_cfg.save_every_steps = 1, 16, 1
+    train_cfg.epochs, train_cfg.batch_size, train_cfg.save_every_steps = 1, 8, 1  # 5 recipe-level steps
     calls = {"n": 0}
     original = MALM.forward
 
@@ -198,6 +203,27 @@ def test_epoch_sampler_shards_ranks_and_skips_done_steps() -> None:
     assert list(EpochSampler(40, 4, seed=1, epoch=3, world=WorldInfo())) != one
     cycled = [EpochSampler(40, 4, seed=1, epoch=e, world=WorldInfo(), augmentations=2).sample_seed(5) for e in range(4)]
     assert cycled[0] == cycled[2] and cycled[1] == cycled[3] and cycled[0] != cycled[1]
+
+
+def test_recipe_level_epoch_takes_one_image_of_every_recipe() -> None:
+    """Defect 5: an epoch was a pass over (recipe, image) pairs, stretching every epoch schedule."""
+    import numpy as np
+
+    groups = [np.arange(3 * r, 3 * r + 3) for r in range(12)]  # 12 recipes x 3 images
+    recipe_of = {int(i): r for r, group in enumerate(groups) for i in group}
+    epochs = [list(EpochSampler(36, 4, seed=1, epoch=e, world=WorldInfo(), groups=groups)) for e in range(3)]
+    for items in epochs:
+        assert len(items) == 12 and sorted(recipe_of[i] for i, _ in items) == list(range(12))
+    assert len({tuple(i for i, _ in items) for items in epochs}) == 3  # other images, other order
+    again = list(EpochSampler(36, 4, seed=1, epoch=1, world=WorldInfo(), groups=groups))
+    assert again == epochs[1]
+    resumed = list(EpochSampler(36, 4, seed=1, epoch=1, world=WorldInfo(), groups=groups, start_step=2))
+    assert resumed == epochs[1][8:]
+    ranks = [list(EpochSampler(36, 2, seed=1, epoch=1, world=WorldInfo(rank=r, world_size=2), groups=groups))
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 6 and not {recipe_of[i] for i, _ in ranks[0]} & {
+        recipe_of[i] for i, _ in ranks[1]}
+    assert EpochSampler(36, 4, seed=1, epoch=0, world=WorldInfo(), groups=groups).steps_per_epoch() == 3
 
 
 def test_lr_factor_warms_up_then_decays() -> None:
@@ -285,10 +311,12 @@ def test_all_ranks_skips_a_step_together_when_one_rank_has_no_images(tmp_path: P
 def test_default_micro_run_is_clearly_above_chance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --preset micro` on its default SynthFood (300 recipes x 6 renders, 64 px) learns.
 
-    On a bag of 30 recipes chance is medR 15.5 and R@10 0.33. Over seeds 0-2 the val and test
-    splits average medR 6.3-7.3 and R@10 0.63-0.72 (BENCHMARKS.md). Averaging the two held-out
-    splits (60 queries) and fixing the thread count keeps the check steady; a loss, masking or data
-    change that stops the model from learning fails it.
+    On a bag of 30 recipes chance is medR 15.5 and R@10 0.33. Since SynthFood is split per family
+    (issue 13), val and test hold whole unseen families; over seeds 0-2 micro averages val medR
+    12.3 +- 1.3 and test 10.7 +- 1.8, R@10 0.44 and 0.56 (BENCHMARKS.md, "MALM as the paper means
+    it"); the worst seed's mean of the two splits is medR 12.0, R@10 0.47. Averaging the two
+    held-out splits (60 queries) and fixing the thread count keeps the check steady; a loss,
+    masking or data change that stops the model from learning fails it.
     """
     monkeypatch.setenv("MALM_EDGE_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
@@ -307,4 +335,4 @@ def test_default_micro_run_is_clearly_above_chance(tmp_path: Path, monkeypatch: 
         torch.set_num_threads(threads)
     medr = sum(s["medr"] for s in scores) / 2
     r10 = sum(s["r10"] for s in scores) / 2
-    assert medr <= 11.0 and r10 >= 0.5, scores
+    assert medr <= 13.0 and r10 >= 0.4, scores

@@ -5,8 +5,9 @@ Two protocols share one ranking core:
 - ``tfood`` (the one MALM, arXiv 2305.11327, reports): the rows are shuffled once with
   ``np.random.RandomState(1338).permutation`` and cut into disjoint consecutive bags; by default as
   many bags as fit, at most 10 for bags of 1k and at most 5 for bags of 10k.
-- ``ht`` (H-T, Salvador et al. 2021): the rows are sorted by id, and each of 10 bags is an
-  independent ``RandomState(1234).choice(n, bag_size, replace=False)`` draw from one generator.
+- ``ht`` (H-T, Salvador et al. 2021, src/eval.py): the rows are sorted by id, and each of 10 bags
+  is a ``random.sample(range(0, n), bag_size)`` draw from Python's ``random`` seeded once with 1234,
+  so the bags are H-T's own.
 
 Direction names say what the query is: ``image_to_recipe`` ranks all recipes of the bag for each
 image (TFood's code labels this the other way round; we do not). Similarity is cosine. The rank of a
@@ -17,6 +18,7 @@ the query's favour. Each metric is computed per bag and averaged over bags; reca
 
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import numpy as np
@@ -87,7 +89,8 @@ def make_bags(
         protocol: "tfood" or "ht".
         bag_size: Rows per bag; must not exceed n_rows (the caller handles small N).
         n_bags: Bag count, or None for the protocol default.
-        seed: Seed of the protocol's `np.random.RandomState`.
+        seed: Seed of the protocol's generator (tfood: `np.random.RandomState`; ht: Python's
+            `random.Random`, as H-T's `random.seed` + `random.sample`).
         order: (n_rows,) base order of the rows (sorted by id for `ht`); identity when None.
 
     Returns:
@@ -97,8 +100,8 @@ def make_bags(
     count = _default_n_bags(n_rows, bag_size, protocol) if n_bags is None else n_bags
     if count < 1:
         raise MetricsError(f"n_bags must be >= 1, got {count}")
-    rng = np.random.RandomState(seed)
     if protocol == "tfood":
+        rng = np.random.RandomState(seed)
         if count * bag_size > n_rows:
             raise MetricsError(
                 f"tfood uses disjoint bags: {count} bags of {bag_size} need {count * bag_size} "
@@ -106,7 +109,9 @@ def make_bags(
             )
         shuffled = base[rng.permutation(n_rows)]
         return [shuffled[i * bag_size : (i + 1) * bag_size] for i in range(count)]
-    return [base[rng.choice(n_rows, bag_size, replace=False)] for _ in range(count)]
+    # H-T's eval.py: `random.seed(1234)` once, then `random.sample(range(0, n), bag_size)` per bag.
+    sampler = random.Random(seed)
+    return [base[np.array(sampler.sample(range(0, n_rows), bag_size), dtype=np.int64)] for _ in range(count)]
 
 
 def _check_inputs(image_emb: np.ndarray, recipe_emb: np.ndarray, protocol: str, bag_size: int) -> None:
@@ -156,7 +161,7 @@ def retrieval_metrics(
             the reported `bag_size` is the true one.
         n_bags: Bag count; None gives the protocol default (tfood: as many disjoint bags as fit,
             at most 10, or 5 for bags of 10k or more; ht: 10).
-        seed: RandomState seed; None gives the protocol's (tfood 1338, ht 1234).
+        seed: Generator seed; None gives the protocol's (tfood 1338, ht 1234).
         ids: Optional (N,) row ids; the `ht` protocol sorts rows by them before sampling (ignored
             by `tfood`). Without ids the given order is kept.
 

@@ -2,13 +2,19 @@
 schedules and its default data; a student preset is a phone encoder architecture.
 
 Teacher presets (`malm-edge train --preset`, `malm-edge distill --preset`):
-    micro  tests and quick checks: trains from scratch in about a minute on 300 SynthFood recipes.
-    tiny   sized for 2 CPU cores: SynthFood's default 2,000 recipes in about 15 minutes.
+    micro  tests and quick checks: trains from scratch in about two minutes on 300 SynthFood recipes.
+    tiny   sized for 2 CPU cores: SynthFood's default 2,000 recipes (about 15 minutes before issue 13;
+           its k = 4 cross-decoded negatives make a step about 2.5x dearer, not yet re-timed).
     small  a GPU-sized model between tiny and the paper's.
     lite   MALM on pretrained towers (EfficientNet-Lite2 trunk, MiniLM sentences): the preset for real
            photos on a CPU.
     base   the paper's setup (MALM, arXiv 2305.11327, Sec 4.3): CLIP ViT-B/16 at 224 px, Adam lr 1e-5
-           (image tower 1e-6), image tower frozen for 20 epochs, batch 128, 120 epochs.
+           (image tower 1e-6), image tower frozen for 20 epochs, batch 128, 120 epochs, gradients
+           clipped at 8 (TFood).
+
+Every preset is MALM as the paper means it (issue 13): cross-decoded matching negatives
+(`matching_negatives` k > 0; k = 0 is an ablation row only), positions before ψ, L_itc on the
+unmasked pass, T on ψ's matched tokens, recipe-level epochs.
 
 Student presets (`malm-edge distill --arch`): each name is also its `StudentConfig.arch`; the
 embedding width and input size are set from the teacher when a student is distilled.
@@ -23,7 +29,7 @@ from typing import Any
 from malm_edge.training.configs import with_overrides
 from malm_edge.training.data.synthfood.cache import default_synthfood
 from malm_edge.training.models.config import MalmConfig
-from malm_edge.training.models.student import StudentConfig
+from malm_edge.training.models.student_config import StudentConfig
 from malm_edge.training.schedule import DistillConfig, TrainConfig
 
 
@@ -49,30 +55,35 @@ class TeacherPreset:
 TEACHER_PRESETS: dict[str, TeacherPreset] = {
     # From scratch on 300 recipes, the matching and distillation terms at the paper's weight 1 and a
     # 75% mask hold L_itc back (BENCHMARKS.md, `micro`): they are kept, at weight 0.1 and mask 0.5.
+    # Epochs are recipe-level (one image of each recipe): 30 of them are ~210 steps, the old budget.
+    # k = 2 cross-decoded negatives: each k costs two more ψ/ψ' decodes per pair, and micro must
+    # train in CI in about a minute (BENCHMARKS.md, "Issue 13").
     "micro": TeacherPreset(
         model=MalmConfig(
             image_size=64, patch_size=8, vit_width=64, vit_layers=2, vit_heads=2, vit_output_dim=64,
             quick_gelu=False, vocab_size=4096, recipe_dropout=0.0, recipe_width=64, recipe_heads=2,
             sentence_layers=1, sequence_layers=1, decoder_layers=1, embed_dim=64, match_width=64,
             matching_layers=1, matching_heads=2, predictor_layers=1, predictor_heads=2, ema_momentum=0.99,
-            mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
+            mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1, matching_negatives=2,
         ),
         train=TrainConfig(
-            epochs=5, batch_size=32, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
+            epochs=30, batch_size=32, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
             warmup_steps=10, num_workers=0, eval_bag_size=100,
         ),
         distill=DistillConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=5, num_workers=0, kl_table_samples=128),
         synthfood=SynthFoodSize(n_recipes=300, images_per_recipe=6, image_size=64),
     ),
+    # CPU-sized: k = 4 negatives (k = 8 costs 5x a k = 0 step here, k = 4 2.5x), 20 recipe-level epochs.
     "tiny": TeacherPreset(
         model=MalmConfig(
             image_size=64, patch_size=8, vit_width=128, vit_layers=4, vit_heads=4, vit_output_dim=128,
             quick_gelu=False, vocab_size=8192, recipe_width=96, recipe_heads=4, sentence_layers=1,
             sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, embed_dim=128, match_width=96,
             matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2, ema_momentum=0.995,
+            matching_negatives=4,
         ),
         train=TrainConfig(
-            epochs=10, batch_size=64, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
+            epochs=20, batch_size=64, lr=1e-3, image_lr=1e-3, weight_decay=0.0, freeze_image_epochs=0,
             warmup_steps=50, num_workers=1, eval_bag_size=1000,
         ),
         distill=DistillConfig(epochs=12, batch_size=64, lr=2e-3, warmup_steps=50, num_workers=0, kl_table_samples=512),
@@ -86,7 +97,7 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
             matching_heads=4, predictor_layers=2, predictor_heads=2, ema_momentum=0.998,
         ),
         train=TrainConfig(
-            epochs=40, batch_size=128, lr=1e-4, image_lr=5e-5, weight_decay=0.0, freeze_image_epochs=0,
+            epochs=120, batch_size=128, lr=1e-4, image_lr=5e-5, weight_decay=0.0, freeze_image_epochs=0,
             warmup_steps=500, num_workers=4,
         ),
         distill=DistillConfig(epochs=30, batch_size=128, num_workers=4),
@@ -113,7 +124,7 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
     ),
     "base": TeacherPreset(
         model=MalmConfig(),
-        train=TrainConfig(),
+        train=TrainConfig(grad_clip=8.0),
         distill=DistillConfig(epochs=60, batch_size=256, num_workers=8, kl_table_samples=4096),
         synthfood=SynthFoodSize(n_recipes=10000, images_per_recipe=3, image_size=224),
     ),

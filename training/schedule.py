@@ -13,6 +13,7 @@ from typing import Any
 from malm_edge.training import configs
 
 DISTILL_LOSSES = ("feature", "kl", "triplet")
+EPOCH_UNITS = ("recipe", "pair")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TrainConfig:
         freeze_image_epochs: Epochs during which the image tower is frozen.
         warmup_steps: Linear warm-up steps.
         num_workers: DataLoader workers.
-        grad_clip: Gradient-norm clip (0 disables).
+        grad_clip: Gradient-norm clip (0 disables; TFood clips at 8, the `base` preset does too).
         seed: Base seed (rank is added by the loop).
         eval_bag_size: Validation bag size for retrieval metrics.
         log_every: Steps between metrics.jsonl step records.
@@ -38,6 +39,9 @@ class TrainConfig:
             augmentation and cached (0: a fresh augmentation every epoch, no cache).
         augment_seed: Seed of those K augmentations (None: `seed`). Runs that share it (seeds of a
             study, ablation rows) share one cached set of trunk grids on disk.
+        epoch_unit: "recipe" (default, as TFood): an epoch is one image of every training recipe, so
+            the epoch-based schedules (epochs, frozen epochs, margin) mean what the paper's do
+            whatever the images per recipe; "pair" (ablation): every (recipe, image) pair.
     """
 
     epochs: int = 120
@@ -55,6 +59,13 @@ class TrainConfig:
     save_every_steps: int = 0
     augmentations: int = 0
     augment_seed: int | None = None
+    epoch_unit: str = "recipe"
+
+    def __post_init__(self) -> None:
+        if self.epoch_unit not in EPOCH_UNITS:
+            raise ValueError(f"epoch_unit must be one of {EPOCH_UNITS}, got {self.epoch_unit!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""

@@ -13,21 +13,9 @@ import typer
 from malm_edge.cli._errors import run_or_exit
 from malm_edge.cli.train import preset_default
 
-# Each schedule preset's distillation values, for --help only (tests/test_cli_help.py keeps them equal
-# to training/presets.py).
-DISTILL_SCHEDULES = {
-    "epochs": {"micro": 4, "tiny": 12, "small": 30, "lite": 3, "base": 60},
-    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "lite": 32, "base": 256},
-    "lr": {"micro": 0.003, "tiny": 0.002, "small": 0.002, "lite": 0.0005, "base": 0.002},
-    "augmentations": {"micro": 4, "tiny": 4, "small": 4, "lite": 1, "base": 4},
-    "num_workers": {"micro": 0, "tiny": 0, "small": 4, "lite": 0, "base": 8},
-    "seed": {"micro": 0, "tiny": 0, "small": 0, "lite": 0, "base": 0},
-}
-
-
 def _default(field: str) -> str:
     schedule = "the schedule's (--preset, else the teacher's)"
-    return preset_default(field, DISTILL_SCHEDULES).replace("the preset's", schedule)
+    return preset_default(field, "distill").replace("the preset's", schedule)
 
 
 class Arch(str, Enum):

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from malm_edge.cli._errors import run_or_exit
+from malm_edge.training.presets import TEACHER_PRESETS
 
 
 class Preset(str, Enum):
@@ -23,19 +24,12 @@ class Preset(str, Enum):
     base = "base"
 
 
-# Each preset's training schedule, for --help only (importing the registry would import torch and make
-# `--help` slow); tests/test_cli_help.py keeps these equal to training/presets.py.
-PRESET_SCHEDULES = {
-    "epochs": {"micro": 5, "tiny": 10, "small": 40, "lite": 10, "base": 120},
-    "batch_size": {"micro": 32, "tiny": 64, "small": 128, "lite": 64, "base": 128},
-    "num_workers": {"micro": 0, "tiny": 1, "small": 4, "lite": 0, "base": 4},
-    "seed": {"micro": 0, "tiny": 0, "small": 0, "lite": 0, "base": 0},
-}
+def preset_default(field: str, schedule: str = "train") -> str:
+    """`(default: the preset's: micro 30, tiny 20, ...)` for an option's help, read from the preset table.
 
-
-def preset_default(field: str, schedules: dict[str, dict[str, int]] = PRESET_SCHEDULES) -> str:
-    """`(default: the preset's: micro 5, tiny 10, small 40, base 120)` for an option's help."""
-    values = schedules[field]
+    `schedule` is the TeacherPreset attribute that holds the field: "train" or "distill".
+    """
+    values = {name: getattr(getattr(preset, schedule), field) for name, preset in TEACHER_PRESETS.items()}
     if len(set(values.values())) == 1:
         return f"(default: {next(iter(values.values()))})"
     return "(default: the preset's: " + ", ".join(f"{name} {value}" for name, value in values.items()) + ")"
@@ -46,6 +40,20 @@ class Ablation(str, Enum):
     lc = "lc"
     lc_gc = "lc_gc"
     full = "full"
+
+
+class PredictorInput(str, Enum):
+    """What the masked-feature predictor T reads (MalmConfig.predictor_input)."""
+
+    matched = "matched"
+    image_tokens = "image_tokens"
+
+
+class EpochUnit(str, Enum):
+    """What one epoch passes over (TrainConfig.epoch_unit)."""
+
+    recipe = "recipe"
+    pair = "pair"
 
 
 def train(
@@ -75,12 +83,30 @@ def train(
         Optional[int],
         typer.Option(
             min=0,
-            help="L_GC/L_LC negatives: 0 contrasts the true pairs' features; k decodes each image with its k "
-            "hardest recipes and vice versa.",
+            help="L_GC/L_LC negatives: k decodes each image with its k hardest recipes and vice versa "
+            "(presets: 8); 0 (ablation) contrasts the true pairs' own features.",
         ),
     ] = None,
+    itc_on_masked: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--itc-on-masked/--itc-on-full",
+            help="L_itc on the masked student pass (ablation) or on an unmasked one (default).",
+        ),
+    ] = None,
+    match_positions: Annotated[
+        Optional[bool],
+        typer.Option(help="Add the (projected) positional embedding to the patch tokens before ψ (default on)."),
+    ] = None,
+    predictor_input: Annotated[
+        Optional[PredictorInput], typer.Option(help="What T reads: ψ's matched tokens or the projected I_f.")
+    ] = None,
+    epoch_unit: Annotated[
+        Optional[EpochUnit], typer.Option(help="An epoch is one image of every recipe (default) or every pair.")
+    ] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(min=0.0, help="Gradient-norm clip (0: off; TFood: 8).")] = None,
     epochs: Annotated[
-        Optional[int], typer.Option(min=1, help=f"Passes over the training pairs. {preset_default('epochs')}")
+        Optional[int], typer.Option(min=1, help=f"Epochs (see --epoch-unit). {preset_default('epochs')}")
     ] = None,
     batch_size: Annotated[
         Optional[int], typer.Option(min=2, help=f"Image-recipe pairs per step. {preset_default('batch_size')}")
@@ -128,6 +154,8 @@ def train(
             "num_workers": workers,
             "seed": seed,
             "save_every_steps": save_every,
+            "epoch_unit": epoch_unit.value if epoch_unit is not None else None,
+            "grad_clip": grad_clip,
         }
         if resume is not None:
             reject_with_resume(
@@ -147,6 +175,11 @@ def train(
                     "--workers": workers,
                     "--seed": seed,
                     "--save-every": save_every,
+                    "--itc-on-masked/--itc-on-full": itc_on_masked,
+                    "--match-positions": match_positions,
+                    "--predictor-input": predictor_input,
+                    "--epoch-unit": epoch_unit,
+                    "--grad-clip": grad_clip,
                 }
             )
             return train_teacher(resume, resume=True, progress=not as_json)
@@ -156,6 +189,9 @@ def train(
             "lambda_itm": lambda_itm,
             "lambda_dist": lambda_dist,
             "matching_negatives": matching_negatives,
+            "itc_on_masked": itc_on_masked,
+            "match_positions": match_positions,
+            "predictor_input": predictor_input.value if predictor_input is not None else None,
             "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
         model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})

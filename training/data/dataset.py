@@ -1,7 +1,8 @@
 """Torch datasets over the canonical format: (image, recipe) pairs and recipes alone.
 
 `RecipeImageDataset` yields one item per (recipe, image) pair for training, or the first image of
-each recipe for evaluation. Recipe text is tokenized per item, never all at once. A missing or
+each recipe for evaluation; `recipe_groups()` lists the items of each recipe, so the training loop
+can make an epoch one image of every recipe (TFood's recipe-level epoch). Recipe text is tokenized per item, never all at once. A missing or
 corrupt image never stops training: `__getitem__` returns None (and logs the path), and
 `collate_batch` drops it and counts it in `batch["n_skipped"]`.
 
@@ -139,6 +140,14 @@ class RecipeImageDataset(_RecipeSource, Dataset):
 
     def __len__(self) -> int:
         return len(self.item_recipe)
+
+    def recipe_groups(self) -> list[np.ndarray]:
+        """Item indices of each recipe with images, in recipe order: the units of a recipe-level
+        epoch (harness/loop.py's EpochSampler takes one item of each per epoch)."""
+        if not len(self):
+            return []
+        boundaries = np.flatnonzero(np.diff(self.item_recipe)) + 1  # items are in recipe order
+        return np.split(np.arange(len(self)), boundaries)
 
     def image_path(self, index: int) -> Path:
         """Resolved path of item `index`'s image."""

@@ -3,7 +3,8 @@
 Recipe1M ships `layer1.json` (a list of `{id, title, ingredients: [{text}], instructions: [{text}],
 partition, url}`), `layer2.json` (a list of `{id, images: [{id: "<image id>.jpg", url}]}`), optionally
 `det_ingrs.json` (a list of `{id, ingredients: [{text}], valid: [bool]}`, the detected ingredient
-names), and its photos as `<split>/a/b/c/d/<image id>` where a, b, c, d are the image id's first
+names), optionally `classes1M.pkl` (im2recipe's semantic classes, read into `class` with an
+unpickler that accepts plain builtins only), and its photos as `<split>/a/b/c/d/<image id>` where a, b, c, d are the image id's first
 four characters. The photos may sit under `<root>/images/` or straight under `<root>/`.
 
 Nothing is copied: `recipes.jsonl` lists image paths relative to the images folder, whose absolute
@@ -16,6 +17,7 @@ options, as is H-T's cap of 5 images per recipe.
 from __future__ import annotations
 
 import logging
+import pickle
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 LAYER1 = "layer1.json"
 LAYER2 = "layer2.json"
 DET_INGRS = "det_ingrs.json"
+CLASSES = "classes1M.pkl"
+BACKGROUND_CLASS = 0  # im2recipe's "no semantic class" index
 HT_MAX_STEPS = 20
 MAX_PROBLEMS = 20  # problem lines kept in the summary (all are counted)
 
@@ -52,6 +56,8 @@ class Recipe1MOptions:
             instead of stopping at the first; the import still fails when nothing is kept or more
             than `max_bad_fraction` of the records are bad.
         max_bad_fraction: With skip_bad, the share of bad records above which the import fails.
+        read_classes: Read the semantic classes from `classes1M.pkl` into `class` when the file is
+            there (TFood's semantic triplet term needs them); "background" recipes get none.
     """
 
     max_images: int = 5
@@ -62,6 +68,7 @@ class Recipe1MOptions:
     check_image_files: bool = True
     skip_bad: bool = False
     max_bad_fraction: float = 0.05
+    read_classes: bool = True
 
     @classmethod
     def ht(cls, **overrides) -> "Recipe1MOptions":
@@ -169,6 +176,50 @@ def _load_det_ingrs(path: Path) -> dict[str, list[str]]:
     return detected
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain builtins only (dict, list, tuple, str, bytes, numbers, None, set): every other
+    global is refused, so a crafted file cannot run code. classes1M.pkl comes from outside."""
+
+    _ALLOWED = frozenset(
+        (module, name) for module in ("builtins", "__builtin__") for name in ("set", "frozenset")
+    )
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+        if (module, name) in self._ALLOWED:
+            return super().find_class("builtins", name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain builtins are allowed")
+
+
+def _class_names(id2class: object) -> dict[int, str]:
+    if isinstance(id2class, dict):
+        return {int(k): str(v) for k, v in id2class.items()}
+    if isinstance(id2class, (list, tuple)):
+        return dict(enumerate(map(str, id2class)))
+    raise TypeError(f"expected a dict or list of class names, got {type(id2class).__name__}")
+
+
+def load_classes(path: Path) -> dict[str, str]:
+    """Recipe id -> semantic class name from im2recipe's `classes1M.pkl` (used by AdaMine / TFood).
+
+    The file holds two pickles (written by Python 2): {recipe id: class index}, then the class
+    names by index. Index 0 is "background" (no class): those recipes get no class.
+
+    Raises:
+        DatasetError: The file is not two plain pickles of that shape, or holds anything but builtins.
+    """
+    try:
+        with path.open("rb") as handle:
+            class_of = _PlainUnpickler(handle, encoding="latin1").load()
+            names = _class_names(_PlainUnpickler(handle, encoding="latin1").load())
+        if not isinstance(class_of, dict):
+            raise TypeError(f"expected a dict of recipe id -> class index, got {type(class_of).__name__}")
+        return {
+            str(recipe_id): names[int(index)] for recipe_id, index in class_of.items() if int(index) != BACKGROUND_CLASS
+        }
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError, AttributeError) as error:
+        raise DatasetError(f"{path}: not im2recipe's classes file ({error})") from None
+
+
 class Recipe1MReader:
     """Turns Recipe1M's layer files into canonical recipes, counting what it keeps and drops.
 
@@ -186,6 +237,7 @@ class Recipe1MReader:
             raise DatasetError(f"{self.root}: Recipe1M folder does not exist")
         self.images_root = find_images_root(self.root)
         self.counts: Counter = Counter()
+        self.classes: dict[str, str] = {}
         self.partitions: Counter = Counter()
         self.problems: list[str] = []
 
@@ -196,6 +248,8 @@ class Recipe1MReader:
             self.problems.append(str(error))
 
     def _layers(self) -> tuple[list, dict[str, list[str]], dict[str, list[str]] | None]:
+        classes_path = self.root / CLASSES
+        self.classes = load_classes(classes_path) if self.options.read_classes and classes_path.is_file() else {}
         layer1 = _load_json_list(self.root / LAYER1)
         images = _load_images(self.root / LAYER2, self._bad if self.options.skip_bad else None)
         det_path = self.root / DET_INGRS
@@ -277,7 +331,11 @@ class Recipe1MReader:
         self.counts["images"] += len(photos)
         self.counts["text_only"] += not photos
         self.partitions[record["partition"]] += 1
-        return Recipe(record["id"], title, ingredients, instructions, photos, record["partition"])
+        class_name = self.classes.get(record["id"])
+        self.counts["with_class"] += class_name is not None
+        return Recipe(
+            record["id"], title, ingredients, instructions, photos, record["partition"], class_name
+        )
 
     def _photos(self, partition: str, image_ids: list[str]) -> list[str]:
         photos = []

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -156,6 +156,11 @@ class EpochSampler(Sampler):
     epoch is cut to whole batches on every rank so all ranks take the same number of steps. With
     `augmentations` = K > 0, each item cycles through K fixed augmentations (epoch mod K), so
     per-augmentation results (the teacher's embeddings in distillation) can be cached.
+
+    With `groups` (the item indices of each recipe), an epoch is a pass over the groups: the
+    permutation orders the groups and each group contributes one of its items, drawn from
+    (seed, epoch), so an epoch sees every recipe once (TFood's recipe-level epoch) and one batch
+    never holds two items of one group. Yielded indices are still items, so per-item caches work.
     """
 
     def __init__(
@@ -169,10 +174,26 @@ class EpochSampler(Sampler):
         start_step: int = 0,
         augmentations: int = 0,
         augment_seed: int | None = None,
+        groups: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.n_items, self.batch_size, self.seed, self.epoch = n_items, batch_size, seed, epoch
         self.world, self.start_step, self.augmentations = world, start_step, augmentations
         self.augment_seed = seed if augment_seed is None else augment_seed
+        self.groups = groups
+
+    @property
+    def n_units(self) -> int:
+        """What one epoch passes over: groups (recipes) when given, else items."""
+        return self.n_items if self.groups is None else len(self.groups)
+
+    def _epoch_items(self) -> np.ndarray:
+        """(n_units,) item index of each unit in this epoch (identity without groups)."""
+        if self.groups is None:
+            return np.arange(self.n_items)
+        sizes = np.array([len(group) for group in self.groups])  # (G,)
+        draws = np.random.default_rng(derive_seed(self.seed, "pick", self.epoch)).random(len(sizes))  # (G,)
+        picks = np.minimum((draws * sizes).astype(np.int64), sizes - 1)  # (G,)
+        return np.array([group[pick] for group, pick in zip(self.groups, picks)], dtype=np.int64)
 
     def sample_seed(self, index: int) -> int:
         """The augmentation seed of one item in this epoch."""
@@ -181,10 +202,11 @@ class EpochSampler(Sampler):
         return derive_seed(self.seed, "sample", self.epoch, index)
 
     def steps_per_epoch(self) -> int:
-        return self.n_items // (self.batch_size * self.world.world_size)
+        return self.n_units // (self.batch_size * self.world.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng(derive_seed(self.seed, "order", self.epoch)).permutation(self.n_items)
+        order = np.random.default_rng(derive_seed(self.seed, "order", self.epoch)).permutation(self.n_units)
+        order = self._epoch_items()[order]  # (n_units,) items
         mine = order[self.world.rank :: self.world.world_size][: self.steps_per_epoch() * self.batch_size]
         for index in mine[self.start_step * self.batch_size :]:
             yield int(index), self.sample_seed(int(index))
@@ -310,6 +332,10 @@ class LoopSpec:
         frozen_group_epochs: Epochs during which the param group named `frozen_group` has rate 0.
         augmentations: Cycle each item through this many fixed augmentations (0: fresh each epoch).
         command: The CLI command that continues this run, named in the interruption message.
+        groups: Item indices of each recipe: an epoch is then one item of every recipe (EpochSampler);
+            None: an epoch is every item.
+        set_frozen: Called with True / False at the start of every epoch (in and out of the frozen
+            phase) to stop gradients at the frozen group (requires_grad), not only its rate.
     """
 
     run_dir: Path
@@ -325,6 +351,8 @@ class LoopSpec:
     frozen_group_epochs: int = 0
     augmentations: int = 0
     command: str = "malm-edge train"
+    groups: Sequence[np.ndarray] | None = None
+    set_frozen: Callable[[bool], None] | None = None
 
 
 def run_epochs(
@@ -332,11 +360,14 @@ def run_epochs(
 ) -> dict:
     """Train from `state` to the last epoch (or `stop_after_steps`); return a summary."""
     schedule = spec.schedule
-    first_epoch = EpochSampler(len(spec.train_set), schedule.batch_size, seed=schedule.seed, epoch=0, world=world)
+    first_epoch = EpochSampler(
+        len(spec.train_set), schedule.batch_size, seed=schedule.seed, epoch=0, world=world, groups=spec.groups
+    )
     steps_per_epoch = first_epoch.steps_per_epoch()
     if steps_per_epoch == 0:
+        unit = "pairs" if spec.groups is None else "recipes"
         raise RunError(
-            f"{spec.run_dir}: {len(spec.train_set)} training pairs are fewer than one batch of "
+            f"{spec.run_dir}: {first_epoch.n_units} training {unit} are fewer than one batch of "
             f"{spec.schedule.batch_size * world.world_size}; lower --batch-size"
         )
     total_steps = steps_per_epoch * spec.schedule.epochs
@@ -404,6 +435,7 @@ def _run_epoch(
         start_step=state.step_in_epoch,
         augmentations=spec.augmentations,
         augment_seed=getattr(spec.schedule, "augment_seed", None),
+        groups=spec.groups,
     )
     loader = torch.utils.data.DataLoader(
         SeededItems(spec.train_set),
@@ -414,6 +446,8 @@ def _run_epoch(
         worker_init_fn=_ignore_sigint_in_worker if spec.schedule.num_workers else None,
     )
     frozen = state.epoch < spec.frozen_group_epochs
+    if spec.set_frozen is not None:
+        spec.set_frozen(frozen)
     window_start, window_samples = time.perf_counter(), 0
     for batch in loader:
         torch.manual_seed(derive_seed(spec.schedule.seed, "step", state.global_step, world.rank))

@@ -194,7 +194,11 @@ def distill_step(
         candidates = recipe_table[rows].to(device)  # (C, D)
         terms["loss_kl"] = cfg.kl_weight * similarity_kl_loss(student_emb, teacher_emb, candidates, cfg.kl_temperature)
     if "triplet" in cfg.losses:
-        terms["loss_triplet"] = cfg.triplet_weight * adaptive_triplet_loss(student_emb, recipes, cfg.triplet_margin)
+        rows = batch["recipe_index"].to(device)
+        same_recipe = rows.unsqueeze(1) == rows.unsqueeze(0)  # (B, B): two photos of one recipe are not negatives
+        terms["loss_triplet"] = cfg.triplet_weight * adaptive_triplet_loss(
+            student_emb, recipes, cfg.triplet_margin, same_recipe=same_recipe
+        )
     loss = sum(terms.values())
     raise_if_non_finite(loss, terms, epoch)
     optimizer.zero_grad(set_to_none=True)

@@ -330,7 +330,7 @@ def _train(
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     state = restore_state_checkpoint(run.paths.root, model, optimizer) if resume else TrainState()
-    ddp_model = wrap_ddp(model, world, device, find_unused_parameters=True)
+    tower = FrozenTower(model, world, device)
     train_set, val_set = build_datasets(run)
     trunk_cache, trunk_memo = None, None
     if model.trunk is not None and cfg.freeze_image_epochs > 0:
@@ -352,7 +352,7 @@ def _train(
                 trunk_cache.save()
             trunk_features = trunk_cache.lookup(trunk, images, batch["item_index"], slot)
         return train_step(
-            ddp_model,
+            tower.ddp_model,
             model,
             optimizer,
             batch,
@@ -378,8 +378,31 @@ def _train(
         frozen_group="image",
         frozen_group_epochs=cfg.freeze_image_epochs,
         augmentations=cfg.augmentations,
+        groups=train_set.recipe_groups() if cfg.epoch_unit == "recipe" else None,
+        set_frozen=tower.set_frozen,
     )
     return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
+
+
+class FrozenTower:
+    """The frozen-tower phase as requires_grad (no backward pass through the tower, not only lr 0).
+
+    DDP fixes the parameters it reduces when it wraps a model, so the model is re-wrapped whenever
+    the tower is frozen or thawed (every rank does so at the same epoch boundary).
+    """
+
+    def __init__(self, model: MALM, world: WorldInfo, device: torch.device) -> None:
+        self.model, self.world, self.device = model, world, device
+        self.frozen: bool | None = None
+        self.ddp_model: torch.nn.Module = model
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze or thaw the student ViT (idempotent) and wrap the model for this phase."""
+        if frozen == self.frozen:
+            return
+        self.model.freeze_image_tower(frozen)
+        self.ddp_model = wrap_ddp(self.model, self.world, self.device, find_unused_parameters=True)
+        self.frozen = frozen
 
 
 # --------------------------------------------------------------------------------------------

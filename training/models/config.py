@@ -28,6 +28,7 @@ ABLATIONS = ("baseline", "lc", "lc_gc", "full")
 IMAGE_TOWERS = ("vit", "lite2", "lite0")
 TEXT_TOWERS = ("wordpiece", "minilm")
 SENTENCE_DIM = 384  # all-MiniLM-L6-v2's sentence embedding width
+PREDICTOR_INPUTS = ("matched", "image_tokens")
 
 
 @dataclass
@@ -57,13 +58,14 @@ class MalmConfig:
         match_width: Width of the projections into the matching module and predictor (768 in paper).
         matching_layers: Layers of each of ψ and ψ'.
         matching_heads: Heads of ψ and ψ'.
-        matching_negatives: Negatives of L_GC / L_LC. 0: ψ/ψ' decode the B true pairs and each
-            pair's features are contrasted with the other true pairs' (cheap; ψ sees both sides
-            of a pair, so the terms act as regularisers). k > 0: each image is also decoded with
-            the k recipes of the batch its embedding is closest to, and each recipe with its k
-            closest images (matching.cross_pairs), so ψ/ψ' must tell true from false pairs;
-            k >= B-1 uses every false pair (each decoded twice, once per anchor side). Costs
-            1 + 2k true-pair runs of ψ/ψ'.
+        matching_negatives: Negatives of L_GC / L_LC (default 8, chosen by measurement:
+            BENCHMARKS.md, "Issue 13"). k > 0: each image is also decoded with the k recipes of
+            the batch its embedding is closest to, and each recipe with its k closest images
+            (matching.cross_pairs), so ψ/ψ' must tell true from false pairs; k >= B-1 uses every
+            false pair (the paper's B²-B, each decoded twice, once per anchor side). Costs
+            1 + 2k true-pair runs of ψ/ψ'. 0 (ablation only): ψ/ψ' decode the B true pairs and
+            each pair's features are contrasted with the other true pairs'; ψ sees both sides
+            of a pair, so the contrast is won on pair identity and teaches nothing.
         predictor_layers: Layers of the masked-feature predictor T.
         predictor_heads: Heads of T.
         mask_ratio: Fraction of patches masked for the student (used by the `full` ablation).
@@ -78,8 +80,8 @@ class MalmConfig:
         margin_max: Margin cap.
         semantic_weight: Weight of the semantic (class) triplet term.
         ablation: One of ABLATIONS.
-        itc_on_masked: Compute L_itc's image embedding from the masked student, as the paper does
-            (Sec 3.3); False adds an unmasked student pass for L_itc.
+        itc_on_masked: Compute L_itc's image embedding from the masked student pass (ablation);
+            False (default) adds one unmasked student pass for L_itc, the pass retrieval runs.
         clip_weights: Optional local CLIP checkpoint that `create_model` loads into the image tower.
         image_tower: "vit" (a ViT over pixel patches, from scratch or CLIP) or a hybrid ViT over the
             feature grid of an ImageNet EfficientNet-Lite trunk: "lite2" (or "lite0"), its weights from
@@ -88,6 +90,11 @@ class MalmConfig:
         text_tower: "wordpiece" (token embeddings learned from scratch) or "minilm" (every title,
             ingredient line and step embedded once by the pretrained all-MiniLM-L6-v2; the sequence
             and cross-component transformers train on those sentence vectors).
+        match_positions: Add the ViT's positional embedding, projected to match_width, to every
+            patch token before ψ, so masked positions (all one mask token) differ inside ψ.
+        predictor_input: What T reads: "matched" (default: ψ's recipe-conditioned I_att of the
+            true pairs, Fig. 2 / Sec. 4.6's text-aware reconstruction) or "image_tokens" (the
+            projected I_f alone).
     """
 
     # image tower
@@ -115,7 +122,7 @@ class MalmConfig:
     match_width: int = 768
     matching_layers: int = 4
     matching_heads: int = 4
-    matching_negatives: int = 0
+    matching_negatives: int = 8
     predictor_layers: int = 2
     predictor_heads: int = 2
     # losses
@@ -131,12 +138,15 @@ class MalmConfig:
     margin_max: float = 0.3
     semantic_weight: float = 0.1
     ablation: str = "full"
-    itc_on_masked: bool = True
+    itc_on_masked: bool = False
     clip_weights: str | None = None
     # pretrained towers (the `lite` preset)
     image_tower: str = "vit"
     trunk_stride: int = 32
     text_tower: str = "wordpiece"
+    # issue 13 ("MALM as the paper means it"): positions before ψ, text-aware reconstruction
+    match_positions: bool = True
+    predictor_input: str = "matched"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -162,6 +172,8 @@ class MalmConfig:
                 raise ValueError(f"{name} width {width} is not divisible by its {heads} heads")
         if self.matching_negatives < 0:
             raise ValueError(f"matching_negatives must be >= 0, got {self.matching_negatives}")
+        if self.predictor_input not in PREDICTOR_INPUTS:
+            raise ValueError(f"predictor_input must be one of {PREDICTOR_INPUTS}, got {self.predictor_input!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 

@@ -1,7 +1,7 @@
 """MALM's loss terms (arXiv 2305.11327, Eqs. 2, 7-11) and TFood's adaptive triplet.
 
 - `adaptive_triplet_loss`: L_itc, TFood's bidirectional triplet on the global embeddings with
-  in-batch negatives and AdaMine's adaptive averaging: in each direction, the sum of the triplet
+  in-batch negatives (never a row of the anchor's own recipe) and AdaMine's adaptive averaging: in each direction, the sum of the triplet
   hinge losses divided by the number of triplets that violate the margin (0 when none does). The two
   directions are summed. Optional semantic term (AdaMine): anchors with a class id >= 0, positives
   of the other modality with the same class (other than the anchor's own pair), negatives with a
@@ -50,16 +50,22 @@ def _adaptive_mean(costs: torch.Tensor) -> torch.Tensor:
     return costs.sum() / violating.clamp(min=1).to(costs.dtype)
 
 
-def _instance_triplet(similarity: torch.Tensor, margin: float) -> torch.Tensor:
+def _negatives(batch: int, same_recipe: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(B, B) bool: which off-diagonal entries are negatives (never another row of the same recipe)."""
+    negative = ~torch.eye(batch, dtype=torch.bool, device=device)
+    return negative if same_recipe is None else negative & ~same_recipe.to(device)
+
+
+def _instance_triplet(similarity: torch.Tensor, margin: float, same_recipe: torch.Tensor | None = None) -> torch.Tensor:
     """One direction: anchors are rows, the positive is the diagonal, negatives the rest of the row.
 
     Args:
         similarity: (B, B), similarity[i, k] = anchor i vs candidate k.
+        same_recipe: Optional (B, B) bool, True where rows i and k belong to one recipe (not negatives).
     """
     positive = similarity.diagonal().unsqueeze(1)  # (B, 1)
     costs = (margin - positive + similarity).clamp(min=0)  # (B, B)
-    off_diagonal = ~torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
-    return _adaptive_mean(costs * off_diagonal)
+    return _adaptive_mean(costs * _negatives(similarity.shape[0], same_recipe, similarity.device))
 
 
 def _semantic_triplet(similarity: torch.Tensor, class_ids: torch.Tensor, margin: float) -> torch.Tensor:
@@ -85,6 +91,7 @@ def adaptive_triplet_loss(
     margin: float,
     class_ids: torch.Tensor | None = None,
     semantic_weight: float = 0.1,
+    same_recipe: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_itc: bidirectional adaptive triplet loss with in-batch negatives.
 
@@ -94,12 +101,15 @@ def adaptive_triplet_loss(
         margin: Triplet margin (see margin_at_epoch).
         class_ids: Optional (B,) int64 class per pair, -1 where unknown.
         semantic_weight: Weight of the semantic term.
+        same_recipe: Optional (B, B) bool, True where rows i and k belong to one recipe: those
+            entries are not negatives (two photos of one recipe in a batch).
 
     Returns:
         Scalar loss.
     """
     similarity = image_embedding @ recipe_embedding.t()  # (B, B) [image, recipe]
-    loss = _instance_triplet(similarity, margin) + _instance_triplet(similarity.t(), margin)
+    same_t = None if same_recipe is None else same_recipe.t()
+    loss = _instance_triplet(similarity, margin, same_recipe) + _instance_triplet(similarity.t(), margin, same_t)
     if class_ids is not None and semantic_weight > 0:
         semantic = _semantic_triplet(similarity, class_ids, margin) + _semantic_triplet(
             similarity.t(), class_ids, margin
@@ -108,13 +118,17 @@ def adaptive_triplet_loss(
     return loss
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+def info_nce(
+    a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float, same_recipe: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP loss) between paired rows of a and b.
 
     Args:
         a: (..., B, D) features; row i pairs with row i of b. Leading dims are independent problems.
         b: (..., B, D).
         temperature: τ, scalar.
+        same_recipe: Optional (B, B) bool (symmetric), True where rows i and k belong to one recipe:
+            those off-diagonal entries are left out of the softmax (not negatives).
 
     Returns:
         Scalar: mean over leading dims, rows and both directions.
@@ -122,6 +136,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.transpose(-1, -2) / temperature  # (..., B, B)
     batch = logits.shape[-1]
+    if same_recipe is not None:
+        eye = torch.eye(batch, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same_recipe.to(logits.device) & ~eye, float("-inf"))  # (..., B, B)
     flat = logits.reshape(-1, batch, batch)  # (N, B, B)
     targets = torch.arange(batch, device=logits.device).repeat(flat.shape[0])  # (N*B,)
     a_to_b = F.cross_entropy(flat.reshape(-1, batch), targets)

@@ -9,10 +9,19 @@ masking and L_dist. Disabled terms are absent from the output dict.
   which the loop calls after each optimizer step) sees the full image; its patch features, normalised,
   are the distillation targets (Eq. 2).
 - I_f is projected to match_width (the paper's "Projection layer", shared by the matching module and
-  the predictor T, Fig. 2).
-- L_itc's image embedding comes from the MASKED student's cls token, as the paper trains ("the input
-  to L_itc are image features from student encoder", Sec 3.3); set `itc_on_masked=False` to add an
-  unmasked student pass for L_itc instead. Inference (`encode_images`) never masks.
+  the predictor T, Fig. 2), and the ViT's positional table, projected to match_width, is added to
+  every patch token (`match_positions`): the mask token carries no position, so without it every
+  masked patch of an image would be one identical query of ψ and one repeated L_LC term.
+- L_itc's image embedding comes from an UNMASKED pass of the student φ (one extra forward), the pass
+  retrieval runs. Sec 3.3: "the input to L_itc are image features from student encoder"; in Fig. 2
+  the EMA teacher φ⁻ feeds only "Normalize" -> L_dist, and it gets no gradient, so L_itc on its
+  pass would not train the tower that is deployed. `itc_on_masked=True` (ablation) reads the masked
+  student's cls token instead. Inference (`encode_images`) never masks.
+- T reads ψ's output I_att of the true pairs (`predictor_input="matched"`): Fig. 2's caption and
+  Sec. 4.6 reconstruct masked features from the matched, recipe-conditioned tokens, which is what
+  makes the student "text-aware"; "image_tokens" feeds T the projected I_f alone.
+- Same-recipe rows (`recipe_ids`, two photos of one recipe) are never negatives, in L_itc, in the
+  true-pair InfoNCE and in the cross-decoded pairs.
 - The image embedding is image_head(ln_post(cls) @ proj): CLIP's projection followed by a new linear
   map into the joint space (E); the recipe embedding is the recipe encoder's projection.
 
@@ -73,6 +82,7 @@ class MALM(nn.Module):
         self.image_head = nn.Linear(config.vit_output_dim, config.embed_dim)
         self.recipe_encoder = RecipeEncoder(config)
         self.image_token_proj = nn.Linear(config.vit_width, config.match_width) if config.uses_matching else None
+        self.match_position_proj = _match_position_proj(config)
         self.matching = TwoLevelMatching(config) if config.uses_matching else None
         self.predictor = MaskedFeaturePredictor(config) if config.uses_distillation else None
         self.teacher = self._make_teacher() if config.uses_distillation else None
@@ -182,9 +192,8 @@ class MALM(nn.Module):
             recipe_batch: Tokenised recipes (RecipeEncoder.forward), row i paired with image i.
             epoch: Current epoch (0-based), for the margin schedule.
             class_ids: Optional (B,) int64 semantic classes, -1 = none.
-            recipe_ids: Optional (B,) int64 recipe of each pair; with `matching_negatives` > 0, two
-                photos of one recipe are then never each other's cross-decoded negatives (L_itc and
-                the true-pair reading do not use it).
+            recipe_ids: Optional (B,) int64 recipe of each pair; two photos of one recipe are then
+                never each other's negatives (L_itc, L_GC, L_LC).
             generator: Optional RNG for the patch mask.
             trunk_features: The hybrid trunk's (B, C, g, g) grid of `images`, when already computed
                 (cached per augmentation while the trunk is frozen); `images` is then not read.
@@ -196,34 +205,31 @@ class MALM(nn.Module):
         cfg = self.config
         images = trunk_features if trunk_features is not None else self.image_input(images)
         student = self.image_encoder(images, cfg.effective_mask_ratio, generator)
-        pooled = student["pooled"]
-        if not cfg.itc_on_masked and cfg.effective_mask_ratio > 0:
-            pooled = self.image_encoder(images)["pooled"]
-        image_embedding = F.normalize(self.image_head(pooled), dim=-1)  # (B, E)
+        image_embedding = self._itc_image_embedding(images, student["pooled"])  # (B, E)
         recipe = self.recipe_encoder(recipe_batch)
         margin = margin_at_epoch(epoch, cfg)
+        same_recipe = _same_recipe(recipe_ids)
         out: dict[str, Any] = {
             "loss_itc": adaptive_triplet_loss(
-                image_embedding, recipe["embedding"], margin, class_ids, cfg.semantic_weight
+                image_embedding, recipe["embedding"], margin, class_ids, cfg.semantic_weight, same_recipe
             )
         }
         temperature = self.temperature
-        image_tokens = None
-        if self.image_token_proj is not None:
-            image_tokens = self.image_token_proj(student["tokens"])  # (B, 1+P, M)
+        image_tokens = self._matching_tokens(student["tokens"]) if self.image_token_proj is not None else None
+        matched = None
         if self.matching is not None:
             if cfg.matching_negatives > 0:
                 similarity = image_embedding @ recipe["embedding"].t()  # (B, B) [image, recipe]
-                same_recipe = None if recipe_ids is None else recipe_ids.unsqueeze(1) == recipe_ids.unsqueeze(0)
                 pairs = cross_pairs(similarity, cfg.matching_negatives, same_recipe)
-                local, overall = self._cross_pair_contrast(image_tokens, recipe, temperature, pairs)
+                local, overall, matched = self._cross_pair_contrast(image_tokens, recipe, temperature, pairs)
             else:
-                local, overall = self._true_pair_contrast(image_tokens, recipe, temperature)
+                local, overall, matched = self._true_pair_contrast(image_tokens, recipe, temperature, same_recipe)
             out["loss_lc"] = local
             if overall is not None:
                 out["loss_gc"] = overall
         if self.predictor is not None:
-            out["loss_dist"] = self._distillation_loss(images, image_tokens, student["mask"])
+            predictor_tokens = matched if cfg.predictor_input == "matched" else image_tokens
+            out["loss_dist"] = self._distillation_loss(images, predictor_tokens, student["mask"])
         out["loss"] = self._total(out)
         out.update(
             image_embedding=image_embedding,
@@ -233,17 +239,42 @@ class MALM(nn.Module):
         )
         return out
 
+    def _itc_image_embedding(self, images: torch.Tensor, masked_pooled: torch.Tensor) -> torch.Tensor:
+        """L_itc's image embedding: of the unmasked student pass (the one retrieval runs) unless
+        `itc_on_masked`, or when nothing is masked (then the student pass is already the full one)."""
+        pooled = masked_pooled
+        if not self.config.itc_on_masked and self.config.effective_mask_ratio > 0:
+            pooled = self.image_encoder(images)["pooled"]  # (B, D)
+        return F.normalize(self.image_head(pooled), dim=-1)
+
+    def _matching_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """I_f (B, 1+P, W) -> projected (B, 1+P, M), the ViT's positions (projected) added to the patches.
+
+        The mask token stands in for an output feature and carries no position; without this every
+        masked patch of an image would be the same query in ψ (and the same L_LC term).
+        """
+        projected = self.image_token_proj(tokens)  # (B, 1+P, M)
+        if self.match_position_proj is None:
+            return projected
+        positions = self.match_position_proj(self.image_encoder.positional_embedding[1:].to(projected.dtype))  # (P, M)
+        return torch.cat([projected[:, :1], projected[:, 1:] + positions], dim=1)
+
     def _true_pair_contrast(
-        self, image_tokens: torch.Tensor, recipe: dict[str, torch.Tensor], temperature: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(L_LC, L_GC or None) with ψ/ψ' run on the true pairs only; the other pairs are the negatives."""
+        self,
+        image_tokens: torch.Tensor,
+        recipe: dict[str, torch.Tensor],
+        temperature: torch.Tensor,
+        same_recipe: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(L_LC, L_GC or None, true-pair I_att) with ψ/ψ' run on the true pairs only (ablation:
+        the other pairs are the negatives)."""
         match = self.matching(image_tokens, recipe["tokens"], recipe["tokens_mask"])
         patches = match["image_att"][:, 1:].transpose(0, 1)  # (P, B, M)
         local = match["recipe_local"].transpose(0, 1)  # (P, B, M)
         overall = None
         if self.config.uses_global_matching:
-            overall = info_nce(match["image_global"], match["recipe_global"], temperature)
-        return info_nce(patches, local, temperature), overall
+            overall = info_nce(match["image_global"], match["recipe_global"], temperature, same_recipe)
+        return info_nce(patches, local, temperature, same_recipe), overall, match["image_att"]
 
     def _cross_pair_contrast(
         self,
@@ -251,8 +282,9 @@ class MALM(nn.Module):
         recipe: dict[str, torch.Tensor],
         temperature: torch.Tensor,
         pairs: CrossPairs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(L_LC, L_GC or None) with ψ/ψ' run on the true pairs and on decoded hard negative pairs."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(L_LC, L_GC or None, true-pair I_att) with ψ/ψ' run on the true pairs and on decoded hard
+        negative pairs."""
         match = self.matching(
             image_tokens[pairs.image_index],  # (N, 1+P, M)
             recipe["tokens"][pairs.recipe_index],  # (N, S, d)
@@ -263,10 +295,13 @@ class MALM(nn.Module):
         if self.config.uses_global_matching:
             pair_global = F.cosine_similarity(match["image_global"], match["recipe_global"], dim=-1)  # (N,)
             overall = candidate_nce(*pairs.anchor_scores(pair_global), temperature, pairs.valid)
-        return candidate_nce(*pairs.anchor_scores(local), temperature, pairs.valid), overall
+        batch = image_tokens.shape[0]
+        true_pairs = match["image_att"][:batch]  # (B, 1+P, M): the first B decoded pairs are the true ones
+        return candidate_nce(*pairs.anchor_scores(local), temperature, pairs.valid), overall, true_pairs
 
     def _distillation_loss(self, images: torch.Tensor, image_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L_dist (Eq. 2) between T(I_f) and the EMA teacher's patch features on masked patches."""
+        """L_dist (Eq. 2) between T(tokens) and the EMA teacher's patch features on masked patches;
+        tokens are ψ's I_att or the projected I_f (`predictor_input`)."""
         with torch.no_grad():
             target = self.teacher(images)["tokens"][:, 1:]  # (B, P, W)
         prediction = self.predictor(image_tokens)  # (B, P, W)
@@ -282,6 +317,20 @@ class MALM(nn.Module):
         if "loss_dist" in losses:
             total = total + cfg.lambda_dist * losses["loss_dist"]
         return total
+
+
+def _match_position_proj(config: MalmConfig) -> nn.Linear | None:
+    """The map of the ViT's positional table into the matching width (None when unused)."""
+    if not (config.uses_matching and config.match_positions):
+        return None
+    return nn.Linear(config.vit_width, config.match_width, bias=False)
+
+
+def _same_recipe(recipe_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) recipe of each pair -> (B, B) bool, True where two rows belong to one recipe (or None)."""
+    if recipe_ids is None:
+        return None
+    return recipe_ids.unsqueeze(1) == recipe_ids.unsqueeze(0)
 
 
 def default_preprocessing(config: MalmConfig) -> Preprocessing:

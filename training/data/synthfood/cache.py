@@ -21,7 +21,8 @@ def default_synthfood(
     *, n_recipes: int = 2000, images_per_recipe: int = 3, image_size: int = 128, seed: int = 0
 ) -> Path:
     """The SynthFood folder for these settings, generating it when it is not cached yet."""
-    folder = cache_root() / f"synthfood-n{n_recipes}-k{images_per_recipe}-px{image_size}-seed{seed}"
+    # v2: partitions per family (v1 folders split per recipe, leaking near-twins into val/test)
+    folder = cache_root() / f"synthfood-v2-n{n_recipes}-k{images_per_recipe}-px{image_size}-seed{seed}"
     if not (folder / RECIPES_FILE).exists():
         log.info("generating SynthFood into %s (first use)", folder)
         generate_synthfood(
