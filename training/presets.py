@@ -106,14 +106,16 @@ TEACHER_PRESETS: dict[str, TeacherPreset] = {
     # MALM on pretrained towers, for real photos on an ordinary machine: the hybrid ViT over a frozen
     # ImageNet EfficientNet-Lite2 trunk (7 x 7 grid at stride 32; one fixed augmentation per photo whose
     # grid is cached on disk and shared by every seed and ablation row) and the
-    # hierarchical recipe transformer over frozen all-MiniLM-L6-v2 sentence vectors.
+    # hierarchical recipe transformer over frozen all-MiniLM-L6-v2 sentence vectors. k = 2 negatives:
+    # one batch-64 step costs 0.9 s (baseline), 2.0 s (k = 0), 3.8 s (k = 2), 5.6 s (k = 4), 10 s (k = 8)
+    # on one loaded core (BENCHMARKS.md), and k = 8 would make a 10-epoch run about 3 hours.
     "lite": TeacherPreset(
         model=MalmConfig(
             image_size=224, image_tower="lite2", trunk_stride=32, vit_width=128, vit_layers=2, vit_heads=4,
             vit_output_dim=128, quick_gelu=False, text_tower="minilm", recipe_width=128, recipe_heads=4,
             sequence_layers=1, decoder_layers=1, recipe_mlp_ratio=2.0, recipe_dropout=0.1, embed_dim=128,
             match_width=128, matching_layers=1, matching_heads=4, predictor_layers=1, predictor_heads=2,
-            ema_momentum=0.99, mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1,
+            ema_momentum=0.99, mask_ratio=0.5, lambda_itm=0.1, lambda_dist=0.1, matching_negatives=2,
         ),
         train=TrainConfig(
             epochs=10, batch_size=64, lr=5e-4, image_lr=1e-5, weight_decay=0.01, freeze_image_epochs=10,
