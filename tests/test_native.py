@@ -233,7 +233,20 @@ TAMPERINGS = {
     "no-encoders": (lambda b: _edit(b, lambda d: d.update(encoders=[])), MANIFEST_FILE),
     "outside-path": (lambda b: _edit(b, lambda d: d["encoders"][0].update(file="../outside.onnx")), MANIFEST_FILE),
     "absolute-path": (lambda b: _edit(b, lambda d: d["table"].update(file="/etc/passwd")), MANIFEST_FILE),
+    "unexpected-file": (lambda b: (b / "notes.txt").write_text("not in the manifest"), "notes.txt"),
+    "unexpected-nested-file": (lambda b: ((b / "notes").mkdir(), (b / "notes" / "a.md").write_text("x")),
+                               "notes/a.md"),
+    "unexpected-hidden-file": (lambda b: (b / ".table.i8.tmp").write_bytes(b"x"), ".table.i8.tmp"),
+    "manifest-symlink": (lambda b: _link_to_copy(b, MANIFEST_FILE), MANIFEST_FILE),
+    "table-symlink": (lambda b: _link_to_copy(b, "table.i8"), "table.i8"),
 }
+
+
+def _link_to_copy(bundle: Path, name: str) -> None:
+    """Replace a bundle file by a link to an identical copy outside the bundle (checksums still pass)."""
+    outside = bundle.parent / f"outside-{name}"
+    shutil.move(bundle / name, outside)
+    (bundle / name).symlink_to(outside)
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERINGS))
@@ -253,16 +266,18 @@ def test_tampered_bundle_rejected_like_edge(build, bundle, case) -> None:
     assert search.returncode == 1 and search.stdout == "" and str(bundle / named) in search.stderr
 
 
-def test_symlink_out_of_the_bundle_rejected(build, bundle, tmp_path) -> None:
-    """A table swapped for a link to a file outside the bundle (same bytes, so the checksum
-    passes): edge/ accepts it, the native reader refuses any link (stricter, by design)."""
-    outside = tmp_path / "elsewhere.i8"
-    shutil.copy(bundle / "table.i8", outside)
-    (bundle / "table.i8").unlink()
-    (bundle / "table.i8").symlink_to(outside)
+def test_a_linked_folder_on_the_way_is_rejected(build, bundle, tmp_path) -> None:
+    """A folder of the bundle swapped for a link to one outside it (same bytes, so checksums pass):
+    edge/ only refuses a link as the file itself; the native reader refuses any link on the path."""
+    (bundle / "sub").mkdir()
+    shutil.move(bundle / "table.i8", bundle / "sub" / "table.i8")
+    _edit(bundle, lambda d: d["table"].update(file="sub/table.i8"))
+    assert run_cli(build, "verify", "--bundle", str(bundle)).returncode == 0
+    shutil.move(bundle / "sub", tmp_path / "outside-sub")
+    (bundle / "sub").symlink_to(tmp_path / "outside-sub")
     done = run_cli(build, "verify", "--bundle", str(bundle))
     assert done.returncode == 1
-    assert f"{bundle / 'table.i8'}: symbolic links are not allowed inside a bundle" in done.stderr
+    assert f"{bundle / 'sub'}: symbolic links are not allowed inside a bundle" in done.stderr
 
 
 def test_deeply_nested_and_huge_manifests_fail_cleanly(build, bundle) -> None:

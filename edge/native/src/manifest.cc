@@ -404,8 +404,8 @@ void check_covered(const std::string& root, const std::string& dir, const std::s
   for (const auto& name : subdirs) check_covered(root, dir + "/" + name, prefix + name + "/", named, depth + 1);
 }
 
-// _resolve, plus the native reader's extra rule: no symbolic link on the way (a link could point
-// anywhere outside the bundle; edge/ refuses links inside directories the same way).
+// _resolve (a link as the file itself is refused with edge/'s message), plus the native reader's
+// extra rule: no symbolic link on the way either (a linked folder could point anywhere).
 void resolve(const std::string& root, const FileRef& f, const std::string& src) {
   const std::string& rel = f.relative;
   bool dotdot = false;
@@ -415,6 +415,7 @@ void resolve(const std::string& root, const FileRef& f, const std::string& src) 
     bundle_error(src + ": " + f.what + " path " + py_repr(rel) + " must be relative and inside the bundle");
   }
   std::string full = join_path(root, rel);
+  if (is_symlink(full)) bundle_error(full + ": a symbolic link (" + f.what + "); bundle files must be regular files");
   struct stat st;
   if (stat(full.c_str(), &st) != 0) bundle_error(full + ": missing (" + f.what + " named in manifest.json)");
   std::string walked = root;

@@ -102,11 +102,6 @@ bool b64decode_strict(const std::string& text, std::vector<unsigned char>& out) 
   return true;
 }
 
-struct SignatureRecord {
-  std::vector<unsigned char> signature;
-  std::string key_id;
-};
-
 SignatureRecord read_signature(const std::string& path) {
   struct stat st;
   if (lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -117,6 +112,12 @@ SignatureRecord read_signature(const std::string& path) {
   if (!file) signature_error(path + ": missing; the bundle is not signed (cannot open it)");
   std::string text(kMaxSignatureBytes, '\0');
   text.resize(std::fread(&text[0], 1, text.size(), file.get()));
+  return parse_signature_text(text, path);
+}
+
+}  // namespace
+
+SignatureRecord parse_signature_text(const std::string& text, const std::string& path) {
   if (json_nested_deeper_than(text, kMaxJsonDepth)) {
     signature_error(path + ": not a signature file (JSON nested too deeply (more than " +
                     std::to_string(kMaxJsonDepth) + " levels))");
@@ -145,6 +146,8 @@ SignatureRecord read_signature(const std::string& path) {
   return out;
 }
 
+namespace {
+
 bool ed25519_verify(EVP_PKEY* key, const std::vector<unsigned char>& signature, const std::string& message) {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key) != 1) {
@@ -158,6 +161,13 @@ bool ed25519_verify(EVP_PKEY* key, const std::vector<unsigned char>& signature, 
 }
 
 }  // namespace
+
+bool verify_ed25519_raw(const unsigned char* raw_public_key, const std::vector<unsigned char>& signature,
+                        const std::string& message) {
+  PKey key(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, raw_public_key, 32), EVP_PKEY_free);
+  if (!key) fail(MALM_ERR_INTERNAL, "Ed25519: OpenSSL cannot make a key from 32 raw bytes");
+  return ed25519_verify(key.get(), signature, message);
+}
 
 std::string public_key_id(const std::string& public_key_path) {
   return key_id_of(load_public_key(public_key_path).get());
