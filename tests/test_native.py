@@ -4,6 +4,9 @@ Parity: `malm-edge-native search --json` top-5 ids equal `malm-edge search --jso
 ExecuTorch backends) in the same order, scores within 1e-3, on >= 20 real photos plus an
 EXIF-rotated JPEG and a transparent PNG; the native PIL-exact bicubic resize + crop equals
 edge/preprocess.py on the same decoded pixels (max difference measured, at most one 8-bit level).
+The int8 `encoder_int8.pte` (the converters' PT2E export, calibrated on other real photos) gets the
+same top-5 check against the Python ExecuTorch runtime, and on the same input tensor the native and
+Python runtimes give the same embedding (INT8_EMBEDDING_TOLERANCE, measured: exact).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATASETS
-from edge_bundle_fixture import EMBED_DIM, INPUT_SIZE, ONNX_FILE, PTE_FILE, RESIZE_SIZE, ROWS, get_bundle
+from edge_bundle_fixture import EMBED_DIM, INPUT_SIZE, ONNX_FILE, PTE_FILE, PTE_INT8_FILE, RESIZE_SIZE, ROWS, get_bundle
 from native_build import NativeLib, OpenOptions, native_dir, run_cli
 from PIL import Image
 
@@ -29,6 +32,8 @@ from malm_edge.edge.retriever import Retriever
 
 BUNDLE_FILES = [ONNX_FILE, PTE_FILE, "table.i8", "table.scales.f32", "catalog.sqlite", MANIFEST_FILE]
 SCORE_TOLERANCE = 1e-3
+INT8_ENCODER = "tiny_int8_executorch"
+INT8_EMBEDDING_TOLERANCE = 1e-6  # same .pte, same XNNPACK kernels, same input: equal to float rounding
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +115,76 @@ def test_top5_matches_malm_edge_search(native_results, bundle_dir, backend) -> N
     assert worst < SCORE_TOLERANCE
     print(f"native vs malm-edge search ({backend}): max score difference {worst:.2e} "
           f"over {len(photos)} photos")
+
+
+@pytest.fixture(scope="module")
+def int8_bundle_dir(tmp_path_factory) -> Path:
+    """The tiny encoder as int8 .pte (first, the one apps pick) and fp32 .pte."""
+    return get_bundle(tmp_path_factory, targets=("executorch_int8", "executorch"))
+
+
+def test_int8_pte_top5_matches_the_python_executorch_runtime(build, int8_bundle_dir, native_results) -> None:
+    photos, _ = native_results
+    bundle = read_bundle(int8_bundle_dir)
+    assert [(e.file, e.quantization) for e in bundle.manifest.encoders][0] == (PTE_INT8_FILE, "int8")
+    done = run_cli(build, "search", *map(str, photos), "--bundle", str(int8_bundle_dir), "--json", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    native = json.loads(done.stdout)
+    reference = python_search(photos, int8_bundle_dir, "executorch")
+    assert {r["encoder"] for r in native} == {r["encoder"] for r in reference} == {INT8_ENCODER}
+    worst = 0.0
+    for mine, theirs in zip(native, reference, strict=True):
+        assert [h["id"] for h in mine["results"]] == [h["id"] for h in theirs["results"]], mine["photo"]
+        worst = max(worst, *(abs(a["score"] - b["score"]) for a, b in zip(mine["results"], theirs["results"])))
+    assert worst < SCORE_TOLERANCE
+    print(f"native vs malm-edge search (int8 .pte): max score difference {worst:.2e} over {len(photos)} photos")
+
+
+def test_int8_pte_embedding_equals_the_python_runtime_on_the_same_input(build, int8_bundle_dir,
+                                                                        native_results) -> None:
+    """The encoder alone: native malm_embed_rgb8 vs ExecuTorch's Python runtime on the native tensor."""
+    from malm_edge.converters.executorch_runtime import ExecuTorchBackend
+
+    lib = NativeLib(build)
+    u8p, f32p = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_float)
+    lib.lib.malm_embed_rgb8.argtypes = [ctypes.c_void_p, u8p, ctypes.c_int, ctypes.c_int, ctypes.c_int, f32p,
+                                        ctypes.c_size_t]
+    engine = ctypes.c_void_p()
+    options = OpenOptions(1, 1, 1, INT8_ENCODER.encode())
+    assert lib.lib.malm_open(str(int8_bundle_dir).encode(), ctypes.byref(options), ctypes.byref(engine)) == 0, \
+        lib.last_error()
+    python_runtime = ExecuTorchBackend(int8_bundle_dir / PTE_INT8_FILE, threads=1)
+    photos, _ = native_results
+    worst, fp32_gap = 0.0, 0.0
+    try:
+        for photo in photos:
+            rgb = _rgb_array(photo)
+            args = (rgb.ctypes.data_as(u8p), rgb.shape[1], rgb.shape[0], rgb.shape[1] * 3)
+            pixels = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+            assert lib.lib.malm_preprocess_rgb8(engine, *args, pixels.ctypes.data_as(f32p), pixels.size) == 0
+            native = np.zeros(EMBED_DIM, np.float32)
+            assert lib.lib.malm_embed_rgb8(engine, *args, native.ctypes.data_as(f32p), native.size) == 0, \
+                lib.last_error()
+            expected = python_runtime.embed(pixels)[0]
+            worst = max(worst, float(np.abs(native - expected).max()))
+            fp32_gap = max(fp32_gap, float(np.abs(native - _fp32_embedding(int8_bundle_dir, pixels)).max()))
+    finally:
+        lib.lib.malm_close(engine)
+    print(f"int8 .pte, native vs Python runtime on the same input: max |difference| {worst:.2e} "
+          f"(int8 vs fp32 .pte: {fp32_gap:.2e})")
+    assert worst <= INT8_EMBEDDING_TOLERANCE
+    assert fp32_gap > 1e-4  # the int8 program really is a different (quantized) one
+
+
+_FP32_RUNTIME: dict[Path, object] = {}
+
+
+def _fp32_embedding(bundle: Path, pixels: np.ndarray) -> np.ndarray:
+    from malm_edge.converters.executorch_runtime import ExecuTorchBackend
+
+    if bundle not in _FP32_RUNTIME:
+        _FP32_RUNTIME[bundle] = ExecuTorchBackend(bundle / PTE_FILE, threads=1)
+    return _FP32_RUNTIME[bundle].embed(pixels)[0]
 
 
 def _rgb_array(photo: Path) -> np.ndarray:
