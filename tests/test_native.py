@@ -126,7 +126,8 @@ def int8_bundle_dir(tmp_path_factory) -> Path:
 def test_int8_pte_top5_matches_the_python_executorch_runtime(build, int8_bundle_dir, native_results) -> None:
     photos, _ = native_results
     bundle = read_bundle(int8_bundle_dir)
-    assert [(e.file, e.quantization) for e in bundle.manifest.encoders][0] == (PTE_INT8_FILE, "int8")
+    first = bundle.manifest.encoders[0]
+    assert (first.file, first.quantization) == (PTE_INT8_FILE, "int8")
     done = run_cli(build, "search", *map(str, photos), "--bundle", str(int8_bundle_dir), "--json", "--threads", "1")
     assert done.returncode == 0, done.stderr
     native = json.loads(done.stdout)

@@ -188,7 +188,9 @@ def test_a_signed_bundle_verifies_and_searches_like_unsigned(build, signed, keys
 
     photo = tmp_path / "photo.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(photo)
-    search = lambda *extra: run_cli(build, "search", str(photo), "--bundle", str(signed), "--json", *extra)  # noqa: E731
+    def search(*extra: str):
+        return run_cli(build, "search", str(photo), "--bundle", str(signed), "--json", *extra)
+
     required, plain = search("--require-signature", str(keys["public"])), search()
     assert required.returncode == plain.returncode == 0, required.stderr
     assert json.loads(required.stdout)["results"] == json.loads(plain.stdout)["results"]
@@ -231,7 +233,8 @@ def test_bad_trusted_keys_are_named(build, signed, keys, tmp_path) -> None:
         if exact:
             assert message == str(expected.value)
         else:  # cryptography's and OpenSSL's own words differ inside the parentheses
-            assert message.split(" (")[0] == str(expected.value).split(" (")[0] == f"{key}: not a readable PEM public key"
+            expected_head = f"{key}: not a readable PEM public key"
+            assert message.split(" (")[0] == str(expected.value).split(" (")[0] == expected_head
 
 
 def test_report_files_named_in_extra_files_are_covered(build, signed, keys) -> None:
