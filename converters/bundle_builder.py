@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from malm_edge.converters.verify import (
 from malm_edge.edge import bundle as eb
 from malm_edge.edge.catalog import CATALOG_FILE
 from malm_edge.edge.table import read_table
+from malm_edge.edge.write_errors import guard_writes, write_failure_cause
 from malm_edge.training.configs import config_hash
 from malm_edge.training.harness.student import load_student
 from malm_edge.training.harness.teacher import load_teacher
@@ -84,6 +86,8 @@ class ConvertOptions:
         report: Also write report.md / report.png into the bundle.
         progress: Show progress bars.
         allow_collapsed: Convert a student whose embeddings collapsed (refused by default).
+        sign_key: Sign the manifest with this Ed25519 private key (PEM) before the bundle is
+            published, so a signed conversion never leaves an unsigned bundle at the output.
     """
 
     targets: tuple[str, ...] = eb.TARGETS
@@ -100,6 +104,7 @@ class ConvertOptions:
     progress: bool = True
     val_limit: int = 500
     allow_collapsed: bool = False
+    sign_key: Path | None = None
 
 
 @dataclass
@@ -218,12 +223,34 @@ def verification_photos(student_prep: Any, recipes_dir: Path, options: ConvertOp
 
 def _stage(out: Path, overwrite: bool) -> Path:
     """A fresh staging folder beside `out` (checked before any work is done)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise ConvertError(f"{out}: exists and is not a folder")
     if out.exists() and not overwrite:
         raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    with guard_writes(out, ConvertError, intact="nothing was written"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+
+
+def _write_failure(error: BaseException, staging: Path, out: Path) -> ConvertError | None:
+    """A failed write into the staging folder (disk full, read-only) as one line about `out`.
+
+    Exporters and edge's writers already name the staging file they failed on; a person needs the
+    bundle path, the file inside it, the cause, and that nothing was published.
+    """
+    text = f"{error} {getattr(error, 'filename', None) or ''}"
+    if str(staging) not in text:
+        return None  # not a write into this bundle (an input that cannot be read, a bug)
+    link: BaseException | None = error
+    while link is not None:
+        cause = write_failure_cause(link, staging)
+        if cause is not None:
+            inside = re.search(re.escape(str(staging)) + r"/([^\s:;()'\"]+)", text)
+            what = f" {inside.group(1)}" if inside else ""
+            return ConvertError(f"{out}: cannot write{what} ({cause}); nothing was published at {out} "
+                                "and the partial bundle was removed")
+        link = link.__cause__
+    return None
 
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
@@ -279,9 +306,16 @@ def build_bundle(student: Any, teacher: Any, recipes_dir: str | os.PathLike, out
     staging = _stage(out, options.overwrite)
     try:
         result = _build_into(staging, student, teacher, recipes_dir, plan, options, out.name)
+        if options.sign_key is not None:
+            from malm_edge.edge.signing import sign_bundle
+
+            sign_bundle(staging, options.sign_key)  # last: a report added later would unsign it
         _publish(staging, out, options.overwrite)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        failure = _write_failure(error, staging, out) if isinstance(error, Exception) else None
+        if failure is not None:
+            raise failure from error
         raise
     result.bundle_dir = out
     return result

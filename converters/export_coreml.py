@@ -30,6 +30,7 @@ from torch import nn
 
 from malm_edge.converters.export_executorch import ExportError, ExportReport
 from malm_edge.edge.bundle import size_path
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.transforms import Preprocessing
 from malm_edge.training.models.student import prepare_for_export
 
@@ -122,15 +123,24 @@ def export_coreml(model: nn.Module, preprocessing: Preprocessing, out_path: str 
 
 
 def _save_atomic(mlmodel: Any, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
-        mlmodel.save(str(staging / out_path.name))
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(staging / out_path.name, out_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Save into a staging folder beside out_path, then rename it into place. A full or read-only
+    disk raises `ExportError("PATH: cannot write (CAUSE)")` with the staging folder removed."""
+    with guard_writes(out_path, ExportError, intact="nothing was written at that path"):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+        try:
+            mlmodel.save(str(staging / out_path.name))
+            previous = staging / "previous"
+            if out_path.exists():
+                os.replace(out_path, previous)  # moved aside, deleted with staging once replaced
+            try:
+                os.replace(staging / out_path.name, out_path)
+            except BaseException:
+                if previous.exists():
+                    os.replace(previous, out_path)
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from malm_edge.converters.errors import ConverterError
+from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.models.student import prepare_for_export
 
 QUANTIZE_MODES = ("none", "int8")
@@ -69,12 +70,21 @@ class ExportReport:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.replace(temp, path)
+    """Write `data` to a temp file beside `path`, then rename it into place.
+
+    A full or read-only disk raises `ExportError("PATH: cannot write (CAUSE)")`; the temp file is
+    removed and a previous file at `path` is left as it was.
+    """
+    with guard_writes(path, ExportError, intact="nothing was written at that path"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
 
 def check_calibration(calibration: torch.Tensor | None, example_input: torch.Tensor) -> torch.Tensor:

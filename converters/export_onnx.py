@@ -29,6 +29,7 @@ from malm_edge.converters.export_executorch import (
     ExportReport,
     check_calibration,
 )
+from malm_edge.edge.write_errors import guard_writes, write_failure_cause
 from malm_edge.training.models.student import prepare_for_export
 
 OPSET = 18
@@ -117,11 +118,16 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, out_path: str | o
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module, notes = prepare_for_export(model), []
-    with tempfile.TemporaryDirectory(prefix="malm-onnx-", dir=out_path.parent) as work:
+    # A full or read-only disk, anywhere below (the exporter's own write, quantization, the rename):
+    # one ExportError naming out_path; the work folder goes with the `with`, nothing lands at out_path.
+    with guard_writes(out_path, ExportError, intact="nothing was written at that path"), \
+            tempfile.TemporaryDirectory(prefix="malm-onnx-", dir=out_path.parent) as work:
         fp32 = Path(work) / "fp32.onnx"
         try:
             _export_fp32(module, example_input, fp32, dynamic_batch)
         except Exception as error:
+            if write_failure_cause(error, fp32) is not None:
+                raise  # the disk, not the dynamic batch: retrying with batch 1 cannot help
             if not dynamic_batch:
                 raise ExportError(f"{out_path}: torch.onnx.export failed: {error}") from error
             notes.append(f"dynamic batch export failed ({type(error).__name__}); batch fixed to 1")

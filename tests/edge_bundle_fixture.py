@@ -1,5 +1,6 @@
 """A small hand-made bundle for edge/ tests (and later the PWA tests): tiny conv encoder exported
-to ONNX and ExecuTorch (XNNPACK), a ~200-row int8 table built from its embeddings, a fake catalog.
+to ONNX and ExecuTorch (XNNPACK; target "executorch_int8" adds the project's PT2E int8 export,
+calibrated on real photos), a ~200-row int8 table built from its embeddings, a fake catalog.
 
 Torch is used here, in the test helper only; edge/ itself never imports it.
 
@@ -33,6 +34,8 @@ EMBED_DIM = 16
 ROWS = 200
 ONNX_FILE = "encoder_fp32.onnx"
 PTE_FILE = "encoder_fp32_xnnpack.pte"
+PTE_INT8_FILE = "encoder_int8.pte"
+N_CALIBRATION = 16
 _WORDS = ["chicken", "curry", "tomato", "basil", "lemon", "garlic", "rice", "noodle", "beef",
           "tofu", "salmon", "mushroom", "pepper", "ginger", "apple", "chocolate"]
 _CACHE: dict[str, Path] = {}
@@ -89,6 +92,30 @@ def export_pte(model, path: Path) -> None:
         path.write_bytes(lowered.to_executorch().buffer)
 
 
+def calibration_photos() -> list[Path]:
+    """Real photos for int8 calibration, none of them among test_native's parity photos."""
+    from conftest import SHARED_DATASETS
+
+    photos = sorted((SHARED_DATASETS / "photos" / "recipe1m_val").glob("*.jpg"))[20:20 + N_CALIBRATION]
+    if len(photos) < N_CALIBRATION:
+        import pytest
+
+        pytest.skip(f"int8 calibration needs {N_CALIBRATION} real photos under {SHARED_DATASETS}/photos")
+    return photos
+
+
+def export_pte_int8(model, path: Path) -> None:
+    """The converters' own int8 path (PT2E XNNPACKQuantizer, per-channel) calibrated on real photos."""
+    import torch
+
+    from malm_edge.converters.export_executorch import export_executorch
+    from malm_edge.edge.preprocess import preprocess_image
+
+    pre = Preprocessing(input_size=INPUT_SIZE, resize_size=RESIZE_SIZE)
+    calibration = torch.from_numpy(np.concatenate([preprocess_image(p, pre) for p in calibration_photos()]))
+    export_executorch(model, calibration[:1], path, quantize="int8", calibration=calibration)
+
+
 def fake_recipes(n: int, seed: int = 0) -> list[dict]:
     """n fake recipes with distinct ids and word-based titles/ingredients."""
     rng = np.random.default_rng(seed)
@@ -123,12 +150,15 @@ def build_bundle(out_dir: Path, *, targets: tuple[str, ...] = ("onnx", "executor
     out_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_encoder(seed)
     encoders = []
-    specs = {"onnx": (ONNX_FILE, export_onnx, "batch"), "executorch": (PTE_FILE, export_pte, 1)}
+    specs = {"onnx": (ONNX_FILE, export_onnx, "batch", "none"), "executorch": (PTE_FILE, export_pte, 1, "none"),
+             "executorch_int8": (PTE_INT8_FILE, export_pte_int8, 1, "int8")}
     for target in targets:
-        file, export, batch = specs[target]
+        file, export, batch, quantization = specs[target]
         export(model, out_dir / file)
+        target = target.removesuffix("_int8")
         encoders.append(make_encoder_entry(
-            out_dir, file, name=f"tiny_fp32_{target}", target=target, quantization="none",
+            out_dir, file, name=f"tiny_{'fp32' if quantization == 'none' else quantization}_{target}",
+            target=target, quantization=quantization,
             input=TensorSpec("pixels", [batch, 3, INPUT_SIZE, INPUT_SIZE]),
             output=TensorSpec("embedding", [batch, EMBED_DIM])))
     table = write_table(out_dir, table_embeddings(model, rows, seed), dtype=table_dtype)

@@ -73,6 +73,8 @@ class NativeLib:
         lib.malm_resize_crop_rgb8.argtypes = [u8p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                               ctypes.c_int, u8p]
         lib.malm_verify_bundle.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.malm_verify_bundle_signed.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        lib.malm_public_key_id.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
         lib.malm_open.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
         lib.malm_close.argtypes = [ctypes.c_void_p]
         lib.malm_preprocess_rgb8.argtypes = [ctypes.c_void_p, u8p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -85,4 +87,5 @@ class NativeLib:
 
 class OpenOptions(ctypes.Structure):
     _fields_ = [("verify_checksums", ctypes.c_int), ("load_encoder", ctypes.c_int),
-                ("threads", ctypes.c_int), ("encoder", ctypes.c_char_p)]
+                ("threads", ctypes.c_int), ("encoder", ctypes.c_char_p),
+                ("trusted_public_key", ctypes.c_char_p)]

@@ -4,6 +4,9 @@ Parity: `malm-edge-native search --json` top-5 ids equal `malm-edge search --jso
 ExecuTorch backends) in the same order, scores within 1e-3, on >= 20 real photos plus an
 EXIF-rotated JPEG and a transparent PNG; the native PIL-exact bicubic resize + crop equals
 edge/preprocess.py on the same decoded pixels (max difference measured, at most one 8-bit level).
+The int8 `encoder_int8.pte` (the converters' PT2E export, calibrated on other real photos) gets the
+same top-5 check against the Python ExecuTorch runtime, and on the same input tensor the native and
+Python runtimes give the same embedding (INT8_EMBEDDING_TOLERANCE, measured: exact).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATASETS
-from edge_bundle_fixture import EMBED_DIM, INPUT_SIZE, ONNX_FILE, PTE_FILE, RESIZE_SIZE, ROWS, get_bundle
+from edge_bundle_fixture import EMBED_DIM, INPUT_SIZE, ONNX_FILE, PTE_FILE, PTE_INT8_FILE, RESIZE_SIZE, ROWS, get_bundle
 from native_build import NativeLib, OpenOptions, native_dir, run_cli
 from PIL import Image
 
@@ -29,6 +32,8 @@ from malm_edge.edge.retriever import Retriever
 
 BUNDLE_FILES = [ONNX_FILE, PTE_FILE, "table.i8", "table.scales.f32", "catalog.sqlite", MANIFEST_FILE]
 SCORE_TOLERANCE = 1e-3
+INT8_ENCODER = "tiny_int8_executorch"
+INT8_EMBEDDING_TOLERANCE = 1e-6  # same .pte, same XNNPACK kernels, same input: equal to float rounding
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +115,77 @@ def test_top5_matches_malm_edge_search(native_results, bundle_dir, backend) -> N
     assert worst < SCORE_TOLERANCE
     print(f"native vs malm-edge search ({backend}): max score difference {worst:.2e} "
           f"over {len(photos)} photos")
+
+
+@pytest.fixture(scope="module")
+def int8_bundle_dir(tmp_path_factory) -> Path:
+    """The tiny encoder as int8 .pte (first, the one apps pick) and fp32 .pte."""
+    return get_bundle(tmp_path_factory, targets=("executorch_int8", "executorch"))
+
+
+def test_int8_pte_top5_matches_the_python_executorch_runtime(build, int8_bundle_dir, native_results) -> None:
+    photos, _ = native_results
+    bundle = read_bundle(int8_bundle_dir)
+    first = bundle.manifest.encoders[0]
+    assert (first.file, first.quantization) == (PTE_INT8_FILE, "int8")
+    done = run_cli(build, "search", *map(str, photos), "--bundle", str(int8_bundle_dir), "--json", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    native = json.loads(done.stdout)
+    reference = python_search(photos, int8_bundle_dir, "executorch")
+    assert {r["encoder"] for r in native} == {r["encoder"] for r in reference} == {INT8_ENCODER}
+    worst = 0.0
+    for mine, theirs in zip(native, reference, strict=True):
+        assert [h["id"] for h in mine["results"]] == [h["id"] for h in theirs["results"]], mine["photo"]
+        worst = max(worst, *(abs(a["score"] - b["score"]) for a, b in zip(mine["results"], theirs["results"])))
+    assert worst < SCORE_TOLERANCE
+    print(f"native vs malm-edge search (int8 .pte): max score difference {worst:.2e} over {len(photos)} photos")
+
+
+def test_int8_pte_embedding_equals_the_python_runtime_on_the_same_input(build, int8_bundle_dir,
+                                                                        native_results) -> None:
+    """The encoder alone: native malm_embed_rgb8 vs ExecuTorch's Python runtime on the native tensor."""
+    from malm_edge.converters.executorch_runtime import ExecuTorchBackend
+
+    lib = NativeLib(build)
+    u8p, f32p = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_float)
+    lib.lib.malm_embed_rgb8.argtypes = [ctypes.c_void_p, u8p, ctypes.c_int, ctypes.c_int, ctypes.c_int, f32p,
+                                        ctypes.c_size_t]
+    engine = ctypes.c_void_p()
+    options = OpenOptions(1, 1, 1, INT8_ENCODER.encode())
+    assert lib.lib.malm_open(str(int8_bundle_dir).encode(), ctypes.byref(options), ctypes.byref(engine)) == 0, \
+        lib.last_error()
+    python_runtime = ExecuTorchBackend(int8_bundle_dir / PTE_INT8_FILE, threads=1)
+    photos, _ = native_results
+    worst, fp32_gap = 0.0, 0.0
+    try:
+        for photo in photos:
+            rgb = _rgb_array(photo)
+            args = (rgb.ctypes.data_as(u8p), rgb.shape[1], rgb.shape[0], rgb.shape[1] * 3)
+            pixels = np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+            assert lib.lib.malm_preprocess_rgb8(engine, *args, pixels.ctypes.data_as(f32p), pixels.size) == 0
+            native = np.zeros(EMBED_DIM, np.float32)
+            assert lib.lib.malm_embed_rgb8(engine, *args, native.ctypes.data_as(f32p), native.size) == 0, \
+                lib.last_error()
+            expected = python_runtime.embed(pixels)[0]
+            worst = max(worst, float(np.abs(native - expected).max()))
+            fp32_gap = max(fp32_gap, float(np.abs(native - _fp32_embedding(int8_bundle_dir, pixels)).max()))
+    finally:
+        lib.lib.malm_close(engine)
+    print(f"int8 .pte, native vs Python runtime on the same input: max |difference| {worst:.2e} "
+          f"(int8 vs fp32 .pte: {fp32_gap:.2e})")
+    assert worst <= INT8_EMBEDDING_TOLERANCE
+    assert fp32_gap > 1e-4  # the int8 program really is a different (quantized) one
+
+
+_FP32_RUNTIME: dict[Path, object] = {}
+
+
+def _fp32_embedding(bundle: Path, pixels: np.ndarray) -> np.ndarray:
+    from malm_edge.converters.executorch_runtime import ExecuTorchBackend
+
+    if bundle not in _FP32_RUNTIME:
+        _FP32_RUNTIME[bundle] = ExecuTorchBackend(bundle / PTE_FILE, threads=1)
+    return _FP32_RUNTIME[bundle].embed(pixels)[0]
 
 
 def _rgb_array(photo: Path) -> np.ndarray:
@@ -233,7 +309,20 @@ TAMPERINGS = {
     "no-encoders": (lambda b: _edit(b, lambda d: d.update(encoders=[])), MANIFEST_FILE),
     "outside-path": (lambda b: _edit(b, lambda d: d["encoders"][0].update(file="../outside.onnx")), MANIFEST_FILE),
     "absolute-path": (lambda b: _edit(b, lambda d: d["table"].update(file="/etc/passwd")), MANIFEST_FILE),
+    "unexpected-file": (lambda b: (b / "notes.txt").write_text("not in the manifest"), "notes.txt"),
+    "unexpected-nested-file": (lambda b: ((b / "notes").mkdir(), (b / "notes" / "a.md").write_text("x")),
+                               "notes/a.md"),
+    "unexpected-hidden-file": (lambda b: (b / ".table.i8.tmp").write_bytes(b"x"), ".table.i8.tmp"),
+    "manifest-symlink": (lambda b: _link_to_copy(b, MANIFEST_FILE), MANIFEST_FILE),
+    "table-symlink": (lambda b: _link_to_copy(b, "table.i8"), "table.i8"),
 }
+
+
+def _link_to_copy(bundle: Path, name: str) -> None:
+    """Replace a bundle file by a link to an identical copy outside the bundle (checksums still pass)."""
+    outside = bundle.parent / f"outside-{name}"
+    shutil.move(bundle / name, outside)
+    (bundle / name).symlink_to(outside)
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERINGS))
@@ -253,16 +342,18 @@ def test_tampered_bundle_rejected_like_edge(build, bundle, case) -> None:
     assert search.returncode == 1 and search.stdout == "" and str(bundle / named) in search.stderr
 
 
-def test_symlink_out_of_the_bundle_rejected(build, bundle, tmp_path) -> None:
-    """A table swapped for a link to a file outside the bundle (same bytes, so the checksum
-    passes): edge/ accepts it, the native reader refuses any link (stricter, by design)."""
-    outside = tmp_path / "elsewhere.i8"
-    shutil.copy(bundle / "table.i8", outside)
-    (bundle / "table.i8").unlink()
-    (bundle / "table.i8").symlink_to(outside)
+def test_a_linked_folder_on_the_way_is_rejected(build, bundle, tmp_path) -> None:
+    """A folder of the bundle swapped for a link to one outside it (same bytes, so checksums pass):
+    edge/ only refuses a link as the file itself; the native reader refuses any link on the path."""
+    (bundle / "sub").mkdir()
+    shutil.move(bundle / "table.i8", bundle / "sub" / "table.i8")
+    _edit(bundle, lambda d: d["table"].update(file="sub/table.i8"))
+    assert run_cli(build, "verify", "--bundle", str(bundle)).returncode == 0
+    shutil.move(bundle / "sub", tmp_path / "outside-sub")
+    (bundle / "sub").symlink_to(tmp_path / "outside-sub")
     done = run_cli(build, "verify", "--bundle", str(bundle))
     assert done.returncode == 1
-    assert f"{bundle / 'table.i8'}: symbolic links are not allowed inside a bundle" in done.stderr
+    assert f"{bundle / 'sub'}: symbolic links are not allowed inside a bundle" in done.stderr
 
 
 def test_deeply_nested_and_huge_manifests_fail_cleanly(build, bundle) -> None:

@@ -5,8 +5,9 @@ image decoding glue, CLI) and runs the prebuilt ExecuTorch libraries uninstrumen
 process, so the encoder path is exercised too (its own code is not checked by ASan). A sanitizer
 report makes the process exit 86 (ASan/LSan) or 87 (UBSan), which these tests refuse.
 
-Fuzzing: `fuzz_manifest` (manifest.json text -> parser) and `fuzz_image` (file bytes -> JPEG/PNG
-decoding, EXIF orientation, PIL-exact resize + crop), clang + libFuzzer + ASan + UBSan, each for
+Fuzzing: `fuzz_manifest` (manifest.json text -> parser), `fuzz_image` (file bytes -> JPEG/PNG
+decoding, EXIF orientation, PIL-exact resize + crop) and `fuzz_signature` (manifest.sig text ->
+record checks -> OpenSSL Ed25519 verification), clang + libFuzzer + ASan + UBSan, each for
 MALM_FUZZ_SECONDS (default 12) from a seed corpus made here.
 """
 
@@ -24,8 +25,10 @@ from edge_bundle_fixture import get_bundle
 from native_build import native_dir, run_cli
 from PIL import Image
 from test_native import TAMPERINGS, bad_images, parity_photos
+from test_native_signature import SIGNATURE_CASES
 
 from malm_edge.edge.bundle import MANIFEST_FILE
+from malm_edge.edge.signing import SIGNATURE_FILE, generate_keypair, sign_bundle
 
 SANITIZER_EXIT_CODES = {86, 87}
 FUZZ_SECONDS = int(os.environ.get("MALM_FUZZ_SECONDS", "12"))
@@ -77,6 +80,26 @@ def test_bad_bundles_under_asan(asan, bundle_dir, tmp_path) -> None:
     _clean(run_cli(asan, "verify", "--bundle", str(bundle)))
 
 
+def test_signature_cases_under_asan(asan, bundle_dir, tmp_path) -> None:
+    """Every signature case of test_native_signature, and the good signed bundle, on the sanitized CLI."""
+    keys = {"private": tmp_path / "k.pem", "public": tmp_path / "k.pem.pub",
+            "other_private": tmp_path / "o.pem", "other_public": tmp_path / "o.pem.pub"}
+    generate_keypair(keys["private"], keys["public"])
+    generate_keypair(keys["other_private"], keys["other_public"])
+    good = Path(shutil.copytree(bundle_dir, tmp_path / "good"))
+    sign_bundle(good, keys["private"])
+    done = run_cli(asan, "verify", "--bundle", str(good), "--require-signature", str(keys["public"]))
+    _clean(done)
+    assert done.returncode == 0, done.stderr
+    for case, (tamper, named, _) in sorted(SIGNATURE_CASES.items()):
+        bundle = Path(shutil.copytree(good, tmp_path / case, symlinks=True))
+        tamper(bundle, keys)
+        done = run_cli(asan, "search", "x.jpg", "--bundle", str(bundle), "--require-signature", str(keys["public"]))
+        _clean(done)
+        assert done.returncode == 1 and str(bundle / named) in done.stderr, case
+    _clean(run_cli(asan, "verify", "--bundle", str(good), "--require-signature", str(keys["private"])))
+
+
 def test_bad_images_under_asan(asan, bundle_dir, tmp_path) -> None:
     photos = sorted((SHARED_DATASETS / "photos" / "inversecooking").glob("*.jpg"))
     if not photos:
@@ -94,6 +117,13 @@ def _seed_corpus(folder: Path, bundle_dir: Path, kind: str) -> Path:
         shutil.copy(bundle_dir / MANIFEST_FILE, folder / "manifest.json")
         (folder / "nested.json").write_text('{"a": [[[{"b": 1}]]]}')
         return folder
+    if kind == "signature":
+        signed = Path(shutil.copytree(bundle_dir, folder.parent / "signed"))
+        generate_keypair(folder.parent / "k.pem", folder.parent / "k.pem.pub")
+        sign_bundle(signed, folder.parent / "k.pem")
+        shutil.copy(signed / SIGNATURE_FILE, folder / "manifest.sig")
+        (folder / "rsa.sig").write_text('{"format": "malm-edge-signature", "version": 1, "algorithm": "RSA"}')
+        return folder
     photos = sorted((SHARED_DATASETS / "photos" / "inversecooking").glob("*.jpg"))
     image = (Image.open(photos[0]).convert("RGB") if photos else Image.new("RGB", (40, 30), "red"))
     small = image.resize((24, 18))
@@ -109,7 +139,8 @@ def _seed_corpus(folder: Path, bundle_dir: Path, kind: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("target, kind", [("fuzz_manifest", "manifest"), ("fuzz_image", "image")])
+@pytest.mark.parametrize("target, kind", [("fuzz_manifest", "manifest"), ("fuzz_image", "image"),
+                                          ("fuzz_signature", "signature")])
 def test_fuzz_target_finds_nothing(bundle_dir, tmp_path, target, kind) -> None:
     fuzz = native_dir("fuzz")
     corpus = _seed_corpus(tmp_path / "corpus", bundle_dir, kind)

@@ -2,7 +2,7 @@
 # Build the native core: `bash edge/native/build.sh [release|asan|fuzz]... ` (default: release).
 #   release -> build/native/release: libmalm_edge.so, malm-edge-native, native_unit_tests (+ ctest)
 #   asan    -> build/native/asan: the same with AddressSanitizer + UBSan (ExecuTorch kept; see docs)
-#   fuzz    -> build/native/fuzz: fuzz_manifest, fuzz_image (clang + libFuzzer)
+#   fuzz    -> build/native/fuzz: fuzz_manifest, fuzz_image, fuzz_signature (clang + libFuzzer)
 # Needs: a C++17 compiler, CMake >= 3.28 (pip install cmake), Debian's libsqlite3-dev libssl-dev
 # libjpeg-dev libpng-dev nlohmann-json3-dev, and the executorch wheel in the active Python.
 set -euo pipefail

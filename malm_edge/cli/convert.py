@@ -85,16 +85,17 @@ def convert(
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
                              calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
-                             report=report, progress=not as_json, allow_collapsed=allow_collapsed)
+                             report=report, progress=not as_json, allow_collapsed=allow_collapsed,
+                             sign_key=sign)
     if sign is not None:
         from malm_edge.edge.signing import load_private_key
 
         run_or_exit(lambda: load_private_key(sign))  # a bad key fails before the long conversion
     result = run_or_exit(lambda: run_convert(student_run, recipes, out, options))
-    if sign is not None:
-        from malm_edge.edge.signing import sign_bundle
+    if sign is not None:  # signed in the staging folder, before the bundle was published
+        from malm_edge.edge.signing import SIGNATURE_FILE
 
-        typer.echo(f"signed: {run_or_exit(lambda: sign_bundle(out, sign))}", err=as_json)
+        typer.echo(f"signed: {out / SIGNATURE_FILE}", err=as_json)
     summary = result.summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -6,6 +6,9 @@
 //   malm-edge-native bench --bundle B --photo P [--repeats 30] [--warmup 3] [--threads 1]
 //                          [--rows 10000,100000,1029720] [--table-repeats 5] [--json]
 //
+// Every command takes --require-signature PUBKEY (as `malm-edge search`): refuse the bundle unless
+// manifest.sig is a valid signature of manifest.json by that Ed25519 public key (PEM).
+//
 // Exit codes: 0 ok, 1 a photo or the bundle failed (message on stderr), 2 usage.
 #include <sys/resource.h>
 
@@ -33,7 +36,7 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 struct Args {
-  std::string command, bundle, encoder, photo;
+  std::string command, bundle, encoder, photo, trusted_key;
   std::vector<std::string> positional;
   std::vector<int64_t> rows = {10000, 100000, 1029720};
   int top_k = -1, threads = 0, repeats = 30, warmup = 3, table_repeats = 5;
@@ -45,7 +48,8 @@ const char* kUsage =
     "       malm-edge-native text \"words\" --bundle B [--top-k 10] [--json]\n"
     "       malm-edge-native verify --bundle B [--no-checksums]\n"
     "       malm-edge-native bench --bundle B --photo P [--repeats 30] [--warmup 3] [--threads 1]\n"
-    "                              [--rows 10000,100000,1029720] [--table-repeats 5] [--json]\n";
+    "                              [--rows 10000,100000,1029720] [--table-repeats 5] [--json]\n"
+    "every command: [--require-signature PUBKEY]  (refuse a bundle not signed by this Ed25519 key)\n";
 
 int usage(const std::string& why) {
   std::cerr << "error: " << why << "\n" << kUsage;
@@ -86,6 +90,7 @@ std::string parse_args(int argc, char** argv, Args& a) {
     if (arg == "--bundle" || arg == "-b") ok = value(a.bundle);
     else if (arg == "--encoder") ok = value(a.encoder);
     else if (arg == "--photo") ok = value(a.photo);
+    else if (arg == "--require-signature") ok = value(a.trusted_key) && !a.trusted_key.empty();
     else if (arg == "--top-k" || arg == "-k") ok = number(a.top_k, 1, 100000);
     else if (arg == "--threads") ok = number(a.threads, 1, 1024);
     else if (arg == "--repeats") ok = number(a.repeats, 1, 100000);
@@ -132,6 +137,7 @@ bool open_engine(const Args& a, bool load_encoder, Engine& engine) {
   opts.load_encoder = load_encoder;
   opts.threads = a.threads;
   opts.encoder = a.encoder.empty() ? nullptr : a.encoder.c_str();
+  opts.trusted_public_key = a.trusted_key.empty() ? nullptr : a.trusted_key.c_str();
   if (malm_open(a.bundle.c_str(), &opts, &engine.ptr) != MALM_OK) {
     std::cerr << "error: " << malm_last_error() << "\n";
     return false;
@@ -247,11 +253,18 @@ int cmd_text(const Args& a) {
 }
 
 int cmd_verify(const Args& a) {
-  if (malm_verify_bundle(a.bundle.c_str(), a.checksums) != MALM_OK) {
+  const char* key = a.trusted_key.empty() ? nullptr : a.trusted_key.c_str();
+  if (malm_verify_bundle_signed(a.bundle.c_str(), a.checksums, key) != MALM_OK) {
     std::cerr << "error: " << malm_last_error() << "\n";
     return 1;
   }
-  std::cout << a.bundle << ": ok\n";
+  if (key) {
+    char id[32];
+    malm_public_key_id(key, id, sizeof id);
+    std::cout << a.bundle << ": ok, signed by key " << id << "\n";
+  } else {
+    std::cout << a.bundle << ": ok\n";
+  }
   return 0;
 }
 

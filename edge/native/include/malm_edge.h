@@ -33,7 +33,9 @@ typedef enum malm_status {
   MALM_ERR_CATALOG = 5,          /* SQLite catalog unreadable or inconsistent */
   MALM_ERR_UNSUPPORTED = 6,      /* built without a component (e.g. no ExecuTorch) */
   MALM_ERR_NO_MEMORY = 7,
-  MALM_ERR_INTERNAL = 8
+  MALM_ERR_INTERNAL = 8,
+  MALM_ERR_SIGNATURE = 9         /* a signature was required: manifest.sig missing, malformed, by
+                                    another key or not over this manifest; or a bad trusted key */
 } malm_status;
 
 typedef struct malm_engine malm_engine;   /* an opened, validated bundle */
@@ -44,17 +46,28 @@ typedef struct malm_open_options {
   int load_encoder;     /* 1: load the ExecuTorch encoder (default); 0: table + catalog only */
   int threads;          /* encoder threads (XNNPACK pool, process-wide); 0: runtime default */
   const char *encoder;  /* encoder name from the manifest, or NULL: first executorch entry */
+  /* Path of a trusted Ed25519 public key (PEM SubjectPublicKeyInfo, `malm-edge keygen`'s KEY.pub),
+   * or NULL: the bundle must then carry manifest.sig, a signature by that key over the exact bytes
+   * of manifest.json, checked before the manifest is parsed (MALM_ERR_SIGNATURE otherwise). NULL
+   * accepts unsigned bundles; a manifest.sig present is then not checked (edge/ does the same). */
+  const char *trusted_public_key;
 } malm_open_options;
 
 /* Version string of this library, e.g. "0.1.0". */
 MALM_API const char *malm_version(void);
 /* Message of the last failed call on this thread ("" if none). */
 MALM_API const char *malm_last_error(void);
-/* Default options (verify checksums, load the encoder, default threads, first .pte). */
+/* Default options (verify checksums, load the encoder, default threads, first .pte, no signature). */
 MALM_API malm_open_options malm_default_options(void);
 
 /* Validate a bundle (manifest, files, dims, sizes, sha256) exactly as malm_open does, load nothing. */
 MALM_API malm_status malm_verify_bundle(const char *bundle_dir, int verify_checksums);
+/* The same, and first require manifest.sig by the trusted public key (a PEM file path; NULL: as
+ * malm_verify_bundle). */
+MALM_API malm_status malm_verify_bundle_signed(const char *bundle_dir, int verify_checksums,
+                                               const char *trusted_public_key);
+/* Key id (16 hex digits, as `malm-edge keygen` prints) of a PEM public key file, into out (>= 17 bytes). */
+MALM_API malm_status malm_public_key_id(const char *public_key_path, char *out, size_t out_len);
 /* Validate then open a bundle: memory-map the table, open the catalog, load the encoder. */
 MALM_API malm_status malm_open(const char *bundle_dir, const malm_open_options *options,
                                malm_engine **out_engine);

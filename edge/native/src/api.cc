@@ -10,6 +10,7 @@
 #include "malm_edge.h"
 #include "manifest.h"
 #include "preprocess.h"
+#include "signature.h"
 #include "table.h"
 
 struct malm_engine {
@@ -127,12 +128,28 @@ extern "C" {
 const char* malm_version(void) { return "0.1.0"; }
 const char* malm_last_error(void) { return g_last_error.c_str(); }
 
-malm_open_options malm_default_options(void) { return {1, 1, 0, nullptr}; }
+malm_open_options malm_default_options(void) { return {1, 1, 0, nullptr, nullptr}; }
 
 malm_status malm_verify_bundle(const char* bundle_dir, int verify_checksums) {
   return guarded([&] {
     require(bundle_dir != nullptr, "bundle_dir is NULL");
     malm::read_bundle(bundle_dir, verify_checksums != 0);
+  });
+}
+
+malm_status malm_verify_bundle_signed(const char* bundle_dir, int verify_checksums, const char* trusted_public_key) {
+  return guarded([&] {
+    require(bundle_dir != nullptr, "bundle_dir is NULL");
+    malm::read_bundle(bundle_dir, verify_checksums != 0, trusted_public_key ? trusted_public_key : "");
+  });
+}
+
+malm_status malm_public_key_id(const char* public_key_path, char* out, size_t out_len) {
+  return guarded([&] {
+    require(public_key_path != nullptr && out != nullptr, "public_key_path or out is NULL");
+    std::string id = malm::public_key_id(public_key_path);
+    require(out_len > id.size(), "out_len too small for the key id (17 bytes)");
+    std::memcpy(out, id.c_str(), id.size() + 1);
   });
 }
 
@@ -143,7 +160,8 @@ malm_status malm_open(const char* bundle_dir, const malm_open_options* options, 
     malm_open_options opts = options ? *options : malm_default_options();
     auto e = std::make_unique<malm_engine>();
     e->root = bundle_dir;
-    e->manifest = malm::read_bundle(e->root, opts.verify_checksums != 0);  // before anything is used
+    const std::string trusted = opts.trusted_public_key ? opts.trusted_public_key : "";
+    e->manifest = malm::read_bundle(e->root, opts.verify_checksums != 0, trusted);  // before anything is used
     const auto& t = e->manifest.table;
     e->table = std::make_unique<malm::Table>(malm::join_path(e->root, t.file),
                                              t.scales_file.empty() ? "" : malm::join_path(e->root, t.scales_file),

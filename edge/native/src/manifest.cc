@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "common.h"
+#include "signature.h"
 
 namespace malm {
 namespace {
@@ -232,24 +233,17 @@ TableEntry parse_table(const Ctx& c, const json& raw) {
   return t;
 }
 
+ExtraFile parse_extra(const Ctx& c, const json& raw, size_t index) {
+  const std::string where = "extra_files[" + std::to_string(index) + "].";
+  require_object(c, raw, where, {"file", "sha256"});
+  return {require(c, raw, "file", Kind::Str, where).get<std::string>(),
+          require(c, raw, "sha256", Kind::Str, where).get<std::string>()};
+}
+
 // Deep nesting is refused before parsing (the manifest is 3 levels deep; the fuzzer goes deeper).
 void check_depth(const Ctx& c, const std::string& text) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (char ch : text) {
-    if (in_string) {
-      if (escaped) escaped = false;
-      else if (ch == '\\') escaped = true;
-      else if (ch == '"') in_string = false;
-    } else if (ch == '"') {
-      in_string = true;
-    } else if (ch == '[' || ch == '{') {
-      if (++depth > kMaxJsonDepth) {
-        bundle_error(c.src + ": not valid JSON (nested deeper than " + std::to_string(kMaxJsonDepth) + " levels)");
-      }
-    } else if (ch == ']' || ch == '}') {
-      --depth;
-    }
+  if (json_nested_deeper_than(text, kMaxJsonDepth)) {
+    bundle_error(c.src + ": not valid JSON (nested deeper than " + std::to_string(kMaxJsonDepth) + " levels)");
   }
 }
 
@@ -363,11 +357,55 @@ std::vector<FileRef> referenced_files(const Manifest& m) {
   files.push_back({"table", m.table.file, m.table.sha256});
   if (!m.table.scales_file.empty()) files.push_back({"table scales", m.table.scales_file, m.table.scales_sha256});
   files.push_back({"catalog", m.catalog.file, m.catalog.sha256});
+  for (const auto& x : m.extra_files) files.push_back({"extra file " + py_repr(x.file), x.file, x.sha256});
   return files;
 }
 
-// _resolve, plus the native reader's extra rule: no symbolic link on the way (a link could point
-// anywhere outside the bundle; edge/ refuses links inside directories the same way).
+// The relative POSIX form Python's Path(relative).as_posix() gives ("./a//b" -> "a/b").
+std::string posix_relative(const std::string& relative) {
+  std::string out;
+  std::stringstream parts(relative);
+  for (std::string part; std::getline(parts, part, '/');) {
+    if (part.empty() || part == ".") continue;
+    out += (out.empty() ? "" : "/") + part;
+  }
+  return out;
+}
+
+// _check_covered: every file in the folder is named by the manifest (or is the manifest or its
+// signature); a file nothing covers could be read by an app without any check. A named directory
+// (an .mlpackage encoder) is hashed as a whole and not walked.
+void check_covered(const std::string& root, const std::string& dir, const std::string& prefix,
+                   const std::vector<std::string>& named, int depth) {
+  if (depth > 64) bundle_error(dir + ": directory nesting too deep");
+  std::unique_ptr<DIR, int (*)(DIR*)> handle(opendir(dir.c_str()), closedir);
+  if (!handle) bundle_error(dir + ": cannot open directory");
+  std::vector<std::string> names, subdirs;
+  while (dirent* entry = readdir(handle.get())) {
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  auto is_named = [&](const std::string& relative) {
+    return std::find(named.begin(), named.end(), relative) != named.end();
+  };
+  for (const auto& name : names) {  // files (and links) of this folder first, then its subfolders
+    std::string relative = prefix + name, full = dir + "/" + name;
+    if (!is_symlink(full) && is_dir(full)) {
+      if (!is_named(relative)) subdirs.push_back(name);
+      continue;
+    }
+    bool allowed = is_named(relative) || (prefix.empty() && (name == kManifestFile || name == kSignatureFile));
+    if (!allowed) {
+      bundle_error(join_path(root, relative) + ": not named in manifest.json; a bundle holds only the files its "
+                                              "manifest covers (remove it, or rebuild the bundle)");
+    }
+  }
+  for (const auto& name : subdirs) check_covered(root, dir + "/" + name, prefix + name + "/", named, depth + 1);
+}
+
+// _resolve (a link as the file itself is refused with edge/'s message), plus the native reader's
+// extra rule: no symbolic link on the way either (a linked folder could point anywhere).
 void resolve(const std::string& root, const FileRef& f, const std::string& src) {
   const std::string& rel = f.relative;
   bool dotdot = false;
@@ -377,6 +415,7 @@ void resolve(const std::string& root, const FileRef& f, const std::string& src) 
     bundle_error(src + ": " + f.what + " path " + py_repr(rel) + " must be relative and inside the bundle");
   }
   std::string full = join_path(root, rel);
+  if (is_symlink(full)) bundle_error(full + ": a symbolic link (" + f.what + "); bundle files must be regular files");
   struct stat st;
   if (stat(full.c_str(), &st) != 0) bundle_error(full + ": missing (" + f.what + " named in manifest.json)");
   std::string walked = root;
@@ -464,6 +503,31 @@ std::string join_path(const std::string& root, const std::string& relative) {
   return out;
 }
 
+bool json_nested_deeper_than(const std::string& text, int max_depth) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char ch : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (ch == '\\') escaped = true;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      if (++depth > max_depth) return true;
+    } else if (ch == ']' || ch == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
+std::string sha256_hex(const void* data, size_t size) {
+  Sha256 digest;
+  digest.update(data, size);
+  return digest.hexdigest();
+}
+
 std::string sha256_path(const std::string& path) {
   if (!is_dir(path)) return sha256_file(path);
   std::vector<std::pair<std::string, std::string>> files;
@@ -510,6 +574,10 @@ Manifest parse_manifest_text(const std::string& text, const std::string& src) {
   m.table = parse_table(c, require(c, data, "table", Kind::Dict, ""));
   const json& catalog = require(c, data, "catalog", Kind::Dict, "");
   require_object(c, catalog, "catalog.", {"file", "sha256", "count"});
+  if (data.contains("extra_files")) {  // parsed before the catalog's types are checked, as edge/ does
+    const json& extra = require(c, data, "extra_files", Kind::List, "");
+    for (size_t i = 0; i < extra.size(); ++i) m.extra_files.push_back(parse_extra(c, extra[i], i));
+  }
   m.catalog.file = require(c, catalog, "file", Kind::Str, "catalog.").get<std::string>();
   m.catalog.sha256 = require(c, catalog, "sha256", Kind::Str, "catalog.").get<std::string>();
   m.catalog.count = require(c, catalog, "count", Kind::Int, "catalog.").get<int64_t>();
@@ -523,25 +591,36 @@ Manifest parse_manifest_text(const std::string& text, const std::string& src) {
   return m;
 }
 
-Manifest read_manifest(const std::string& root) {
+Manifest read_manifest(const std::string& root, const std::string& trusted_public_key) {
   std::string src = join_path(root, kManifestFile);
   struct stat st;
+  if (lstat(src.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    bundle_error(src + ": a symbolic link; the manifest must be a regular file");
+  }
   if (stat(src.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     bundle_error(src + ": missing; " + root + " is not a malm-edge bundle");
   }
-  if (size_t(st.st_size) > kMaxManifestBytes) bundle_error(src + ": not valid JSON (larger than 16 MiB)");
+  if (size_t(st.st_size) > kMaxManifestBytes) {
+    bundle_error(src + ": " + std::to_string(st.st_size) + " bytes, over the limit of " +
+                 std::to_string(kMaxManifestBytes) + " for a manifest");
+  }
   std::ifstream in(src, std::ios::binary);
   if (!in) bundle_error(src + ": cannot open for reading");
   std::stringstream buffer;
   buffer << in.rdbuf();
-  return parse_manifest_text(buffer.str(), src);
+  const std::string data = buffer.str();  // read once: the bytes verified are the bytes parsed
+  if (!trusted_public_key.empty()) verify_manifest_bytes(root, data, trusted_public_key);
+  return parse_manifest_text(data, src);
 }
 
-Manifest read_bundle(const std::string& root, bool verify_checksums) {
+Manifest read_bundle(const std::string& root, bool verify_checksums, const std::string& trusted_public_key) {
   std::string src = join_path(root, kManifestFile);
-  Manifest m = read_manifest(root);
+  Manifest m = read_manifest(root, trusted_public_key);
   auto files = referenced_files(m);
   for (const auto& f : files) resolve(root, f, src);
+  std::vector<std::string> named;
+  for (const auto& f : files) named.push_back(posix_relative(f.relative));
+  check_covered(root, root, "", named, 0);
   check_dims(m, root);
   check_sizes(m, root);
   if (verify_checksums) {

@@ -1,6 +1,6 @@
 // Bundle format v1: manifest.json parsing and bundle validation with the rules and messages of
-// edge/bundle.py (read_bundle): fields and types -> files present inside the bundle -> dims and
-// sizes -> sha256 of every file. Errors are malm::Error(MALM_ERR_BUNDLE, "<file>: <what>").
+// edge/bundle.py (read_bundle): [signature of the manifest's bytes] -> fields and types -> files
+// present inside the bundle -> nothing unnamed in the folder -> dims and sizes -> sha256 of every file. Errors are malm::Error(MALM_ERR_BUNDLE, "<file>: <what>").
 #pragma once
 
 #include <cstdint>
@@ -42,28 +42,41 @@ struct CatalogEntry {
   int64_t count = 0;
 };
 
+struct ExtraFile {  // report.md / report.json / report.png: covered like every other file
+  std::string file, sha256;
+};
+
 struct Manifest {
   int64_t embedding_dim = 0;
   Preprocessing preprocessing;
   std::vector<EncoderEntry> encoders;
   TableEntry table;
   CatalogEntry catalog;
+  std::vector<ExtraFile> extra_files;
 };
 
 constexpr int kFormatVersion = 1;
 constexpr const char* kFormatName = "malm-edge-bundle";
 constexpr const char* kManifestFile = "manifest.json";
+constexpr const char* kSignatureFile = "manifest.sig";
 constexpr int kMaxJsonDepth = 64;
 constexpr size_t kMaxManifestBytes = 16u << 20;
 
 // Parse and type-check a manifest from its text; `src` names the file in messages.
 Manifest parse_manifest_text(const std::string& text, const std::string& src);
-// Read <root>/manifest.json and parse it (no file checks).
-Manifest read_manifest(const std::string& root);
+// Read <root>/manifest.json and parse it (no file checks). With a trusted Ed25519 public key (PEM
+// file path, "" = none) the manifest's exact bytes must carry a valid manifest.sig by that key
+// before they are parsed (signature.h; edge/bundle.py read_manifest(require_signature=...)).
+Manifest read_manifest(const std::string& root, const std::string& trusted_public_key = "");
 // The whole validation of edge/bundle.py read_bundle, returning the manifest.
-Manifest read_bundle(const std::string& root, bool verify_checksums);
+Manifest read_bundle(const std::string& root, bool verify_checksums,
+                     const std::string& trusted_public_key = "");
 // Lowercase hex sha256 of a file, or edge/bundle.py's directory digest for a directory.
 std::string sha256_path(const std::string& path);
+// Lowercase hex sha256 of bytes in memory.
+std::string sha256_hex(const void* data, size_t size);
+// True when JSON text nests arrays/objects deeper than max_depth (checked before any parsing).
+bool json_nested_deeper_than(const std::string& text, int max_depth);
 // "a/b" joined as Python's Path does (no duplicate separator; trailing "/" of root dropped).
 std::string join_path(const std::string& root, const std::string& relative);
 

@@ -10,6 +10,7 @@
 #include "../src/image_io.h"
 #include "../src/manifest.h"
 #include "../src/preprocess.h"
+#include "../src/signature.h"
 #include "../src/table.h"
 
 static int failures = 0;
@@ -91,7 +92,39 @@ static void test_resize_identity_and_orientation() {
   CHECK(error_of([&] { malm::decode_image_memory(junk, sizeof junk, "junk.jpg"); }).find("junk.jpg: ") == 0);
 }
 
+static std::vector<unsigned char> from_hex(const std::string& hex) {
+  std::vector<unsigned char> out;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(uint8_t(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
+static void test_ed25519_and_signature_records() {
+  // RFC 8032 section 7.1, test 1 (empty message): OpenSSL's Ed25519 as the native core calls it.
+  auto key = from_hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+  auto sig = from_hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b");
+  CHECK(malm::verify_ed25519_raw(key.data(), sig, ""));
+  CHECK(!malm::verify_ed25519_raw(key.data(), sig, "x"));
+  sig[0] ^= 1;
+  CHECK(!malm::verify_ed25519_raw(key.data(), sig, ""));
+  const std::string sig64(86, 'A');  // 64 zero bytes, base64: 86 characters and "=="
+  auto record = [](const std::string& signature) {
+    return R"({"format": "malm-edge-signature", "version": 1, "algorithm": "Ed25519", "key_id": "k", "signature": ")" +
+           signature + "\"}";
+  };
+  malm::SignatureRecord ok = malm::parse_signature_text(record(sig64 + "=="), "s.sig");
+  CHECK(ok.signature.size() == 64 && ok.key_id == "k");
+  const std::string short_sig = "s.sig: 'signature' is not 64 base64-encoded bytes";
+  for (const std::string& bad : {sig64 + "=", sig64 + "A=", sig64 + "===", sig64 + "\\n==", sig64.substr(4) + "=="}) {
+    CHECK(error_of([&] { malm::parse_signature_text(record(bad), "s.sig"); }) == short_sig);
+  }
+  CHECK(error_of([] { malm::parse_signature_text("{}", "s.sig"); }) == "s.sig: not a malm-edge-signature file");
+  CHECK(error_of([] { malm::parse_signature_text(R"({"format": "malm-edge-signature", "version": true, "algorithm": "RSA"})", "s.sig"); }) ==
+        "s.sig: unsupported signature version/algorithm (True, 'RSA'; this reader: 1, Ed25519)");
+  CHECK(error_of([] { malm::parse_signature_text(std::string(100, '['), "s.sig"); }).find("nested too deeply") != std::string::npos);
+}
+
 int main() {
+  test_ed25519_and_signature_records();
   test_sha256();
   test_manifest_errors();
   test_join_path();
