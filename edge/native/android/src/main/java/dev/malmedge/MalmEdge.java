@@ -1,0 +1,161 @@
+package dev.malmedge;
+
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+
+/**
+ * The malm-edge native core for Android: an opened, validated bundle to search by photo or words.
+ *
+ * <p>A thin shell over the C API (edge/native/include/malm_edge.h) through
+ * {@code libmalm_edge_jni.so}: each method is one C call. Failures throw {@link MalmEdgeException}
+ * with the C status code and {@code malm_last_error()}; a closed engine throws
+ * {@link IllegalStateException}. Methods are synchronized, since one {@code malm_engine} serves one
+ * thread at a time; open one engine per thread for parallel searches.
+ *
+ * <pre>{@code
+ * try (MalmEdge engine = MalmEdge.open(bundleDir.getPath())) {
+ *     List<SearchResult> top5 = engine.searchRgb8(rgb, width, height, 5);
+ * }
+ * }</pre>
+ *
+ * <p>The app decodes the photo (BitmapFactory or ImageDecoder, with the EXIF orientation applied)
+ * and passes RGB8 pixels, e.g. from {@link #rgb8FromArgb}. The bundle must be real files (copy it
+ * from assets to filesDir once), since the table is memory-mapped and the catalog is SQLite.
+ */
+public final class MalmEdge implements AutoCloseable {
+    static {
+        System.loadLibrary("malm_edge_jni");
+    }
+
+    /** {@code malm_open_options}; the defaults are {@code malm_default_options()}. */
+    public static final class Options {
+        /** sha256 of every bundle file before use. */
+        public boolean verifyChecksums = true;
+        /** Load the ExecuTorch encoder; false for table + catalog only (an embedding from elsewhere). */
+        public boolean loadEncoder = true;
+        /** Encoder threads (XNNPACK pool, process-wide); 0 keeps the runtime's default. */
+        public int threads = 0;
+        /** Encoder name from the manifest, or null for the first executorch entry. */
+        public String encoder = null;
+    }
+
+    private long handle; // malm_engine*, 0 once closed
+
+    private MalmEdge(long handle) {
+        this.handle = handle;
+    }
+
+    /** Validate then open a bundle folder with the default options. */
+    public static MalmEdge open(String bundleDir) {
+        return open(bundleDir, new Options());
+    }
+
+    /** Validate then open a bundle folder: manifest, files and sha256 checked before use. */
+    public static MalmEdge open(String bundleDir, Options options) {
+        return new MalmEdge(nativeOpen(bundleDir, options.verifyChecksums, options.loadEncoder,
+                options.threads, options.encoder));
+    }
+
+    /** Validate a bundle exactly as {@link #open} does, loading nothing. */
+    public static void verifyBundle(String bundleDir, boolean verifyChecksums) {
+        nativeVerifyBundle(bundleDir, verifyChecksums);
+    }
+
+    /** Version of the native library, e.g. "0.1.0". */
+    public static String version() {
+        return nativeVersion();
+    }
+
+    /** Pack {@code Bitmap.getPixels} output (unpremultiplied ARGB ints) as RGB8, dropping alpha. */
+    public static byte[] rgb8FromArgb(int[] argb, int width, int height) {
+        if (width < 0 || height < 0 || (long) width * height > argb.length) {
+            throw new IllegalArgumentException("argb holds " + argb.length + " pixels, not " + width + "x" + height);
+        }
+        byte[] rgb = new byte[width * height * 3];
+        for (int i = 0; i < width * height; i++) {
+            int pixel = argb[i];
+            rgb[3 * i] = (byte) (pixel >> 16);
+            rgb[3 * i + 1] = (byte) (pixel >> 8);
+            rgb[3 * i + 2] = (byte) pixel;
+        }
+        return rgb;
+    }
+
+    public synchronized int embeddingDim() {
+        return nativeEmbeddingDim(live());
+    }
+
+    /** Encoder input size S (the photo is resized and centre-cropped to S x S). */
+    public synchronized int inputSize() {
+        return nativeInputSize(live());
+    }
+
+    public synchronized long tableRows() {
+        return nativeTableRows(live());
+    }
+
+    /** Name of the loaded encoder ("" when opened without one). */
+    public synchronized String encoderName() {
+        return nativeEncoderName(live());
+    }
+
+    /** RGB8 photo (rows of 3 * width bytes) to its L2-normalised embedding. */
+    public synchronized float[] embedRgb8(byte[] rgb, int width, int height) {
+        return nativeEmbedRgb8(live(), rgb, width, height);
+    }
+
+    /** Top-k table rows for an embedding of {@link #embeddingDim} floats, with their recipes. */
+    public synchronized List<SearchResult> search(float[] embedding, int k) {
+        return wrap(nativeSearchEmbedding(live(), embedding, k));
+    }
+
+    /** RGB8 photo to its top-k recipes (embed, search, catalog). */
+    public synchronized List<SearchResult> searchRgb8(byte[] rgb, int width, int height, int k) {
+        return wrap(nativeSearchRgb8(live(), rgb, width, height, k));
+    }
+
+    /** Recipes whose title or ingredients hold every word (FTS5; bm25, then row order). */
+    public synchronized List<SearchResult> searchText(String words, int limit) {
+        return wrap(nativeSearchText(live(), words, limit));
+    }
+
+    public synchronized boolean isClosed() {
+        return handle == 0;
+    }
+
+    /** Free the engine (unmaps the table, closes the catalog); later calls throw. Idempotent. */
+    @Override
+    public synchronized void close() {
+        if (handle != 0) {
+            nativeClose(handle);
+            handle = 0;
+        }
+    }
+
+    private long live() {
+        if (handle == 0) {
+            throw new IllegalStateException("this MalmEdge engine is closed; open the bundle again");
+        }
+        return handle;
+    }
+
+    private static List<SearchResult> wrap(SearchResult[] results) {
+        return Collections.unmodifiableList(Arrays.asList(results));
+    }
+
+    // Registered in JNI_OnLoad (edge/native/android/src/main/cpp/malm_edge_jni.cc).
+    private static native long nativeOpen(String bundleDir, boolean verifyChecksums, boolean loadEncoder,
+                                          int threads, String encoder);
+    private static native void nativeVerifyBundle(String bundleDir, boolean verifyChecksums);
+    private static native void nativeClose(long handle);
+    private static native String nativeVersion();
+    private static native int nativeEmbeddingDim(long handle);
+    private static native int nativeInputSize(long handle);
+    private static native long nativeTableRows(long handle);
+    private static native String nativeEncoderName(long handle);
+    private static native float[] nativeEmbedRgb8(long handle, byte[] rgb, int width, int height);
+    private static native SearchResult[] nativeSearchEmbedding(long handle, float[] embedding, int k);
+    private static native SearchResult[] nativeSearchRgb8(long handle, byte[] rgb, int width, int height, int k);
+    private static native SearchResult[] nativeSearchText(long handle, String words, int limit);
+}
