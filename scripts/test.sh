@@ -9,8 +9,9 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
     || echo "could not install chromium; the browser tests will be skipped" >&2
 fi
 
-# Debian's compiler and libraries for the native core (edge/native; its tests skip without them).
-native_debs="g++ clang libsqlite3-dev libssl-dev libjpeg-dev libpng-dev nlohmann-json3-dev"
+# Debian's compiler and libraries for the native core (edge/native; its tests skip without them), and
+# a JDK for the Android shell's JNI layer (edge/native/android, tests/test_native_shells.py).
+native_debs="g++ clang libsqlite3-dev libssl-dev libjpeg-dev libpng-dev nlohmann-json3-dev openjdk-17-jdk-headless"
 if ! dpkg -s $native_debs >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $native_debs >/dev/null; } \
     || echo "could not install the native core's build dependencies; its tests will be skipped" >&2

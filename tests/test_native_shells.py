@@ -25,9 +25,10 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATASETS
 from edge_bundle_fixture import ROWS, get_bundle
 from native_build import native_dir, run_cli
+from PIL import Image
 
 from malm_edge.edge.bundle import BundleError, read_bundle
-from malm_edge.edge.preprocess import load_rgb
+from malm_edge.edge.preprocess import load_rgb, to_rgb
 from malm_edge.edge.retriever import Retriever
 
 ANDROID_DIR = REPO_ROOT / "edge" / "native" / "android"
@@ -122,6 +123,9 @@ def android_run(jni_library, shell_bundles, photos, tmp_path_factory) -> dict:
     job = [f"bundle {bundle}", f"bad_bundle {bad}", f"k {K}"]
     job += [f"photo {raw} {width} {height}" for _, raw, width, height in photos]
     job += [f"text {query}" for query in TEXT_QUERIES]
+    argb, width, height = _every_colour_and_alpha()
+    (work / "argb.bin").write_bytes(argb.astype(">u4").tobytes())
+    job += [f"argb {work / 'argb.bin'} {width} {height} {work / 'argb.rgb'}"]
     (work / "job.txt").write_text("\n".join(job) + "\n", encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "C"}  # nothing may depend on the locale
     done = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={jni_library.parent}", "-cp", str(classes),
@@ -130,7 +134,26 @@ def android_run(jni_library, shell_bundles, photos, tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stdout + done.stderr
     # -Xcheck:jni reports leaked local references, JNI calls with an exception pending, bad strings
     assert "WARNING" not in done.stdout + done.stderr and "FATAL" not in done.stdout + done.stderr, done.stderr
-    return json.loads((work / "out.json").read_text(encoding="utf-8"))
+    result = json.loads((work / "out.json").read_text(encoding="utf-8"))
+    result["argb_rgb8"] = np.frombuffer((work / "argb.rgb").read_bytes(), np.uint8).reshape(height, width, 3)
+    return result
+
+
+def _every_colour_and_alpha() -> tuple[np.ndarray, int, int]:
+    """(256, 256) ARGB ints, Bitmap.getPixels style: every (channel value, alpha) pair in red, other
+    values in green and blue."""
+    value, alpha = np.meshgrid(np.arange(256, dtype=np.uint32), np.arange(256, dtype=np.uint32))
+    argb = (alpha << 24) | (value << 16) | ((255 - value) << 8) | (value ^ 0x5A)
+    return argb, 256, 256
+
+
+def test_android_argb_to_rgb8_composites_like_edge_preprocess(android_run) -> None:
+    """MalmEdge.rgb8FromArgb == edge/preprocess.py to_rgb (transparency on white), every pixel."""
+    argb, _, _ = _every_colour_and_alpha()
+    rgba = np.stack([(argb >> s) & 0xFF for s in (16, 8, 0, 24)], axis=-1).astype(np.uint8)
+    expected = np.asarray(to_rgb(Image.fromarray(rgba, mode="RGBA")))
+    assert np.array_equal(android_run["argb_rgb8"], expected)
+    assert np.array_equal(expected[255], rgba[255, :, :3])  # opaque row copied as it is
 
 
 def test_android_photo_search_matches_reference_and_cli(android_run, reference, build, shell_bundles,

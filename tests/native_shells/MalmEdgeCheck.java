@@ -12,7 +12,8 @@ import java.util.List;
  * Drives dev.malmedge.MalmEdge for tests/test_native_shells.py, as an Android app would.
  *
  * <p>{@code java MalmEdgeCheck JOB OUT}: JOB is a UTF-8 file of "key value" lines ({@code bundle},
- * {@code bad_bundle}, {@code k}, {@code photo RGB8FILE WIDTH HEIGHT}, {@code text WORDS}); OUT gets
+ * {@code bad_bundle}, {@code k}, {@code photo RGB8FILE WIDTH HEIGHT}, {@code text WORDS},
+ * {@code argb ARGBFILE WIDTH HEIGHT RGB8OUT}); OUT gets
  * one UTF-8 JSON object. Files rather than argv and stdout, so paths and words beyond ASCII do not
  * depend on the JVM's locale.
  */
@@ -33,6 +34,7 @@ public final class MalmEdgeCheck {
             else if (key.equals("k")) k = Integer.parseInt(value);
             else if (key.equals("photo")) photos.add(value.split(" "));
             else if (key.equals("text")) texts.add(value);
+            else if (key.equals("argb")) argbToRgb8(value.split(" "));
         }
         MalmEdge.Options options = new MalmEdge.Options();
         options.threads = 1;
@@ -75,6 +77,15 @@ public final class MalmEdgeCheck {
         }
         out.append("}\n");
         Files.write(Paths.get(args[1]), out.toString().getBytes(StandardCharsets.UTF_8));
+    }
+
+    /** {@code argb IN WIDTH HEIGHT OUT}: big-endian ARGB ints in, MalmEdge.rgb8FromArgb bytes out. */
+    private static void argbToRgb8(String[] job) throws Exception {
+        java.nio.IntBuffer ints = java.nio.ByteBuffer.wrap(Files.readAllBytes(Paths.get(job[0]))).asIntBuffer();
+        int[] argb = new int[ints.remaining()];
+        ints.get(argb);
+        byte[] rgb = MalmEdge.rgb8FromArgb(argb, Integer.parseInt(job[1]), Integer.parseInt(job[2]));
+        Files.write(Paths.get(job[3]), rgb);
     }
 
     private static void searchPhotos(MalmEdge engine, List<String[]> photos, int k) throws Exception {

@@ -67,7 +67,11 @@ public final class MalmEdge implements AutoCloseable {
         return nativeVersion();
     }
 
-    /** Pack {@code Bitmap.getPixels} output (unpremultiplied ARGB ints) as RGB8, dropping alpha. */
+    /**
+     * Pack {@code Bitmap.getPixels} output (unpremultiplied ARGB ints, rows of {@code width}) as
+     * RGB8, with transparency composited on white as edge/preprocess.py does (bit-exact with PIL's
+     * {@code alpha_composite}); opaque pixels are copied unchanged.
+     */
     public static byte[] rgb8FromArgb(int[] argb, int width, int height) {
         if (width < 0 || height < 0 || (long) width * height > argb.length) {
             throw new IllegalArgumentException("argb holds " + argb.length + " pixels, not " + width + "x" + height);
@@ -75,11 +79,21 @@ public final class MalmEdge implements AutoCloseable {
         byte[] rgb = new byte[width * height * 3];
         for (int i = 0; i < width * height; i++) {
             int pixel = argb[i];
-            rgb[3 * i] = (byte) (pixel >> 16);
-            rgb[3 * i + 1] = (byte) (pixel >> 8);
-            rgb[3 * i + 2] = (byte) pixel;
+            int alpha = pixel >>> 24;
+            rgb[3 * i] = overWhite((pixel >> 16) & 0xFF, alpha);
+            rgb[3 * i + 1] = overWhite((pixel >> 8) & 0xFF, alpha);
+            rgb[3 * i + 2] = overWhite(pixel & 0xFF, alpha);
         }
         return rgb;
+    }
+
+    // PIL's AlphaComposite.c over an opaque white background (7-bit coefficients, /255 by shifts),
+    // as edge/native/src/image_io.cc over_white.
+    private static byte overWhite(int channel, int alpha) {
+        int coef1 = alpha * 128;
+        int coef2 = 255 * 128 - coef1;
+        int t = channel * coef1 + 255 * coef2 + (0x80 << 7);
+        return (byte) (((((t >>> 8) + t) >>> 8) >>> 7));
     }
 
     public synchronized int embeddingDim() {
