@@ -3,7 +3,7 @@
 //
 // - Errors: a failed malm_status becomes a dev.malmedge.MalmEdgeException(code, malm_last_error()).
 //   Bad input from Java (null arrays, short pixel buffers, negative k) reaches the C API's checks or
-//   ours; nothing aborts the VM.
+//   ours, and no C++ exception leaves a native method (guard); nothing aborts the VM.
 // - Strings cross as UTF-16 (NewString / GetStringRegion) converted here from and to UTF-8, never as
 //   JNI's "modified UTF-8" (NewStringUTF), which encodes characters beyond the BMP differently and
 //   which Android's CheckJNI aborts on when handed standard 4-byte UTF-8.
@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "malm_edge.h"
@@ -226,30 +227,54 @@ jobjectArray to_java(JNIEnv* env, malm_results* raw) {
 
 // ------------------------------------------------------------------------------- native methods
 
+// Runs a native method's body; a C++ exception from this file (std::bad_alloc building a string)
+// becomes a Java error instead of std::terminate, which would abort the app.
+template <typename R, typename Body>
+R guard(JNIEnv* env, R failed, Body&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    if (!env->ExceptionCheck()) env->ThrowNew(env->FindClass("java/lang/OutOfMemoryError"), "malm_edge_jni");
+  } catch (...) {
+    if (!env->ExceptionCheck()) throw_malm(env, MALM_ERR_INTERNAL, "internal error in malm_edge_jni");
+  }
+  return failed;
+}
+
+// Row stride of a tight RGB8 image; 0 (which the C API refuses) where 3 * width does not fit.
+int stride(jint width) { return width > 0 && width <= INT32_MAX / 3 ? width * 3 : 0; }
+
 jlong native_open(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_checksums, jboolean load_encoder,
                   jint threads, jstring encoder) {
-  Utf8Arg dir, encoder_name;
-  if (!read_string(env, bundle_dir, "bundleDir", &dir) || !read_string(env, encoder, "encoder", &encoder_name)) {
-    return 0;
-  }
-  malm_open_options options = malm_default_options();
-  options.verify_checksums = verify_checksums ? 1 : 0;
-  options.load_encoder = load_encoder ? 1 : 0;
-  options.threads = threads;
-  options.encoder = encoder_name.c_str();
-  malm_engine* opened = nullptr;
-  if (!ok(env, malm_open(dir.c_str(), &options, &opened))) return 0;
-  return static_cast<jlong>(reinterpret_cast<intptr_t>(opened));
+  return guard(env, jlong(0), [&]() -> jlong {
+    Utf8Arg dir, encoder_name;
+    if (!read_string(env, bundle_dir, "bundleDir", &dir) || !read_string(env, encoder, "encoder", &encoder_name)) {
+      return 0;
+    }
+    malm_open_options options = malm_default_options();
+    options.verify_checksums = verify_checksums ? 1 : 0;
+    options.load_encoder = load_encoder ? 1 : 0;
+    options.threads = threads;
+    options.encoder = encoder_name.c_str();
+    malm_engine* opened = nullptr;
+    if (!ok(env, malm_open(dir.c_str(), &options, &opened))) return 0;
+    return static_cast<jlong>(reinterpret_cast<intptr_t>(opened));
+  });
 }
 
 void native_verify_bundle(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_checksums) {
-  Utf8Arg dir;
-  if (read_string(env, bundle_dir, "bundleDir", &dir)) ok(env, malm_verify_bundle(dir.c_str(), verify_checksums ? 1 : 0));
+  guard(env, 0, [&] {
+    Utf8Arg dir;
+    if (read_string(env, bundle_dir, "bundleDir", &dir)) ok(env, malm_verify_bundle(dir.c_str(), verify_checksums));
+    return 0;
+  });
 }
 
 void native_close(JNIEnv*, jclass, jlong handle) { malm_close(engine(handle)); }
 
-jstring native_version(JNIEnv* env, jclass) { return new_string(env, malm_version()); }
+jstring native_version(JNIEnv* env, jclass) {
+  return guard(env, jstring(nullptr), [&] { return new_string(env, malm_version()); });
+}
 
 jint native_embedding_dim(JNIEnv*, jclass, jlong handle) { return malm_embedding_dim(engine(handle)); }
 
@@ -258,55 +283,64 @@ jint native_input_size(JNIEnv*, jclass, jlong handle) { return malm_input_size(e
 jlong native_table_rows(JNIEnv*, jclass, jlong handle) { return malm_table_rows(engine(handle)); }
 
 jstring native_encoder_name(JNIEnv* env, jclass, jlong handle) {
-  return new_string(env, malm_encoder_name(engine(handle)));
+  return guard(env, jstring(nullptr), [&] { return new_string(env, malm_encoder_name(engine(handle))); });
 }
 
 jfloatArray native_embed_rgb8(JNIEnv* env, jclass, jlong handle, jbyteArray rgb, jint width, jint height) {
-  int dim = malm_embedding_dim(engine(handle));
-  std::unique_ptr<float[]> embedding(new float[size_t(dim > 0 ? dim : 1)]);
-  {
-    PinnedBytes pixels_in = pin(env, rgb);
-    if (!rgb_fits(env, pixels_in, width, height)) return nullptr;
-    if (!ok(env, malm_embed_rgb8(engine(handle), pixels(pixels_in), width, height, width * 3, embedding.get(),
-                                 size_t(dim)))) {
-      return nullptr;
+  return guard(env, jfloatArray(nullptr), [&]() -> jfloatArray {
+    int dim = malm_embedding_dim(engine(handle));
+    std::unique_ptr<float[]> embedding(new float[size_t(dim > 0 ? dim : 1)]);
+    {
+      PinnedBytes pixels_in = pin(env, rgb);
+      if (!rgb_fits(env, pixels_in, width, height)) return nullptr;
+      if (!ok(env, malm_embed_rgb8(engine(handle), pixels(pixels_in), width, height, stride(width),
+                                   embedding.get(), size_t(dim)))) {
+        return nullptr;
+      }
     }
-  }
-  jfloatArray out = env->NewFloatArray(dim);
-  if (out != nullptr) env->SetFloatArrayRegion(out, 0, dim, embedding.get());
-  return out;
+    jfloatArray out = env->NewFloatArray(dim);
+    if (out != nullptr) env->SetFloatArrayRegion(out, 0, dim, embedding.get());
+    return out;
+  });
 }
 
 jobjectArray native_search_embedding(JNIEnv* env, jclass, jlong handle, jfloatArray query, jint k) {
-  malm_results* results = nullptr;
-  {
-    PinnedFloats floats(env, query, &JNIEnv::GetFloatArrayElements, &JNIEnv::ReleaseFloatArrayElements);
-    if (!floats.usable()) return nullptr;
-    if (!ok(env, malm_search_embedding(engine(handle), floats.data(), size_t(floats.length()), k, &results))) {
-      return nullptr;
+  return guard(env, jobjectArray(nullptr), [&]() -> jobjectArray {
+    malm_results* results = nullptr;
+    {
+      PinnedFloats floats(env, query, &JNIEnv::GetFloatArrayElements, &JNIEnv::ReleaseFloatArrayElements);
+      if (!floats.usable()) return nullptr;
+      if (!ok(env, malm_search_embedding(engine(handle), floats.data(), size_t(floats.length()), k, &results))) {
+        return nullptr;
+      }
     }
-  }
-  return to_java(env, results);
+    return to_java(env, results);
+  });
 }
 
 jobjectArray native_search_rgb8(JNIEnv* env, jclass, jlong handle, jbyteArray rgb, jint width, jint height, jint k) {
-  malm_results* results = nullptr;
-  {
-    PinnedBytes pixels_in = pin(env, rgb);
-    if (!rgb_fits(env, pixels_in, width, height)) return nullptr;
-    if (!ok(env, malm_search_rgb8(engine(handle), pixels(pixels_in), width, height, width * 3, k, &results))) {
-      return nullptr;
+  return guard(env, jobjectArray(nullptr), [&]() -> jobjectArray {
+    malm_results* results = nullptr;
+    {
+      PinnedBytes pixels_in = pin(env, rgb);
+      if (!rgb_fits(env, pixels_in, width, height)) return nullptr;
+      if (!ok(env, malm_search_rgb8(engine(handle), pixels(pixels_in), width, height, stride(width), k,
+                                    &results))) {
+        return nullptr;
+      }
     }
-  }
-  return to_java(env, results);
+    return to_java(env, results);
+  });
 }
 
 jobjectArray native_search_text(JNIEnv* env, jclass, jlong handle, jstring words, jint limit) {
-  Utf8Arg text;
-  malm_results* results = nullptr;
-  if (!read_string(env, words, "words", &text)) return nullptr;
-  if (!ok(env, malm_search_text(engine(handle), text.c_str(), limit, &results))) return nullptr;
-  return to_java(env, results);
+  return guard(env, jobjectArray(nullptr), [&]() -> jobjectArray {
+    Utf8Arg text;
+    malm_results* results = nullptr;
+    if (!read_string(env, words, "words", &text)) return nullptr;
+    if (!ok(env, malm_search_text(engine(handle), text.c_str(), limit, &results))) return nullptr;
+    return to_java(env, results);
+  });
 }
 
 #define MALM_NATIVE(name, signature, function) \
