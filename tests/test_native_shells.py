@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, SHARED_DATASETS
-from edge_bundle_fixture import ROWS, get_bundle
+from edge_bundle_fixture import EMBED_DIM, ROWS, get_bundle
 from native_build import native_dir, run_cli
 from PIL import Image
 
@@ -128,7 +128,8 @@ def android_run(jni_library, shell_bundles, photos, tmp_path_factory) -> dict:
     job += [f"argb {work / 'argb.bin'} {width} {height} {work / 'argb.rgb'}"]
     (work / "job.txt").write_text("\n".join(job) + "\n", encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "C"}  # nothing may depend on the locale
-    done = subprocess.run(["java", "-Xcheck:jni", f"-Djava.library.path={jni_library.parent}", "-cp", str(classes),
+    done = subprocess.run(["java", "-Xcheck:jni", "--enable-native-access=ALL-UNNAMED",  # JDK 24+ warns without
+                           f"-Djava.library.path={jni_library.parent}", "-cp", str(classes),
                            "MalmEdgeCheck", str(work / "job.txt"), str(work / "out.json")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -213,7 +214,7 @@ def test_android_bad_arguments_raise_never_crash(android_run) -> None:
         "negative-width": ("IMAGE", "empty image"),
         "huge-width": ("INVALID_ARGUMENT", "RGB8 image needs"),
         "negative-k": ("INVALID_ARGUMENT", "k must be >= 0"),
-        "wrong-dim": ("INVALID_ARGUMENT", "query dim 17 != table dim 16"),
+        "wrong-dim": ("INVALID_ARGUMENT", f"query dim {EMBED_DIM + 1} != table dim {EMBED_DIM}"),
         "null-embedding": ("INVALID_ARGUMENT", "query or out_results is NULL"),
         "nan-embedding": ("ENCODER", "NaN"),
         "null-words": ("INVALID_ARGUMENT", "words or out_results is NULL"),
