@@ -30,6 +30,7 @@ from PIL import Image
 from malm_edge.edge.bundle import BundleError, read_bundle
 from malm_edge.edge.preprocess import load_rgb, to_rgb
 from malm_edge.edge.retriever import Retriever
+from malm_edge.edge.signing import generate_keypair, sign_bundle, trusted_key_record
 
 ANDROID_DIR = REPO_ROOT / "edge" / "native" / "android"
 JAVA_SOURCES = sorted((ANDROID_DIR / "src" / "main" / "java" / "dev" / "malmedge").glob("*.java"))
@@ -55,6 +56,18 @@ def shell_bundles(tmp_path_factory) -> tuple[Path, Path]:
     data[len(data) // 2] ^= 0x01
     (bad / "table.i8").write_bytes(bytes(data))
     return bundle, bad
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(shell_bundles) -> tuple[Path, Path]:
+    """(a signed copy of the shell bundle, the trusted public key)."""
+    bundle, _ = shell_bundles
+    keys = bundle.parent / "keys"
+    keys.mkdir()
+    generate_keypair(keys / "builder.pem", keys / "builder.pem.pub")
+    signed = Path(shutil.copytree(bundle, bundle.parent / "signed bündle"))
+    sign_bundle(signed, keys / "builder.pem")
+    return signed, keys / "builder.pem.pub"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +123,7 @@ def jni_library(build) -> Path:
 
 
 @pytest.fixture(scope="module")
-def android_run(jni_library, shell_bundles, photos, tmp_path_factory) -> dict:
+def android_run(jni_library, shell_bundles, signed_bundle, photos, tmp_path_factory) -> dict:
     """Compile dev.malmedge (as Java 8, the floor Android's toolchains accept) and the driver, then
     run the driver once under -Xcheck:jni; every Android test reads this one run."""
     bundle, bad = shell_bundles
@@ -120,7 +133,8 @@ def android_run(jni_library, shell_bundles, photos, tmp_path_factory) -> dict:
                             "UTF-8", "-d", str(classes), *map(str, JAVA_SOURCES),
                             str(SHELL_TESTS / "MalmEdgeCheck.java")], capture_output=True, text=True, timeout=300)
     assert javac.returncode == 0, javac.stdout + javac.stderr
-    job = [f"bundle {bundle}", f"bad_bundle {bad}", f"k {K}"]
+    job = [f"bundle {bundle}", f"bad_bundle {bad}", f"k {K}", f"signed_bundle {signed_bundle[0]}",
+           f"key {signed_bundle[1]}"]
     job += [f"photo {raw} {width} {height}" for _, raw, width, height in photos]
     job += [f"text {query}" for query in TEXT_QUERIES]
     argb, width, height = _every_colour_and_alpha()
@@ -197,6 +211,22 @@ def test_android_bad_bundle_raises_the_c_message(android_run, shell_bundles) -> 
         assert attempt["exception"] == "MalmEdgeException", attempt
         assert (attempt["code"], attempt["status"]) == (2, "BUNDLE")
         assert attempt["message"] == str(caught.value)  # edge/'s words, the path through JNI intact
+
+
+def test_android_trusted_public_key(android_run, shell_bundles, signed_bundle) -> None:
+    """Options.trustedPublicKey: the signed bundle opens and searches, the unsigned one is refused
+    with SIGNATURE and edge/'s message; publicKeyId is edge/'s key id."""
+    bundle, _ = shell_bundles
+    _, key = signed_bundle
+    assert android_run["key_id"] == trusted_key_record(key)["key_id"]
+    assert android_run["signed"] == android_run["photos"][0]["by_photo"]
+    with pytest.raises(BundleError) as caught:
+        read_bundle(bundle, require_signature=key)
+    opened, verified, missing_key = android_run["unsigned"]
+    for attempt in (opened, verified):
+        assert (attempt["exception"], attempt["code"], attempt["status"]) == ("MalmEdgeException", 9, "SIGNATURE")
+        assert attempt["message"] == str(caught.value)
+    assert missing_key["exception"] == "MalmEdgeException" and str(key) + ".absent" in missing_key["message"]
 
 
 def test_android_closed_engine_gives_a_clear_exception(android_run) -> None:

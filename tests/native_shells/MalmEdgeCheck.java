@@ -12,8 +12,9 @@ import java.util.List;
  * Drives dev.malmedge.MalmEdge for tests/test_native_shells.py, as an Android app would.
  *
  * <p>{@code java MalmEdgeCheck JOB OUT}: JOB is a UTF-8 file of "key value" lines ({@code bundle},
- * {@code bad_bundle}, {@code k}, {@code photo RGB8FILE WIDTH HEIGHT}, {@code text WORDS},
- * {@code argb ARGBFILE WIDTH HEIGHT RGB8OUT}); OUT gets
+ * {@code bad_bundle}, {@code signed_bundle}, {@code key} (its public key), {@code k},
+ * {@code photo RGB8FILE WIDTH HEIGHT}, {@code text WORDS}, {@code argb ARGBFILE WIDTH HEIGHT RGB8OUT});
+ * OUT gets
  * one UTF-8 JSON object. Files rather than argv and stdout, so paths and words beyond ASCII do not
  * depend on the JVM's locale.
  */
@@ -23,6 +24,8 @@ public final class MalmEdgeCheck {
     public static void main(String[] args) throws Exception {
         String bundle = null;
         String badBundle = null;
+        String signedBundle = null;
+        String publicKey = null;
         int k = 5;
         List<String[]> photos = new ArrayList<>();
         List<String> texts = new ArrayList<>();
@@ -31,6 +34,8 @@ public final class MalmEdgeCheck {
             String value = line.substring(line.indexOf(' ') + 1);
             if (key.equals("bundle")) bundle = value;
             else if (key.equals("bad_bundle")) badBundle = value;
+            else if (key.equals("signed_bundle")) signedBundle = value;
+            else if (key.equals("key")) publicKey = value;
             else if (key.equals("k")) k = Integer.parseInt(value);
             else if (key.equals("photo")) photos.add(value.split(" "));
             else if (key.equals("text")) texts.add(value);
@@ -75,6 +80,7 @@ public final class MalmEdgeCheck {
             attempt("embed-without-encoder", () -> tableOnly.embedRgb8(rgb, width, height), true);
             out.append("]}");
         }
+        signatures(bundle, signedBundle, publicKey, photos.get(0));
         out.append("}\n");
         Files.write(Paths.get(args[1]), out.toString().getBytes(StandardCharsets.UTF_8));
     }
@@ -86,6 +92,26 @@ public final class MalmEdgeCheck {
         ints.get(argb);
         byte[] rgb = MalmEdge.rgb8FromArgb(argb, Integer.parseInt(job[1]), Integer.parseInt(job[2]));
         Files.write(Paths.get(job[3]), rgb);
+    }
+
+    /** Options.trustedPublicKey: the signed bundle opens, the unsigned one is refused. */
+    private static void signatures(String unsigned, String signed, String key, String[] photo) throws Exception {
+        MalmEdge.Options options = new MalmEdge.Options();
+        options.threads = 1;
+        options.trustedPublicKey = key;
+        out.append(", \"key_id\": ").append(quote(MalmEdge.publicKeyId(key)));
+        MalmEdge.verifyBundle(signed, true, key);
+        try (MalmEdge engine = MalmEdge.open(signed, options)) {
+            byte[] rgb = Files.readAllBytes(Paths.get(photo[0]));
+            int width = Integer.parseInt(photo[1]);
+            int height = Integer.parseInt(photo[2]);
+            out.append(", \"signed\": ").append(results(engine.searchRgb8(rgb, width, height, 5)));
+        }
+        out.append(", \"unsigned\": [");
+        attempt("open", () -> MalmEdge.open(unsigned, options), true);
+        attempt("verifyBundle", () -> { MalmEdge.verifyBundle(unsigned, true, key); return null; }, false);
+        attempt("publicKeyId-missing", () -> MalmEdge.publicKeyId(key + ".absent"), false);
+        out.append("]");
     }
 
     private static void searchPhotos(MalmEdge engine, List<String[]> photos, int k) throws Exception {

@@ -245,10 +245,11 @@ R guard(JNIEnv* env, R failed, Body&& body) {
 int stride(jint width) { return width > 0 && width <= INT32_MAX / 3 ? width * 3 : 0; }
 
 jlong native_open(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_checksums, jboolean load_encoder,
-                  jint threads, jstring encoder) {
+                  jint threads, jstring encoder, jstring trusted_public_key) {
   return guard(env, jlong(0), [&]() -> jlong {
-    Utf8Arg dir, encoder_name;
-    if (!read_string(env, bundle_dir, "bundleDir", &dir) || !read_string(env, encoder, "encoder", &encoder_name)) {
+    Utf8Arg dir, encoder_name, key;
+    if (!read_string(env, bundle_dir, "bundleDir", &dir) || !read_string(env, encoder, "encoder", &encoder_name) ||
+        !read_string(env, trusted_public_key, "trustedPublicKey", &key)) {
       return 0;
     }
     malm_open_options options = malm_default_options();
@@ -256,17 +257,32 @@ jlong native_open(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_check
     options.load_encoder = load_encoder ? 1 : 0;
     options.threads = threads;
     options.encoder = encoder_name.c_str();
+    options.trusted_public_key = key.c_str();
     malm_engine* opened = nullptr;
     if (!ok(env, malm_open(dir.c_str(), &options, &opened))) return 0;
     return static_cast<jlong>(reinterpret_cast<intptr_t>(opened));
   });
 }
 
-void native_verify_bundle(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_checksums) {
+void native_verify_bundle(JNIEnv* env, jclass, jstring bundle_dir, jboolean verify_checksums,
+                          jstring trusted_public_key) {
   guard(env, 0, [&] {
-    Utf8Arg dir;
-    if (read_string(env, bundle_dir, "bundleDir", &dir)) ok(env, malm_verify_bundle(dir.c_str(), verify_checksums));
+    Utf8Arg dir, key;
+    if (read_string(env, bundle_dir, "bundleDir", &dir) &&
+        read_string(env, trusted_public_key, "trustedPublicKey", &key)) {
+      ok(env, malm_verify_bundle_signed(dir.c_str(), verify_checksums, key.c_str()));
+    }
     return 0;
+  });
+}
+
+jstring native_public_key_id(JNIEnv* env, jclass, jstring public_key_path) {
+  return guard(env, jstring(nullptr), [&]() -> jstring {
+    Utf8Arg path;
+    char id[32] = {0};
+    if (!read_string(env, public_key_path, "publicKeyPath", &path)) return nullptr;
+    if (!ok(env, malm_public_key_id(path.c_str(), id, sizeof(id)))) return nullptr;
+    return new_string(env, id);
   });
 }
 
@@ -347,8 +363,9 @@ jobjectArray native_search_text(JNIEnv* env, jclass, jlong handle, jstring words
   { const_cast<char*>(name), const_cast<char*>(signature), reinterpret_cast<void*>(function) }
 
 const JNINativeMethod kMethods[] = {
-    MALM_NATIVE("nativeOpen", "(Ljava/lang/String;ZZILjava/lang/String;)J", native_open),
-    MALM_NATIVE("nativeVerifyBundle", "(Ljava/lang/String;Z)V", native_verify_bundle),
+    MALM_NATIVE("nativeOpen", "(Ljava/lang/String;ZZILjava/lang/String;Ljava/lang/String;)J", native_open),
+    MALM_NATIVE("nativeVerifyBundle", "(Ljava/lang/String;ZLjava/lang/String;)V", native_verify_bundle),
+    MALM_NATIVE("nativePublicKeyId", "(Ljava/lang/String;)Ljava/lang/String;", native_public_key_id),
     MALM_NATIVE("nativeClose", "(J)V", native_close),
     MALM_NATIVE("nativeVersion", "()Ljava/lang/String;", native_version),
     MALM_NATIVE("nativeEmbeddingDim", "(J)I", native_embedding_dim),

@@ -38,6 +38,12 @@ public final class MalmEdge implements AutoCloseable {
         public int threads = 0;
         /** Encoder name from the manifest, or null for the first executorch entry. */
         public String encoder = null;
+        /**
+         * Path of the trusted Ed25519 public key (PEM, {@code malm-edge keygen}'s KEY.pub, shipped
+         * inside the app), or null. Set, the bundle must carry manifest.sig by that key over the
+         * exact manifest bytes ({@link MalmEdgeException.Status#SIGNATURE} otherwise).
+         */
+        public String trustedPublicKey = null;
     }
 
     private long handle; // malm_engine*, 0 once closed
@@ -54,12 +60,22 @@ public final class MalmEdge implements AutoCloseable {
     /** Validate then open a bundle folder: manifest, files and sha256 checked before use. */
     public static MalmEdge open(String bundleDir, Options options) {
         return new MalmEdge(nativeOpen(bundleDir, options.verifyChecksums, options.loadEncoder,
-                options.threads, options.encoder));
+                options.threads, options.encoder, options.trustedPublicKey));
     }
 
     /** Validate a bundle exactly as {@link #open} does, loading nothing. */
     public static void verifyBundle(String bundleDir, boolean verifyChecksums) {
-        nativeVerifyBundle(bundleDir, verifyChecksums);
+        nativeVerifyBundle(bundleDir, verifyChecksums, null);
+    }
+
+    /** The same, first requiring manifest.sig by the trusted public key (a PEM path; null: none). */
+    public static void verifyBundle(String bundleDir, boolean verifyChecksums, String trustedPublicKey) {
+        nativeVerifyBundle(bundleDir, verifyChecksums, trustedPublicKey);
+    }
+
+    /** Key id (16 hex digits, as {@code malm-edge keygen} prints) of a PEM public key file. */
+    public static String publicKeyId(String publicKeyPath) {
+        return nativePublicKeyId(publicKeyPath);
     }
 
     /** Version of the native library, e.g. "0.1.0". */
@@ -160,8 +176,10 @@ public final class MalmEdge implements AutoCloseable {
 
     // Registered in JNI_OnLoad (edge/native/android/src/main/cpp/malm_edge_jni.cc).
     private static native long nativeOpen(String bundleDir, boolean verifyChecksums, boolean loadEncoder,
-                                          int threads, String encoder);
-    private static native void nativeVerifyBundle(String bundleDir, boolean verifyChecksums);
+                                          int threads, String encoder, String trustedPublicKey);
+    private static native void nativeVerifyBundle(String bundleDir, boolean verifyChecksums,
+                                                  String trustedPublicKey);
+    private static native String nativePublicKeyId(String publicKeyPath);
     private static native void nativeClose(long handle);
     private static native String nativeVersion();
     private static native int nativeEmbeddingDim(long handle);

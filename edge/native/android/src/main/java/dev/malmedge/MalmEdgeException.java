@@ -19,7 +19,9 @@ public final class MalmEdgeException extends RuntimeException {
         CATALOG(5),
         UNSUPPORTED(6),
         NO_MEMORY(7),
-        INTERNAL(8);
+        INTERNAL(8),
+        /** A signature was required and manifest.sig is missing, malformed or by another key. */
+        SIGNATURE(9);
 
         /** The C value. */
         public final int code;
