@@ -1,4 +1,4 @@
-from malm_edge.cli import main
+from malm_edge.cli.root import main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 
 runner = CliRunner()
 COMMANDS = [["train"], ["distill"], ["eval"], ["index"], ["convert"], ["report"], ["search"], ["bench"], ["demo"],

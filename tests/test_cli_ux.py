@@ -52,7 +52,7 @@ def test_expand_photos_names_an_empty_folder_and_an_unmatched_pattern(tmp_path: 
 def test_search_a_folder_through_the_cli(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     from edge_bundle_fixture import get_bundle
 
-    from malm_edge.cli import app
+    from malm_edge.cli.root import app
 
     bundle = get_bundle(tmp_path_factory, targets=("onnx",))
     _photos(tmp_path / "pics", ["2.jpg", "1.jpg"])
@@ -123,7 +123,7 @@ def test_summary_line_says_collapsed_in_the_same_line() -> None:
 
 
 def test_convert_has_the_override_flag() -> None:
-    from malm_edge.cli import app
+    from malm_edge.cli.root import app
 
     assert "--collapsed-ok" in runner.invoke(app, ["convert", "--help"]).output
 

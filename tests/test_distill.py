@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 from malm_edge.training.harness.feature_cache import AugmentationCache
 from malm_edge.training.harness.student import FrozenTeacher
 from malm_edge.training.models.losses import feature_distillation_loss, similarity_kl_loss

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 from malm_edge.edge.preprocess import ImageError, check_image_file, load_rgb
 from malm_edge.training.data.canonical import DatasetError, check_dataset, inspect_image, load_recipes
 from malm_edge.training.data.epicurious import CSV_NAME, import_epicurious

@@ -112,7 +112,7 @@ def test_deep_manifest_split_file_and_dataset_json(tmp_path: Path) -> None:
 def test_search_cli_on_a_deep_manifest_is_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from malm_edge.cli import app
+    from malm_edge.cli.root import app
 
     (tmp_path / MANIFEST_FILE).write_text(DEEP)
     photo = tmp_path / "photo.jpg"

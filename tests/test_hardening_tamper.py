@@ -13,7 +13,7 @@ import pytest
 from edge_bundle_fixture import get_bundle
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 from malm_edge.edge.bundle import MANIFEST_FILE, BundleError, add_extra_files, read_bundle, sha256_path
 from malm_edge.edge.signing import SIGNATURE_FILE, SignatureError, generate_keypair, sign_bundle
 

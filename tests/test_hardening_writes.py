@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 from malm_edge.converters.errors import ConverterError
 from malm_edge.edge import catalog as edge_catalog
 from malm_edge.edge import write_errors

@@ -23,7 +23,7 @@ import pytest
 from demo_bundles import build_student_bundle
 from typer.testing import CliRunner
 
-from malm_edge.cli import app as cli_app
+from malm_edge.cli.root import app as cli_app
 from malm_edge.edge.demo_server import make_server
 
 pytestmark = pytest.mark.browser

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from malm_edge.cli import app
+from malm_edge.cli.root import app
 from malm_edge.training.harness import checkpoint as ckpt
 from malm_edge.training.harness.distributed import WorldInfo
 from malm_edge.training.harness.loop import EpochSampler, NonFiniteLossError, lr_factor
