@@ -35,6 +35,10 @@ struct EncoderEntry {
 struct TableEntry {
   std::string file, dtype, sha256, scales_file, scales_sha256;  // "" = absent
   int64_t rows = 0, dim = 0;
+  int64_t version = 1;  // 1: exact rows (table.h); 2: sign codes + 7-bit rows (twostage.h)
+  std::string codes_file, codes_sha256;  // version 2
+  std::vector<float> centre;             // version 2: dim values
+  int64_t candidates = 0;                // version 2: rows the prefilter keeps
 };
 
 struct CatalogEntry {
