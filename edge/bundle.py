@@ -5,7 +5,8 @@ A bundle is a folder (docs/architecture.md, "Bundle format (v1)")::
     bundle/
       manifest.json            this module
       encoder_*.pte|.onnx|.mlpackage
-      table.i8 + table.scales.f32   (or table.f16)   edge/table.py
+      table.i8 + table.scales.f32   (or table.f16)   edge/table.py, table version 1
+      table.i7 + table.scales.f32 + table.sign.u64   edge/twostage.py, table version 2
       catalog.sqlite            edge/catalog.py
       report.md|json|png        optional, named in `extra_files` (converters/report.py)
       manifest.sig              optional Ed25519 signature of manifest.json (edge/signing.py)

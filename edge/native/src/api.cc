@@ -146,15 +146,7 @@ malm_status malm_open(const char* bundle_dir, const malm_open_options* options, 
     e->root = bundle_dir;
     e->manifest = malm::read_bundle(e->root, opts.verify_checksums != 0);  // before anything is used
     const auto& t = e->manifest.table;
-    if (t.version == 2) {
-      e->table = std::make_unique<malm::TwoStageTable>(
-          malm::join_path(e->root, t.file), malm::join_path(e->root, t.scales_file),
-          malm::join_path(e->root, t.codes_file), t.centre, t.rows, t.candidates);
-    } else {
-      e->table = std::make_unique<malm::Table>(malm::join_path(e->root, t.file),
-                                               t.scales_file.empty() ? "" : malm::join_path(e->root, t.scales_file),
-                                               t.dtype, t.rows, t.dim);
-    }
+    e->table = malm::open_search_table(e->root, t);
     e->catalog = std::make_unique<malm::Catalog>(malm::join_path(e->root, e->manifest.catalog.file), t.rows);
     if (opts.load_encoder) {
       const malm::EncoderEntry& entry = pick_encoder(e->manifest, e->root, opts.encoder);

@@ -523,6 +523,14 @@ std::string sha256_path(const std::string& path) {
   return digest.hexdigest();
 }
 
+TableEntry parse_table_text(const std::string& text, const std::string& src) {
+  Ctx c{src};
+  check_depth(c, text);
+  json data = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (data.is_discarded()) bundle_error(src + ": not valid JSON");
+  return parse_table(c, data);
+}
+
 Manifest parse_manifest_text(const std::string& text, const std::string& src) {
   Ctx c{src};
   if (text.size() > kMaxManifestBytes) bundle_error(src + ": not valid JSON (larger than 16 MiB)");

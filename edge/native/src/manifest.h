@@ -62,6 +62,8 @@ constexpr size_t kMaxManifestBytes = 16u << 20;
 
 // Parse and type-check a manifest from its text; `src` names the file in messages.
 Manifest parse_manifest_text(const std::string& text, const std::string& src);
+// A manifest's `table` object alone, from JSON text (benchmarks: malm-edge-native table-search).
+TableEntry parse_table_text(const std::string& text, const std::string& src);
 // Read <root>/manifest.json and parse it (no file checks).
 Manifest read_manifest(const std::string& root);
 // The whole validation of edge/bundle.py read_bundle, returning the manifest.

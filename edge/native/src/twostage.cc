@@ -139,4 +139,13 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
   return hits;
 }
 
+std::unique_ptr<SearchTable> open_search_table(const std::string& root, const TableEntry& t) {
+  if (t.version == 2) {
+    return std::make_unique<TwoStageTable>(join_path(root, t.file), join_path(root, t.scales_file),
+                                           join_path(root, t.codes_file), t.centre, t.rows, t.candidates);
+  }
+  return std::make_unique<Table>(join_path(root, t.file), t.scales_file.empty() ? "" : join_path(root, t.scales_file),
+                                 t.dtype, t.rows, t.dim);
+}
+
 }  // namespace malm

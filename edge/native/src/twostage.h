@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
+#include "manifest.h"
 #include "table.h"
 
 namespace malm {
@@ -48,5 +51,8 @@ class TwoStageTable : public SearchTable {
   const float* scales_ = nullptr;
   MappedFile maps_[3];
 };
+
+// The table of a parsed entry, files under `root`: version 1 -> Table, version 2 -> TwoStageTable.
+std::unique_ptr<SearchTable> open_search_table(const std::string& root, const TableEntry& t);
 
 }  // namespace malm
