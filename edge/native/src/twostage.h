@@ -41,7 +41,7 @@ class TwoStageTable : public SearchTable {
 
  private:
   std::vector<int64_t> prefilter(const uint64_t* query_code, int64_t keep) const;
-  int32_t dot_row(int64_t r, const int32_t* query8) const;
+  int32_t dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const;
 
   int64_t rows_ = 0, candidates_ = 1000;
   size_t words_ = 1, nibble_bytes_ = 0, value_bytes_ = 0;
