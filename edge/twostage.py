@@ -44,7 +44,7 @@ CODES_FILE = "table.sign.u64"
 INT7_FILE = "table.i7"
 SCALES_FILE = "table.scales.f32"
 DEFAULT_CANDIDATES = 1000
-PREFILTER_CHUNK_ROWS = 1 << 16
+PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
 
 
 @dataclass
@@ -198,15 +198,28 @@ def read_twostage_table(root: str | os.PathLike, entry: TableEntry) -> TwoStageT
 
 def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
                       chunk_rows: int = PREFILTER_CHUNK_ROWS) -> np.ndarray:
-    """(N,) uint16 popcount(codes[r] ^ query_code) of (N, W) codes and a (W,) code, chunked."""
-    distances = np.empty(len(codes), np.uint16)  # (N,)
-    for start in range(0, len(codes), chunk_rows):
-        chunk = np.bitwise_xor(codes[start:start + chunk_rows], query_code[None, :])  # (C, W)
-        counts = np.bitwise_count(chunk)  # (C, W) uint8
-        out = distances[start:start + len(chunk)]
-        np.copyto(out, counts[:, 0])
-        for word in range(1, counts.shape[1]):
-            out += counts[:, word]
+    """(N,) popcount(codes[r] ^ query_code) of (N, W) codes and a (W,) code, chunked.
+
+    uint8 distances for W <= 3 (at most 192 bits), uint16 above.
+
+    The query code is tiled to the chunk's shape: a contiguous XOR runs 2-3x faster in numpy than
+    one broadcast over a length-W inner axis.
+    """
+    rows, words = codes.shape
+    chunk_rows = max(1, min(chunk_rows, rows))
+    flat = np.asarray(codes).reshape(-1)  # (N W,), a view of the memmap
+    tiled = np.tile(np.asarray(query_code, dtype=codes.dtype), chunk_rows)  # (C W,)
+    xored = np.empty(chunk_rows * words, codes.dtype)  # (C W,)
+    counts = np.empty(chunk_rows * words, np.uint8)  # (C W,)
+    distances = np.empty(rows, np.uint8 if words <= 3 else np.uint16)  # (N,)
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start) * words
+        np.bitwise_xor(flat[start * words:start * words + n], tiled[:n], out=xored[:n])
+        np.bitwise_count(xored[:n], out=counts[:n])
+        out = distances[start:start + n // words]
+        np.copyto(out, counts[0:n:words])
+        for word in range(1, words):
+            np.add(out, counts[word:n:words], out=out, casting="unsafe")
     return distances
 
 
@@ -217,7 +230,14 @@ def prefilter(distances: np.ndarray, n_keep: int) -> np.ndarray:
     """
     if n_keep >= len(distances):
         return np.arange(len(distances), dtype=np.int64)
-    boundary = np.partition(distances, n_keep - 1)[n_keep - 1]  # the n_keep-th smallest
+    low, high = 0, int(distances.max())  # the n_keep-th smallest distance, by bisection: a few
+    while low < high:  # vectorised counts beat np.partition on many equal small integers
+        middle = (low + high) // 2
+        if np.count_nonzero(distances <= middle) >= n_keep:
+            high = middle
+        else:
+            low = middle + 1
+    boundary = low
     below = np.flatnonzero(distances < boundary)  # (< n_keep,)
     at = np.flatnonzero(distances == boundary)[:n_keep - len(below)]
     return np.sort(np.concatenate([below, at])).astype(np.int64)
