@@ -153,6 +153,10 @@ def test_index_cli_json(setup):
     bad = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data),
                                    "--out", str(out), "--shard-size", "4"])
     assert bad.exit_code == 1 and "shard_size" in bad.output
+    two = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
+                                   "--shard-size", "16", "--table", "twostage"])
+    assert two.exit_code == 0, two.output
+    assert "int7 (60 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
 
 
 @pytest.mark.slow

@@ -227,3 +227,13 @@ def test_truncated_codes_file_is_refused(twostage_bundle, tmp_path) -> None:
     codes.write_bytes(codes.read_bytes()[:-8])
     with pytest.raises(BundleError, match=r"table.sign.u64: 1592 bytes, expected 1600 for 200 sign codes"):
         read_bundle(copy)
+
+
+def test_bench_reports_bytes_per_recipe_of_a_twostage_bundle(twostage_bundle) -> None:
+    from malm_edge.edge.bench import run_bench
+
+    report = run_bench(twostage_bundle, threads=[1], synthetic_rows=(3000,), repeats=2)
+    bundle_row, synthetic_row = report["search"]
+    assert bundle_row["dtype"] == synthetic_row["dtype"] == "int7"  # synthetic tables follow the bundle
+    assert bundle_row["bytes_per_recipe"] == synthetic_row["bytes_per_recipe"] == 8 + 12 + 4
+    assert report["files"]["table.sign.u64"] == 200 * 8
