@@ -20,12 +20,16 @@ Data sets:
 - `teacher`: a teacher run's recipe tower over every recipe of a canonical dataset (--teacher,
   --recipes; `converters/index.py build_index`), queries the teacher's embeddings of the val photos
   (cross-modal, as on the phone) plus blends of two table rows.
+- `--pwa ROWS...`: the PWA's JavaScript (mobile_demo/app/js/topk.js, twostage.js) in headless
+  Chromium (Playwright, /usr/bin/chromium) on the synthetic sets of those sizes: the tables are
+  served over HTTP, the page times each query with performance.now().
 - `--tile ROWS`: a real set tiled to ROWS: copy j of row i is normalise(x_i + s g), g ~ N(0, I / D),
   s = the median distance of a row to its nearest other row (so copies are about as near to each
   other as real neighbours); queries as in the set.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_twostage.py [--rows 1029720] [--minilm]
-        [--teacher RUN --recipes DATA] [--tile 1029720] [--candidates 1000 200] [--json OUT]
+        [--teacher RUN --recipes DATA] [--tile 1029720] [--candidates 1000 200] [--pwa 100000]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=0, help="also tile the real sets to this many rows")
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 200])
     parser.add_argument("--time-queries", type=int, default=200, help="queries timed (all are scored)")
+    parser.add_argument("--pwa", type=int, nargs="*", default=[], help="synthetic sizes timed in Chromium")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args()
@@ -166,19 +171,75 @@ def native_row(table_dir: Path, entry: object, queries: np.ndarray, exact: np.nd
     return {"ms": report["median_ms"], **recall(np.array(report["rows"]), exact)}
 
 
+PWA_SEARCH = """async ([base, queries, k, candidates]) => {
+  const { makeTable, searchTopK } = await import('/js/topk.js');
+  const { searchTwoStage } = await import('/js/twostage.js');
+  const get = async (file) => (file ? await (await fetch(base + file)).arrayBuffer() : null);
+  const entry = await (await fetch(base + 'table.json')).json();
+  const table = makeTable(entry, await get(entry.file), await get(entry.scales_file), await get(entry.codes_file));
+  const search = (q) => candidates ? searchTwoStage(table, q, k, candidates) : searchTopK(table, q, k);
+  const rows = [], ms = [];
+  for (const q of queries) {
+    const query = Float32Array.from(q), start = performance.now();
+    rows.push(search(query).rows);
+    ms.push(performance.now() - start);
+  }
+  return { rows, ms };
+}"""
+
+
+def pwa_rows(work: Path, tables: list[tuple[Path, int | None]], queries: np.ndarray,
+             exact: np.ndarray) -> list[dict[str, float]]:
+    """Time the PWA's search of each (table folder, candidates) in headless Chromium."""
+    import functools
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path: str) -> str:
+            path = path.split("?")[0]
+            root = REPO / "mobile_demo" / "app" if path.startswith("/js/") else work
+            return str(root / path.lstrip("/"))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    results = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                 args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/js/topk.js")
+            for folder, candidates in tables:
+                base = f"/{folder.relative_to(work).as_posix()}/"
+                found = page.evaluate(PWA_SEARCH, [base, queries.tolist(), K, candidates])
+                results.append({"ms": float(np.median(found["ms"][1:])), **recall(np.array(found["rows"]), exact)})
+            browser.close()
+    finally:
+        server.shutdown()
+    return results
+
+
 def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse.Namespace,
-              work: Path) -> list[dict]:
+              work: Path, pwa: bool = False) -> list[dict]:
     print(f"[{name}] {matrix.shape[0]} x {matrix.shape[1]}, {len(queries)} queries", flush=True)
     exact = exact_top(matrix, queries)
     results = []
     exact_dir, twostage_dir = work / f"{name}_int8", work / f"{name}_twostage"
     int8_entry = write_table(exact_dir, matrix)
+    (exact_dir / "table.json").write_text(json.dumps(int8_entry.to_dict()))
     int8 = read_table(exact_dir, int8_entry)
     row = {"set": name, "rows": len(matrix), "method": "exact int8 + scale", "bytes_per_row": matrix.shape[1] + 4}
     row["numpy"] = numpy_row(int8, queries, exact, args.time_queries, lambda q: search_topk(int8, q, K)[0])
     row["native"] = native_row(exact_dir, int8_entry, queries, exact, None)
     results.append(row)
     entry = write_twostage_table(twostage_dir, matrix)
+    (twostage_dir / "table.json").write_text(json.dumps(entry.to_dict()))
     two = read_table(twostage_dir, entry)
     for candidates in args.candidates:
         row = {"set": name, "rows": len(matrix), "method": f"two-stage, C={candidates}",
@@ -187,11 +248,17 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
                                  lambda q, c=candidates: _twostage(two, q, c))
         row["native"] = native_row(twostage_dir, entry, queries, exact, candidates)
         results.append(row)
+    if pwa:
+        folders = [(exact_dir, None)] + [(twostage_dir, c) for c in args.candidates]
+        for row, timing in zip(results, pwa_rows(work, folders, queries[:args.time_queries],
+                                                 exact[:args.time_queries])):
+            row["pwa"] = timing
     for r in results:
         native = r["native"] or {}
         print(f"  {r['method']:<22} {r['bytes_per_row']:>4} B  numpy {r['numpy']['ms']:7.2f} ms "
               f"R@1 {r['numpy']['recall_at_1']:.3f} R@10 {r['numpy']['recall_at_10']:.3f}  "
-              f"native {native.get('ms', float('nan')):7.3f} ms R@10 {native.get('recall_at_10', float('nan')):.3f}",
+              f"native {native.get('ms', float('nan')):7.3f} ms R@10 {native.get('recall_at_10', float('nan')):.3f}"
+              + (f"  pwa {r['pwa']['ms']:7.2f} ms R@10 {r['pwa']['recall_at_10']:.3f}" if "pwa" in r else ""),
               flush=True)
     return results
 
@@ -220,6 +287,8 @@ def main() -> None:
             results += bench_set(f"{name}_tiled", tiled(matrix, args.tile), queries, args, work)
     for rows in args.rows:
         results += bench_set("synthetic", *synthetic(rows, args.queries), args, work)
+    for rows in args.pwa:
+        results += bench_set("synthetic_pwa", *synthetic(rows, args.queries), args, work, pwa=True)
     meta["load_after"] = os.getloadavg()
     print(json.dumps(meta))
     if args.json:
