@@ -23,6 +23,9 @@ Data sets:
 - `--pwa ROWS...`: the PWA's JavaScript (mobile_demo/app/js/topk.js, twostage.js) in headless
   Chromium (Playwright, /usr/bin/chromium) on the synthetic sets of those sizes: the tables are
   served over HTTP, the page times each query with performance.now().
+- `--bits-sweep`: why 7-bit rows: recall@10 of every row rescored (no prefilter) with the centred
+  rows quantised per row to 4..8 bits (least-squares scale, as edge/table_codes.py), and of the
+  uncentred int8 rows of table version 1, on each set (float dequantised, so it isolates precision).
 - `--tile ROWS`: a real set tiled to ROWS: copy j of row i is normalise(x_i + s g), g ~ N(0, I / D),
   s = the median distance of a row to its nearest other row (so copies are about as near to each
   other as real neighbours); queries as in the set.
@@ -69,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 200])
     parser.add_argument("--time-queries", type=int, default=200, help="queries timed (all are scored)")
     parser.add_argument("--pwa", type=int, nargs="*", default=[], help="synthetic sizes timed in Chromium")
+    parser.add_argument("--bits-sweep", action="store_true", help="rescoring precision 4..8 bits")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args()
@@ -225,9 +229,34 @@ def pwa_rows(work: Path, tables: list[tuple[Path, int | None]], queries: np.ndar
     return results
 
 
+def quantized(rows: np.ndarray, bits: int, refit: bool = True) -> np.ndarray:
+    """(N, D) rows quantised symmetric per row to `bits` and dequantised (float32)."""
+    top = 2 ** (bits - 1) - 1
+    scales = np.maximum(np.abs(rows).max(axis=1), 1e-12) / top  # (N,)
+    for _ in range(2 if refit else 0):
+        values = np.clip(np.rint(rows / scales[:, None]), -top, top)
+        scales = (values * rows).sum(axis=1) / np.maximum((values * values).sum(axis=1), 1)
+    return (np.clip(np.rint(rows / scales[:, None]), -top, top) * scales[:, None]).astype(np.float32)
+
+
+def bits_sweep(name: str, matrix: np.ndarray, queries: np.ndarray) -> list[dict]:
+    exact = exact_top(matrix, queries)
+    centre = matrix.mean(axis=0)
+    rows = [("int8, uncentred, max-abs scale (table v1)", quantized(matrix, 8, refit=False))]
+    rows += [(f"{bits}-bit centred", quantized(matrix - centre, bits) + centre) for bits in (4, 5, 6, 7, 8)]
+    out = []
+    for label, approx in rows:
+        found = exact_top(approx, queries)
+        out.append({"set": name, "rows": len(matrix), "method": f"sweep: {label}", **recall(found, exact)})
+        print(f"  sweep {label:<44} R@1 {out[-1]['recall_at_1']:.3f} R@10 {out[-1]['recall_at_10']:.3f}", flush=True)
+    return out
+
+
 def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse.Namespace,
               work: Path, pwa: bool = False) -> list[dict]:
     print(f"[{name}] {matrix.shape[0]} x {matrix.shape[1]}, {len(queries)} queries", flush=True)
+    if args.bits_sweep:
+        return bits_sweep(name, matrix, queries)
     exact = exact_top(matrix, queries)
     results = []
     exact_dir, twostage_dir = work / f"{name}_int8", work / f"{name}_twostage"
