@@ -276,6 +276,7 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
         row["numpy"] = numpy_row(two, queries, exact, args.time_queries,
                                  lambda q, c=candidates: _twostage(two, q, c))
         row["native"] = native_row(twostage_dir, entry, queries, exact, candidates)
+        row["prefilter_recall_at_10"] = prefilter_recall(two, queries, exact, candidates)
         results.append(row)
     if pwa:
         folders = [(exact_dir, None)] + [(twostage_dir, c) for c in args.candidates]
@@ -287,9 +288,23 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
         print(f"  {r['method']:<22} {r['bytes_per_row']:>4} B  numpy {r['numpy']['ms']:7.2f} ms "
               f"R@1 {r['numpy']['recall_at_1']:.3f} R@10 {r['numpy']['recall_at_10']:.3f}  "
               f"native {native.get('ms', float('nan')):7.3f} ms R@10 {native.get('recall_at_10', float('nan')):.3f}"
-              + (f"  pwa {r['pwa']['ms']:7.2f} ms R@10 {r['pwa']['recall_at_10']:.3f}" if "pwa" in r else ""),
+              + (f"  pwa {r['pwa']['ms']:7.2f} ms R@10 {r['pwa']['recall_at_10']:.3f}" if "pwa" in r else "")
+              + (f"  prefilter keeps {r['prefilter_recall_at_10']:.3f} of the top-10" if "prefilter_recall_at_10" in r else ""),
               flush=True)
     return results
+
+
+def prefilter_recall(table: object, queries: np.ndarray, exact: np.ndarray, candidates: int) -> float:
+    """Mean share of the exact top-10 inside the prefilter's candidates (the first stage's recall)."""
+    from malm_edge.edge.table_codes import sign_codes
+    from malm_edge.edge.twostage import hamming_distances, prefilter
+
+    inside = []
+    for query, best in zip(queries, exact):
+        code = sign_codes((query - table.centre)[None, :])[0]  # (W,)
+        kept = prefilter(hamming_distances(table.codes, code), min(table.rows, candidates))
+        inside.append(np.isin(best, kept).mean())
+    return float(np.mean(inside))
 
 
 def _twostage(table: object, query: np.ndarray, candidates: int) -> np.ndarray:

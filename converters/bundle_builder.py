@@ -74,6 +74,7 @@ class ConvertOptions:
         quantize: "none" or "int8" (see the module doc for the variants written).
         table_dtype: "int8" (per-row scales) or "float16" (table "exact").
         table_format: "exact" (table version 1) or "twostage" (version 2, edge/twostage.py).
+        candidates: Rows the two-stage prefilter keeps (table version 2).
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.
@@ -91,6 +92,7 @@ class ConvertOptions:
     quantize: str = "int8"
     table_dtype: str = "int8"
     table_format: str = "exact"
+    candidates: int = 1000
     calibration: Path | None = None
     n_calibration: int = 64
     n_verify: int = 64
@@ -295,7 +297,7 @@ def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
     build_index(teacher, recipes_dir, index_dir, shard_size=options.shard_size,
                 batch_size=options.batch_size, progress=options.progress)
     table, count = finalize(index_dir, recipes_dir, staging, table_dtype=options.table_dtype,
-                            table_format=options.table_format)
+                            table_format=options.table_format, candidates=options.candidates)
     queries = teacher_image_queries(teacher, recipes_dir)
     source = "teacher val image embeddings"
     if queries is None:

@@ -157,6 +157,10 @@ def test_index_cli_json(setup):
                                    "--shard-size", "16", "--table", "twostage"])
     assert two.exit_code == 0, two.output
     assert "int7 (60 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
+    few = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
+                                   "--shard-size", "16", "--table", "twostage", "--candidates", "7", "--json"])
+    assert few.exit_code == 0, few.output
+    assert json.loads(few.stdout)["table"]["candidates"] == 7
 
 
 @pytest.mark.slow

@@ -69,6 +69,8 @@ def convert(
     table_format: Annotated[TableFormat, typer.Option(
         "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 7-bit "
         "rescoring, 116 bytes a 128-d recipe (table v2).")] = TableFormat.exact,
+    candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
+                                            "(BENCHMARKS.md: about 4000 for a 1M-recipe catalog).")] = 1000,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
@@ -91,7 +93,7 @@ def convert(
 
     names = TARGETS if Target.all in target else tuple(t.value for t in target)
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
-                             table_format=table_format.value,
+                             table_format=table_format.value, candidates=candidates,
                              calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
                              report=report, progress=not as_json, allow_collapsed=allow_collapsed)
