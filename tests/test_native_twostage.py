@@ -117,3 +117,26 @@ def test_tampered_v2_tables_rejected_like_edge(build, bundle_dir, tmp_path, case
     done = run_cli(build, "verify", "--bundle", str(bundle))
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.strip().removeprefix("error: ") == str(caught.value)
+
+
+@pytest.mark.parametrize("dim", [128, 200])
+def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int) -> None:
+    """`malm-edge-native table-search` on 128-d (two code words, the unrolled loop) and 200-d tables."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
+
+    rng = np.random.default_rng(dim)
+    centres = rng.standard_normal((8, dim))
+    rows = centres[rng.integers(0, 8, 1003)] + 0.5 * rng.standard_normal((1003, dim))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    rows[[10, 500, 1002]] = rows[7]  # ties
+    entry = write_twostage_table(tmp_path, rows, candidates=60)
+    (tmp_path / "table.json").write_text(json.dumps(entry.to_dict()))
+    queries = np.concatenate([rows[[7, 3, 999]], rng.standard_normal((12, dim))]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    queries.astype("<f4").tofile(tmp_path / "queries.f32")
+    done = run_cli(build, "table-search", "--table", str(tmp_path), "--queries", str(tmp_path / "queries.f32"),
+                   "--top-k", str(K))
+    assert done.returncode == 0, done.stderr
+    expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
+    assert json.loads(done.stdout)["rows"] == expected.tolist()
+    assert expected[0, :4].tolist() == [7, 10, 500, 1002]
