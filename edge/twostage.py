@@ -200,7 +200,7 @@ def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
                       chunk_rows: int = PREFILTER_CHUNK_ROWS) -> np.ndarray:
     """(N,) popcount(codes[r] ^ query_code) of (N, W) codes and a (W,) code, chunked.
 
-    uint8 distances for W <= 3 (at most 192 bits), uint16 above.
+    uint8 distances for W <= 3 (at most 192 bits), uint16 below 65,536 bits, uint32 above.
 
     The query code is tiled to the chunk's shape: a contiguous XOR runs 2-3x faster in numpy than
     one broadcast over a length-W inner axis.
@@ -211,7 +211,8 @@ def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
     tiled = np.tile(np.asarray(query_code, dtype=codes.dtype), chunk_rows)  # (C W,)
     xored = np.empty(chunk_rows * words, codes.dtype)  # (C W,)
     counts = np.empty(chunk_rows * words, np.uint8)  # (C W,)
-    distances = np.empty(rows, np.uint8 if words <= 3 else np.uint16)  # (N,)
+    dtype = np.uint8 if words <= 3 else np.uint16 if words < 1024 else np.uint32
+    distances = np.empty(rows, dtype)  # (N,)
     for start in range(0, rows, chunk_rows):
         n = min(chunk_rows, rows - start) * words
         np.bitwise_xor(flat[start * words:start * words + n], tiled[:n], out=xored[:n])

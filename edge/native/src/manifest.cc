@@ -234,7 +234,8 @@ TableEntry parse_table_v2(const Ctx& c, const json& raw, TableEntry t) {
     bundle_error(c.src + ": table.centre must be " + std::to_string(t.dim) + " finite numbers (table.dim)");
   }
   for (const auto& v : centre) t.centre.push_back(float(v.get<double>()));  // as numpy's float32 cast
-  if (t.dim > 65536) bundle_error(c.src + ": table.dim above 65536 is not supported");
+  // uint16 Hamming distances (twostage.cc): at most 65535 bits.
+  if (t.dim > 65535) bundle_error(c.src + ": table.dim above 65535 is not supported for table version 2");
   return t;
 }
 

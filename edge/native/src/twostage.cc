@@ -22,8 +22,8 @@ __attribute__((target_clones("popcnt", "default")))
 void hamming_histogram(const uint64_t* codes, int64_t rows, size_t words, const uint64_t* query_code,
                        uint16_t* distances, int64_t* histogram) {
   const size_t bins = words * 64 + 1;
-  std::vector<int32_t> partial(4 * bins, 0);  // (4, bins)
-  int32_t* h[4] = {partial.data(), partial.data() + bins, partial.data() + 2 * bins, partial.data() + 3 * bins};
+  std::vector<int64_t> partial(4 * bins, 0);  // (4, bins)
+  int64_t* h[4] = {partial.data(), partial.data() + bins, partial.data() + 2 * bins, partial.data() + 3 * bins};
   int64_t r = 0;
   if (words == 2) {  // 65..128-d models: the phone's case, unrolled
     const uint64_t q0 = query_code[0], q1 = query_code[1];
@@ -43,7 +43,7 @@ void hamming_histogram(const uint64_t* codes, int64_t rows, size_t words, const 
     distances[r] = uint16_t(d);
     ++h[0][d];
   }
-  for (size_t b = 0; b < bins; ++b) histogram[b] = int64_t(h[0][b]) + h[1][b] + h[2][b] + h[3][b];
+  for (size_t b = 0; b < bins; ++b) histogram[b] = h[0][b] + h[1][b] + h[2][b] + h[3][b];
 }
 
 // signs[c] holds 8 bytes, one per bit of c (LSB first): 0 where the bit is 1 (v >= 0), -1 where 0.
