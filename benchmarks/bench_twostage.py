@@ -289,7 +289,8 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
               f"R@1 {r['numpy']['recall_at_1']:.3f} R@10 {r['numpy']['recall_at_10']:.3f}  "
               f"native {native.get('ms', float('nan')):7.3f} ms R@10 {native.get('recall_at_10', float('nan')):.3f}"
               + (f"  pwa {r['pwa']['ms']:7.2f} ms R@10 {r['pwa']['recall_at_10']:.3f}" if "pwa" in r else "")
-              + (f"  prefilter keeps {r['prefilter_recall_at_10']:.3f} of the top-10" if "prefilter_recall_at_10" in r else ""),
+              + (f"  prefilter keeps {r['prefilter_recall_at_10']:.3f} of the top-10"
+                 if "prefilter_recall_at_10" in r else ""),
               flush=True)
     return results
 

@@ -15,9 +15,10 @@ the whole file to count positions; the canonical reader keeps the ids seen, to r
 
 `finalize` streams the shards in order into edge's `TableWriter` (int8 with per-row scales, or
 float16; `table_format="twostage"`: a first pass computes the centre, then edge's
-`TwoStageWriter` writes sign codes and 7-bit rows, table version 2) and edge's `write_catalog` (row i of the catalog is row i of the table) in one pass over
-`recipes.jsonl`, checking every id. `table_quality` reports recall@1 / recall@10 of the quantized
-table against exact float32 search over the shards.
+`TwoStageWriter` writes sign codes and 7-bit rows, table version 2) and edge's `write_catalog`
+(row i of the catalog is row i of the table) in one pass over `recipes.jsonl`, checking every id.
+`table_quality` reports recall@1 / recall@10 of the quantized table against exact float32 search
+over the shards, with the table version and bytes a recipe.
 """
 
 from __future__ import annotations

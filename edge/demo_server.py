@@ -4,8 +4,8 @@ Standard library only (http.server). Serves exactly:
 
 - every regular file of the app folder (`/` is `index.html`);
 - `/bundle/manifest.json` and the bundle files the manifest names (ONNX encoders, table, scales,
-  sign codes of a table version 2, catalog); nothing else of the bundle folder, and a query string (`?v=<sha256>`, the app's cache
-  key) is ignored.
+  sign codes of a table version 2, catalog); nothing else of the bundle folder, and a query string
+  (`?v=<sha256>`, the app's cache key) is ignored.
 
 Every response carries the headers that make the page cross-origin isolated (COOP same-origin,
 COEP require-corp: SharedArrayBuffer, so onnxruntime-web may use threads) and a strict

@@ -95,4 +95,5 @@ def index(
     if "table" in summary:
         table = summary["table"]
         typer.echo(f"table {table['dir']}: {table['rows']} x {table['dim']} {table['dtype']} "
-                   f"({table['bytes_per_recipe']:.0f} bytes a recipe), recall@1 {table['recall_at_1']:.3f}, recall@10 {table['recall_at_10']:.3f} vs float32")
+                   f"({table['bytes_per_recipe']:.0f} bytes a recipe), recall@1 {table['recall_at_1']:.3f}, "
+                   f"recall@10 {table['recall_at_10']:.3f} vs float32")
