@@ -74,7 +74,9 @@ class ConvertOptions:
     Attributes:
         targets: Targets to export, in manifest order.
         quantize: "none" or "int8" (see the module doc for the variants written).
-        table_dtype: "int8" (per-row scales) or "float16".
+        table_dtype: "int8" (per-row scales) or "float16" (table "exact").
+        table_format: "exact" (table version 1) or "twostage" (version 2, edge/twostage.py).
+        candidates: Rows the two-stage prefilter keeps (table version 2).
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.
@@ -93,6 +95,8 @@ class ConvertOptions:
     targets: tuple[str, ...] = eb.TARGETS
     quantize: str = "int8"
     table_dtype: str = "int8"
+    table_format: str = "exact"
+    candidates: int = 1000
     calibration: Path | None = None
     n_calibration: int = 64
     n_verify: int = 64
@@ -326,7 +330,8 @@ def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
     index_dir = options.index_dir or staging / "_index"
     build_index(teacher, recipes_dir, index_dir, shard_size=options.shard_size,
                 batch_size=options.batch_size, progress=options.progress)
-    table, count = finalize(index_dir, recipes_dir, staging, table_dtype=options.table_dtype)
+    table, count = finalize(index_dir, recipes_dir, staging, table_dtype=options.table_dtype,
+                            table_format=options.table_format, candidates=options.candidates)
     queries = teacher_image_queries(teacher, recipes_dir)
     source = "teacher val image embeddings"
     if queries is None:

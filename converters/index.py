@@ -14,9 +14,11 @@ W takes shards r, r + W, ... and no communication is needed until `finalize`. (E
 the whole file to count positions; the canonical reader keeps the ids seen, to refuse duplicates.)
 
 `finalize` streams the shards in order into edge's `TableWriter` (int8 with per-row scales, or
-float16) and edge's `write_catalog` (row i of the catalog is row i of the table) in one pass over
-`recipes.jsonl`, checking every id. `table_quality` reports recall@1 / recall@10 of the quantized
-table against exact float32 search over the shards.
+float16; `table_format="twostage"`: a first pass computes the centre, then edge's
+`TwoStageWriter` writes sign codes and 7-bit rows, table version 2) and edge's `write_catalog`
+(row i of the catalog is row i of the table) in one pass over `recipes.jsonl`, checking every id.
+`table_quality` reports recall@1 / recall@10 of the quantized table against exact float32 search
+over the shards, with the table version and bytes a recipe.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.safe_json import load_json_file
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
+from malm_edge.edge.twostage import DEFAULT_CANDIDATES, TwoStageWriter
 from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
@@ -258,8 +261,31 @@ def _check_shards_cover(index_dir: Path, recipes_dir: Path) -> None:
                                f"({len(missing)} of {expected}); run `malm-edge index` to finish them")
 
 
+TABLE_FORMATS = ("exact", "twostage")
+
+
+def shard_centre(index_dir: Path) -> np.ndarray:
+    """(D,) float32 mean row over all shards (float64 sums, one streamed pass)."""
+    total, count = None, 0
+    for _, values, _ in iter_shard_arrays(index_dir):
+        part = np.asarray(values, dtype=np.float64).sum(axis=0)  # (D,)
+        total = part if total is None else total + part
+        count += len(values)
+    return (total / max(count, 1)).astype(np.float32)
+
+
+def _table_writer(index_dir: Path, out_dir: Path, dim: int, table_dtype: str,
+                  table_format: str, candidates: int) -> TableWriter | TwoStageWriter:
+    if table_format not in TABLE_FORMATS:
+        raise ValueError(f"table format {table_format!r}, expected one of {TABLE_FORMATS}")
+    if table_format == "twostage":
+        return TwoStageWriter(out_dir, shard_centre(index_dir), candidates)
+    return TableWriter(out_dir, dim, table_dtype)
+
+
 def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             *, table_dtype: str = "int8",
+             *, table_dtype: str = "int8", table_format: str = "exact",
+             candidates: int = DEFAULT_CANDIDATES,
              catalog_file: str = CATALOG_FILE) -> tuple[TableEntry, int]:
     """Stream the shards into the table files and the catalog (same order), in one pass.
 
@@ -267,7 +293,10 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
         index_dir: A complete index folder (`build_index`).
         recipes_dir: The same canonical dataset folder (the catalog text comes from it).
         out_dir: Where the table files and the catalog go (e.g. a bundle staging folder).
-        table_dtype: "int8" (per-row scales) or "float16".
+        table_dtype: "int8" (per-row scales) or "float16" (table_format "exact" only).
+        table_format: "exact" (table version 1, `table_dtype` rows) or "twostage" (table version
+            2: sign-bit prefilter + 7-bit rescoring, edge/twostage.py).
+        candidates: Rows the two-stage prefilter keeps (written into the manifest).
         catalog_file: Catalog file name inside `out_dir`.
 
     Returns:
@@ -280,7 +309,7 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
     _check_shards_cover(index_dir, recipes_dir)
     shards = iter_shard_arrays(index_dir)
     first = next(iter_shard_arrays(index_dir))[1]
-    writer = TableWriter(out_dir, int(first.shape[1]), table_dtype)
+    writer = _table_writer(index_dir, out_dir, int(first.shape[1]), table_dtype, table_format, candidates)
 
     def records() -> Iterator[Recipe]:
         pending: list[str] = []
@@ -337,7 +366,15 @@ def table_quality(index_dir: str | os.PathLike, table_dir: str | os.PathLike, en
     overlap = [len(set(a.tolist()) & set(b.tolist())) / exact.shape[1] for a, b in zip(exact, approx)]
     return {"recall_at_1": float(np.mean(exact[:, 0] == approx[:, 0])),
             "recall_at_10": float(np.mean(overlap)), "n_queries": int(len(queries)),
-            "dtype": entry.dtype}
+            "dtype": entry.dtype, "table_version": entry.version,
+            "bytes_per_recipe": table_bytes_per_row(entry)}
+
+
+def table_bytes_per_row(entry: TableEntry) -> float:
+    """Bytes a recipe of the table's files (all of them: rows, scales, codes)."""
+    from malm_edge.edge.bundle import table_file_bytes
+
+    return sum(table_file_bytes(entry).values()) / max(entry.rows, 1)
 
 
 def mixed_recipe_queries(index_dir: str | os.PathLike, n: int = 200, seed: int = 0) -> np.ndarray:

@@ -25,6 +25,7 @@ from malm_edge.edge.backends import (
 )
 from malm_edge.edge.bundle import Verification
 from malm_edge.edge.table import EmbeddingTable, search_topk
+from malm_edge.edge.twostage import TwoStageTable
 
 TOP_K = 10
 
@@ -45,7 +46,7 @@ def open_backend(path: str | os.PathLike, target: str) -> EncoderBackend:
     return {"onnx": OnnxBackend, "executorch": ExecuTorchBackend}[target](path)
 
 
-def topk_agreement(table: EmbeddingTable, reference: np.ndarray, candidate: np.ndarray,
+def topk_agreement(table: EmbeddingTable | TwoStageTable, reference: np.ndarray, candidate: np.ndarray,
                    k: int = TOP_K) -> float:
     """Mean over queries of |top-k(candidate) ∩ top-k(reference)| / k over `table`."""
     ref_rows, _ = search_topk(table, reference, k)  # (N, k)
@@ -55,7 +56,8 @@ def topk_agreement(table: EmbeddingTable, reference: np.ndarray, candidate: np.n
     return float(np.mean(overlaps)) if overlaps else 0.0
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, table: EmbeddingTable | None) -> Verification:
+def compare(reference: np.ndarray, candidate: np.ndarray,
+            table: EmbeddingTable | TwoStageTable | None) -> Verification:
     """`Verification` from (N, D) eager and exported embeddings (L2-normalised)."""
     cosines = np.sum(l2_normalize(reference) * l2_normalize(candidate), axis=1)  # (N,)
     agreement = topk_agreement(table, reference, candidate) if table is not None and table.rows else 1.0
@@ -85,7 +87,7 @@ def run_backend(backend: EncoderBackend, pixels: np.ndarray) -> np.ndarray:
 
 
 def verify_export(path: str | os.PathLike, target: str, reference: np.ndarray, pixels: np.ndarray,
-                  table: EmbeddingTable | None = None) -> tuple[Verification, np.ndarray]:
+                  table: EmbeddingTable | TwoStageTable | None = None) -> tuple[Verification, np.ndarray]:
     """Run an exported encoder on real photos and compare with the eager embeddings.
 
     Args:

@@ -34,6 +34,7 @@ from malm_edge.edge.table import (
     read_table,
     search_topk,
 )
+from malm_edge.edge.twostage import TwoStageTable, TwoStageWriter, read_twostage_table
 
 RECIPE1M_ROWS = 1_029_720
 DEFAULT_SYNTHETIC_ROWS = (100_000, RECIPE1M_ROWS)
@@ -78,7 +79,23 @@ def synthetic_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
     return read_table(out_dir, entry)
 
 
-def bench_search(table: EmbeddingTable, k: int = 5, repeats: int = 10,
+def synthetic_twostage_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
+                             chunk_rows: int = DEFAULT_CHUNK_ROWS) -> TwoStageTable:
+    """A random two-stage table (table version 2) of unit rows, written in chunks, memmapped.
+
+    Its search cost does not depend on the values: every code is XOR-ed and counted, and the
+    manifest's candidate count (1,000) is rescored whatever the rows.
+    """
+    rng = np.random.default_rng(seed)
+    with TwoStageWriter(out_dir, np.zeros(dim, np.float32)) as writer:
+        for start in range(0, rows, chunk_rows):
+            block = rng.standard_normal((min(chunk_rows, rows - start), dim), dtype=np.float32)
+            writer.append(block / np.linalg.norm(block, axis=1, keepdims=True))
+        entry = writer.close()
+    return read_twostage_table(out_dir, entry)
+
+
+def bench_search(table: EmbeddingTable | TwoStageTable, k: int = 5, repeats: int = 10,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
     """Latency and peak traced allocation of one top-k query over `table`."""
     query = np.random.default_rng(1).standard_normal(table.dim).astype(np.float32)
@@ -89,8 +106,10 @@ def bench_search(table: EmbeddingTable, k: int = 5, repeats: int = 10,
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     table_bytes = table.values.nbytes + (table.scales.nbytes if table.scales is not None else 0)
+    table_bytes += table.codes.nbytes if isinstance(table, TwoStageTable) else 0
     return {"rows": table.rows, "dim": table.dim, "dtype": table.dtype, **timing,
-            "search_peak_alloc_mb": traced_peak / 2**20, "table_mb": table_bytes / 2**20}
+            "search_peak_alloc_mb": traced_peak / 2**20, "table_mb": table_bytes / 2**20,
+            "bytes_per_recipe": table_bytes / max(table.rows, 1)}
 
 
 def bench_encoder(bundle: Bundle, entry_name: str, pixels: np.ndarray, threads: int,
@@ -132,7 +151,8 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
         photo: A photo to preprocess (default: a synthetic 640x480 image).
         backends: Targets to include (default: every encoder whose runtime loads here).
         threads: Thread counts (default: 1 and all cores).
-        synthetic_rows: Extra random int8 tables to search (at the bundle's dim).
+        synthetic_rows: Extra random tables to search (at the bundle's dim, in its table format:
+            int8 for table version 1, two-stage for version 2).
         repeats: Timed runs per measurement.
         k: Top-k.
 
@@ -161,13 +181,16 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
     result["search"].append({"table": "bundle", **bench_search(open_bundle_table(bundle), k)})
     for rows in synthetic_rows:
         with tempfile.TemporaryDirectory(prefix="malm_bench_") as scratch:
-            table = synthetic_table(Path(scratch), rows, bundle.manifest.embedding_dim)
+            make = synthetic_twostage_table if bundle.manifest.table.version == 2 else synthetic_table
+            table = make(Path(scratch), rows, bundle.manifest.embedding_dim)
             result["search"].append({"table": f"synthetic_{rows}", **bench_search(table, k, 5)})
             del table
     files = [e.file for e in bundle.manifest.encoders] + [bundle.manifest.table.file,
                                                           bundle.manifest.catalog.file]
     if bundle.manifest.table.scales_file:
         files.append(bundle.manifest.table.scales_file)
+    if bundle.manifest.table.codes_file:
+        files.append(bundle.manifest.table.codes_file)
     result["files"] = {name: size_path(bundle.root / name) for name in files}
     result["peak_rss_mb"] = peak_rss_mb()
     return result

@@ -5,7 +5,8 @@ A bundle is a folder (docs/architecture.md, "Bundle format (v1)")::
     bundle/
       manifest.json            this module
       encoder_*.pte|.onnx|.mlpackage
-      table.i8 + table.scales.f32   (or table.f16)   edge/table.py
+      table.i8 + table.scales.f32   (or table.f16)   edge/table.py, table version 1
+      table.i7 + table.scales.f32 + table.sign.u64   edge/twostage.py, table version 2
       catalog.sqlite            edge/catalog.py
       report.md|json|png        optional, named in `extra_files` (converters/report.py)
       manifest.sig              optional Ed25519 signature of manifest.json (edge/signing.py)
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -54,7 +56,9 @@ MANIFEST_FILE = "manifest.json"
 
 TARGETS = ("executorch", "onnx", "coreml")
 PIXEL_INPUTS = ("normalized", "rgb_0_255")
-TABLE_DTYPES = {"int8": 1, "float16": 2, "float32": 4}  # dtype -> bytes per element
+TABLE_DTYPES = {"int8": 1, "float16": 2, "float32": 4}  # dtype -> bytes per element (table v1)
+TABLE_VERSIONS = (1, 2)  # 1: exact int8/float16/float32 rows; 2: sign codes + 4-bit rows
+TABLE_V2_FIELDS = ("version", "codes_file", "codes_sha256", "centre", "candidates")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESSING_CHOICES = {
@@ -196,7 +200,13 @@ class EncoderEntry:
 
 @dataclass
 class TableEntry:
-    """The recipe embedding table: raw little-endian row-major [rows, dim] (edge/table.py)."""
+    """The recipe embedding table: raw little-endian row-major files.
+
+    Table version 1 (edge/table.py): `file` is [rows, dim] int8 (+ float32 scales), float16 or
+    float32, searched exactly. Table version 2 (edge/twostage.py): `file` holds the 7-bit rows
+    magnitudes (dtype "int7"), plus per-row scales, the sign codes (`codes_file`), the `centre` row and the
+    prefilter's `candidates`. The v2 fields are absent from a v1 entry.
+    """
 
     file: str
     dtype: str
@@ -205,6 +215,31 @@ class TableEntry:
     sha256: str
     scales_file: str | None = None
     scales_sha256: str | None = None
+    version: int = 1
+    codes_file: str | None = None
+    codes_sha256: str | None = None
+    centre: list[float] | None = None
+    candidates: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; a v1 entry is written exactly as before table version 2 existed."""
+        raw = asdict(self)
+        if self.version == 1:
+            for key in TABLE_V2_FIELDS:
+                raw.pop(key)
+        return raw
+
+
+def table_file_bytes(table: TableEntry) -> dict[str, int]:
+    """Expected size in bytes of each file of a table entry, by role."""
+    if table.version == 2:
+        magnitudes = (table.dim + 1) // 2 + (table.dim + 3) // 4  # nibble + crumb planes
+        return {"table": table.rows * magnitudes, "table scales": table.rows * 4,
+                "table codes": table.rows * 8 * ((table.dim + 63) // 64)}
+    sizes = {"table": table.rows * table.dim * TABLE_DTYPES[table.dtype]}
+    if table.scales_file:
+        sizes["table scales"] = table.rows * 4
+    return sizes
 
 
 @dataclass
@@ -243,6 +278,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to manifest.json (keys in a stable, readable order)."""
         raw = asdict(self)
+        raw["table"] = self.table.to_dict()
         order = ["format", "version", "created", "embedding_dim", "preprocessing", "encoders",
                  "table", "catalog", "extra_files", "provenance"]
         return {key: raw[key] for key in order}
@@ -442,7 +478,8 @@ def _build(cls: type, raw: Any, where: str, src: Path) -> Any:
 def _check_types(obj: Any, spec: dict[str, Any], where: str, src: Path) -> None:
     for key, kind in spec.items():
         value = getattr(obj, key)
-        if value is None and key in {"scales_file", "scales_sha256", "verification", "resize_size"}:
+        if value is None and key in {"scales_file", "scales_sha256", "verification", "resize_size",
+                                     "codes_file", "codes_sha256", "centre", "candidates"}:
             continue
         _require({key: value}, key, kind, where, src)
 
@@ -501,13 +538,35 @@ def _parse_encoder(raw: Any, index: int, src: Path) -> EncoderEntry:
 def _parse_table(raw: Any, src: Path) -> TableEntry:
     table = _build(TableEntry, raw, "table.", src)
     _check_types(table, {"file": str, "dtype": str, "rows": int, "dim": int, "sha256": str,
-                         "scales_file": str, "scales_sha256": str}, "table.", src)
+                         "scales_file": str, "scales_sha256": str, "version": int}, "table.", src)
+    if table.version not in TABLE_VERSIONS:
+        raise BundleError(f"{src}: unknown table format version {table.version} "
+                          f"(this reader supports table versions {list(TABLE_VERSIONS)})")
+    if table.version == 2:
+        return _parse_table_v2(table, src)
     if table.dtype not in TABLE_DTYPES:
         raise BundleError(f"{src}: table.dtype = {table.dtype!r}, expected one of {list(TABLE_DTYPES)}")
     if table.dtype == "int8" and not (table.scales_file and table.scales_sha256):
         raise BundleError(f"{src}: an int8 table needs table.scales_file and table.scales_sha256")
     if table.rows < 0 or table.dim <= 0:
         raise BundleError(f"{src}: table.rows must be >= 0 and table.dim > 0")
+    return table
+
+
+def _parse_table_v2(table: TableEntry, src: Path) -> TableEntry:
+    needed = ("codes_file", "codes_sha256", "centre", "candidates", "scales_file", "scales_sha256")
+    missing = [key for key in needed if getattr(table, key) is None]
+    if missing:
+        raise BundleError(f"{src}: table version 2 needs " + ", ".join(f"table.{k}" for k in missing))
+    _check_types(table, {"codes_file": str, "codes_sha256": str, "centre": list, "candidates": int,
+                         "scales_file": str, "scales_sha256": str}, "table.", src)
+    if table.dtype != "int7":
+        raise BundleError(f"{src}: table.dtype = {table.dtype!r}, expected 'int7' for table version 2")
+    if table.rows < 0 or table.dim <= 0 or table.candidates < 1:
+        raise BundleError(f"{src}: table.rows must be >= 0, table.dim > 0 and table.candidates >= 1")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.centre)
+    if len(table.centre) != table.dim or not numbers or not all(math.isfinite(v) for v in table.centre):
+        raise BundleError(f"{src}: table.centre must be {table.dim} finite numbers (table.dim)")
     return table
 
 
@@ -570,6 +629,8 @@ def _referenced_files(manifest: Manifest) -> list[tuple[str, str, str]]:
     files.append(("table", manifest.table.file, manifest.table.sha256))
     if manifest.table.scales_file:
         files.append(("table scales", manifest.table.scales_file, manifest.table.scales_sha256 or ""))
+    if manifest.table.version == 2:
+        files.append(("table codes", manifest.table.codes_file or "", manifest.table.codes_sha256 or ""))
     files.append(("catalog", manifest.catalog.file, manifest.catalog.sha256))
     files += [(f"extra file {x.file!r}", x.file, x.sha256) for x in manifest.extra_files]
     return files
@@ -623,16 +684,14 @@ def _check_input_shape(entry: EncoderEntry, pre: Preprocessing, root: Path) -> N
 
 def _check_sizes(manifest: Manifest, root: Path) -> None:
     table = manifest.table
-    expected = table.rows * table.dim * TABLE_DTYPES[table.dtype]
-    actual = (root / table.file).stat().st_size
-    if actual != expected:
-        raise BundleError(f"{root / table.file}: {actual} bytes, expected {expected} for "
-                          f"{table.rows} x {table.dim} {table.dtype}")
-    if table.scales_file:
-        actual = (root / table.scales_file).stat().st_size
-        if actual != table.rows * 4:
-            raise BundleError(f"{root / table.scales_file}: {actual} bytes, expected "
-                              f"{table.rows * 4} for {table.rows} float32 scales")
+    files = {"table": table.file, "table scales": table.scales_file, "table codes": table.codes_file}
+    what = {"table": f"{table.rows} x {table.dim} {table.dtype}",
+            "table scales": f"{table.rows} float32 scales",
+            "table codes": f"{table.rows} sign codes of {(table.dim + 63) // 64} 64-bit words"}
+    for role, expected in table_file_bytes(table).items():
+        actual = (root / files[role]).stat().st_size
+        if actual != expected:
+            raise BundleError(f"{root / files[role]}: {actual} bytes, expected {expected} for {what[role]}")
     for entry in manifest.encoders:
         actual = size_path(root / entry.file)
         if actual != entry.size_bytes:

@@ -14,6 +14,10 @@ Search is exact and chunked: `chunk_rows` rows are scored at a time (numpy einsu
 accumulation, the int8 -> float32 cast done in small internal buffers), so extra memory stays near
 Q * chunk_rows * 4 bytes for scores for any N, and the table is memory-mapped, never copied.
 Ties break towards the lower row index.
+
+That is table format version 1. Version 2 (edge/twostage.py: sign-bit prefilter, then 4-bit
+rescoring, 84 bytes a 128-d recipe) is read by the same `read_table` and searched by the same
+`search_topk`, which dispatch on the entry's version and the table's type.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from malm_edge.edge.bundle import Bundle, BundleError, TableEntry, sha256_path
+from malm_edge.edge.twostage import TwoStageTable, read_twostage_table, search_twostage
 from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 INT8_FILE = "table.i8"
@@ -157,9 +162,11 @@ def write_table(out_dir: str | os.PathLike, matrix: np.ndarray, dtype: str = "in
         return writer.close()
 
 
-def read_table(root: str | os.PathLike, entry: TableEntry) -> EmbeddingTable:
+def read_table(root: str | os.PathLike, entry: TableEntry) -> EmbeddingTable | TwoStageTable:
     """Memory-map a table described by `entry` under folder `root` (no copy, read-only)."""
     root = Path(root)
+    if entry.version == 2:
+        return read_twostage_table(root, entry)
     path = root / entry.file
     expected = entry.rows * entry.dim * _NUMPY_DTYPES[entry.dtype].itemsize
     if path.stat().st_size != expected:
@@ -179,7 +186,7 @@ def _memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
-def open_bundle_table(bundle: Bundle) -> EmbeddingTable:
+def open_bundle_table(bundle: Bundle) -> EmbeddingTable | TwoStageTable:
     """Memory-map the table of a validated bundle."""
     return read_table(bundle.root, bundle.manifest.table)
 
@@ -204,12 +211,12 @@ def _merge(best_idx: np.ndarray, best_score: np.ndarray, idx: np.ndarray, score:
     return all_idx[order], all_score[order]
 
 
-def search_topk(table: EmbeddingTable, query: np.ndarray, k: int = 5,
+def search_topk(table: EmbeddingTable | TwoStageTable, query: np.ndarray, k: int = 5,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by dot product over the table, chunked.
+    """Exact top-k by dot product over the table, chunked (two-stage for a v2 table).
 
     Args:
-        table: The (memory-mapped) table.
+        table: The (memory-mapped) table; a `TwoStageTable` is searched by edge/twostage.py.
         query: (D,) or (Q, D) float query embeddings (L2-normalised for cosine scores).
         k: Results per query (clipped to the table size).
         chunk_rows: Rows scored at once; bounds memory (Q * chunk_rows float32 scores).
@@ -218,6 +225,8 @@ def search_topk(table: EmbeddingTable, query: np.ndarray, k: int = 5,
         (indices, scores): int64 and float32, shape (k,) for a (D,) query, (Q, k) for (Q, D);
         best first, ties broken towards the lower row index.
     """
+    if isinstance(table, TwoStageTable):
+        return search_twostage(table, query, k, chunk_rows=chunk_rows)
     single = np.ndim(query) == 1
     queries = np.atleast_2d(np.asarray(query, dtype=np.float32))  # (Q, D)
     if queries.shape[1] != table.dim:

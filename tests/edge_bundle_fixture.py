@@ -27,11 +27,13 @@ from malm_edge.edge.bundle import (
 )
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.table import write_table
+from malm_edge.edge.twostage import write_twostage_table
 
 INPUT_SIZE = 32
 RESIZE_SIZE = 36
 EMBED_DIM = 16
 ROWS = 200
+TWOSTAGE_CANDIDATES = 40  # < ROWS: the prefilter drops rows in the shared two-stage table
 ONNX_FILE = "encoder_fp32.onnx"
 PTE_FILE = "encoder_fp32_xnnpack.pte"
 PTE_INT8_FILE = "encoder_int8.pte"
@@ -144,8 +146,13 @@ def table_embeddings(model, n: int = ROWS, seed: int = 0) -> np.ndarray:
 
 
 def build_bundle(out_dir: Path, *, targets: tuple[str, ...] = ("onnx", "executorch"),
-                 rows: int = ROWS, table_dtype: str = "int8", seed: int = 0) -> Path:
-    """Write a complete, valid bundle into out_dir and return it."""
+                 rows: int = ROWS, table_dtype: str = "int8", seed: int = 0,
+                 table_format: str = "exact") -> Path:
+    """Write a complete, valid bundle into out_dir and return it.
+
+    table_format "twostage" writes a table version 2 (edge/twostage.py) whose rows hold exact
+    duplicates (rows 3 and 10 repeat rows 1 and 2), so top-k ties are exercised by every reader.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_encoder(seed)
@@ -161,7 +168,12 @@ def build_bundle(out_dir: Path, *, targets: tuple[str, ...] = ("onnx", "executor
             target=target, quantization=quantization,
             input=TensorSpec("pixels", [batch, 3, INPUT_SIZE, INPUT_SIZE]),
             output=TensorSpec("embedding", [batch, EMBED_DIM])))
-    table = write_table(out_dir, table_embeddings(model, rows, seed), dtype=table_dtype)
+    embeddings = table_embeddings(model, rows, seed)  # (rows, D)
+    if table_format == "twostage":
+        embeddings[[3, 10]] = embeddings[[1, 2]]  # exact ties for the shared parity table
+        table = write_twostage_table(out_dir, embeddings, candidates=TWOSTAGE_CANDIDATES)
+    else:
+        table = write_table(out_dir, embeddings, dtype=table_dtype)
     count = write_catalog(out_dir / CATALOG_FILE, fake_recipes(rows, seed))
     manifest = Manifest(
         embedding_dim=EMBED_DIM,

@@ -163,3 +163,22 @@ def test_report_cli_lists_every_stage(built):
     rows = json.loads((built["out"] / "report.json").read_text())
     assert all(r["r1"] is None or 0.0 <= r["r1"] <= 1.0 for r in rows)
     read_bundle(built["out"])  # the report files do not disturb the checksums
+
+
+def test_convert_twostage_table_writes_table_version_2(built, tmp_path):
+    from malm_edge.edge.bundle import read_bundle
+    from malm_edge.edge.retriever import Retriever
+
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(_cli(), [
+        "convert", str(built["student_run"]), "--recipes", str(built["data"]), "--out", str(out), "--target", "onnx",
+        "--quantize", "none", "--table", "twostage", "--candidates", "12", "--n-calibration", "16",
+        "--n-verify", "16", "--batch-size", "16", "--no-report", "--json"])
+    assert result.exit_code == 0, result.output
+    table = read_bundle(out).manifest.table
+    assert (table.version, table.dtype, table.candidates, table.codes_file) == (2, "int7", 12, "table.sign.u64")
+    summary = json.loads(result.stdout)["table"]
+    assert summary["table_version"] == 2 and summary["bytes_per_recipe"] < table.dim + 4
+    with Retriever(out, backend="onnx") as retriever:
+        hits = retriever.search(built["extra_photos"][0], k=3)
+    assert len(hits) == 3

@@ -88,15 +88,22 @@ def test_other_settings_in_same_folder_are_refused(setup):
         idx.build_index(teacher, data, full, shard_size=SHARD * 2, progress=False)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "float16"])
+@pytest.mark.parametrize("dtype", ["int8", "float16", "twostage"])
 def test_finalize_streams_table_and_catalog_in_order(setup, dtype):
     root, data, _, teacher, full, _ = setup
     out = root / f"final_{dtype}"
-    entry, count = idx.finalize(full, data, out, table_dtype=dtype)
-    assert entry.rows == count == 36 and entry.dim == 64 and entry.dtype == dtype
+    table_format = "twostage" if dtype == "twostage" else "exact"
+    entry, count = idx.finalize(full, data, out, table_dtype="int8" if dtype == "twostage" else dtype,
+                                table_format=table_format)
+    assert entry.rows == count == 36 and entry.dim == 64
+    assert entry.dtype == ("int7" if dtype == "twostage" else dtype)
     exact = np.concatenate(_shards(full))
     table = read_table(out, entry).dequantize()
-    np.testing.assert_allclose(table, exact, atol=(1 / 127) if dtype == "int8" else 1e-3)
+    atol = {"int8": 1 / 127, "float16": 1e-3, "twostage": 1 / 63}[dtype]
+    np.testing.assert_allclose(table, exact, atol=atol)
+    if dtype == "twostage":  # the centre is the mean row, taken over the shards in a first pass
+        np.testing.assert_allclose(entry.centre, exact.mean(axis=0), atol=1e-6)
+        assert idx.table_bytes_per_row(entry) == 8 + 32 + 16 + 4
     with Catalog(out / CATALOG_FILE, expected_count=36) as catalog:
         rows = catalog.lookup(range(36))
     assert [r["id"] for r in rows] == [r.id for r in iter_records(data)]
@@ -146,6 +153,14 @@ def test_index_cli_json(setup):
     bad = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data),
                                    "--out", str(out), "--shard-size", "4"])
     assert bad.exit_code == 1 and "shard_size" in bad.output
+    two = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
+                                   "--shard-size", "16", "--table", "twostage"])
+    assert two.exit_code == 0, two.output
+    assert "int7 (60 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
+    few = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
+                                   "--shard-size", "16", "--table", "twostage", "--candidates", "7", "--json"])
+    assert few.exit_code == 0, few.output
+    assert json.loads(few.stdout)["table"]["candidates"] == 7
 
 
 @pytest.mark.slow

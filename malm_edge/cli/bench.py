@@ -56,10 +56,11 @@ def _print_tables(report: dict[str, Any]) -> None:
     _print_table(console, _table("Encoders (batch 1)", ("encoder", "backend", "quant", "thr", "p50 ms", "p90 ms", "MB"),
                          encoders))
     search = [(row["table"], str(row["rows"]), str(row["dim"]), row["dtype"], f"{row['median_ms']:.2f}",
-               f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}", f"{row['search_peak_alloc_mb']:.1f}")
+               f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}", f"{row['bytes_per_recipe']:.0f}",
+               f"{row['search_peak_alloc_mb']:.1f}")
               for row in report["search"]]
     _print_table(console, _table("Table top-k search", ("table", "rows", "dim", "dtype", "p50 ms", "p90 ms", "table MB",
-                                                 "peak alloc MB"), search))
+                                                 "B/recipe", "peak alloc MB"), search))
     for row in report["end_to_end"]:
         console.print(f"end to end ({row['encoder']}): median {row['median_ms']:.2f} ms, "
                       f"p90 {row['p90_ms']:.2f} ms")

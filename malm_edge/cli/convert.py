@@ -35,6 +35,11 @@ class TableDtype(str, Enum):
     float16 = "float16"
 
 
+class TableFormat(str, Enum):
+    exact = "exact"
+    twostage = "twostage"
+
+
 def parity_text(encoder: dict) -> str:
     """The parity part of an encoder's summary line; a collapsed student says so in the same line."""
     check, parity = encoder["verification"], encoder.get("parity")
@@ -60,7 +65,12 @@ def convert(
     calibration: Annotated[Optional[Path], typer.Option(
         exists=True, file_okay=False, help="Calibration photos: a folder or a dataset (train split). "
         "Default: the --recipes dataset's train split.")] = None,
-    table_dtype: Annotated[TableDtype, typer.Option(help="Recipe table storage.")] = TableDtype.int8,
+    table_dtype: Annotated[TableDtype, typer.Option(help="Recipe table storage (--table exact).")] = TableDtype.int8,
+    table_format: Annotated[TableFormat, typer.Option(
+        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 7-bit "
+        "rescoring, 116 bytes a 128-d recipe (table v2).")] = TableFormat.exact,
+    candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
+                                            "(BENCHMARKS.md: about 4000 for a 1M-recipe catalog).")] = 1000,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
@@ -83,6 +93,7 @@ def convert(
 
     names = TARGETS if Target.all in target else tuple(t.value for t in target)
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
+                             table_format=table_format.value, candidates=candidates,
                              calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
                              report=report, progress=not as_json, allow_collapsed=allow_collapsed,
@@ -105,6 +116,7 @@ def convert(
         if encoder["non_delegated_ops"]:
             typer.echo(f"  not delegated to XNNPACK: {', '.join(encoder['non_delegated_ops'])}")
     table = summary["table"]
-    typer.echo(f"table: {table['rows']} recipes, {table['dtype']}, recall@1 {table['recall_at_1']:.3f} "
+    typer.echo(f"table: {table['rows']} recipes, {table['dtype']} ({table['bytes_per_recipe']:.0f} bytes a "
+               f"recipe), recall@1 {table['recall_at_1']:.3f} "
                f"recall@10 {table['recall_at_10']:.3f} vs float32")
     typer.echo(f"bundle written to {summary['bundle']}")

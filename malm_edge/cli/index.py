@@ -22,9 +22,14 @@ class TableDtype(str, Enum):
     float16 = "float16"
 
 
+class TableFormat(str, Enum):
+    exact = "exact"
+    twostage = "twostage"
+
+
 def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 8192,
-              batch_size: int = 128, table_dtype: str = "int8", finalize_table: bool = True,
-              progress: bool = True) -> dict:
+              batch_size: int = 128, table_dtype: str = "int8", table_format: str = "exact",
+              candidates: int = 1000, finalize_table: bool = True, progress: bool = True) -> dict:
     """Build the shards (this process's share), then on rank 0 the table, catalog and quality."""
     import torch
 
@@ -46,13 +51,14 @@ def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 
         barrier()
         if finalize_table and world.is_main:
             table_dir = out / "table"
-            entry, count = idx.finalize(out, recipes, table_dir, table_dtype=table_dtype)
+            entry, count = idx.finalize(out, recipes, table_dir, table_dtype=table_dtype,
+                                        table_format=table_format, candidates=candidates)
             queries = idx.teacher_image_queries(teacher, recipes)
             source = "teacher val image embeddings"
             if queries is None:
                 queries, source = idx.mixed_recipe_queries(out), "mixed recipe embeddings"
             summary["table"] = {"dir": str(table_dir), "rows": entry.rows, "dim": entry.dim,
-                                "catalog_rows": count,
+                                "catalog_rows": count, "candidates": entry.candidates,
                                 **idx.table_quality(out, table_dir, entry, queries), "queries": source}
         barrier()
     finally:
@@ -67,13 +73,18 @@ def index(
     out: Annotated[Path, typer.Option("--out", help="Index folder (shards; table/ after finalize).")],
     shard_size: Annotated[int, typer.Option(min=1, help="Recipes per shard.")] = 8192,
     batch_size: Annotated[int, typer.Option(min=1, help="Recipes per forward pass.")] = 128,
-    table_dtype: Annotated[TableDtype, typer.Option(help="Finalized table storage.")] = TableDtype.int8,
+    table_dtype: Annotated[TableDtype, typer.Option(help="Finalized table storage (--table exact).")] = TableDtype.int8,
+    table_format: Annotated[TableFormat, typer.Option(
+        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 7-bit "
+        "rescoring (table v2).")] = TableFormat.exact,
+    candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps.")] = 1000,
     finalize: Annotated[bool, typer.Option(help="Write table + catalog into OUT/table when done.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Embed every recipe with the teacher's recipe tower into resumable shards (torchrun-ready)."""
     summary = run_or_exit(lambda: run_index(teacher, recipes, out, shard_size=shard_size,
                                             batch_size=batch_size, table_dtype=table_dtype.value,
+                                            table_format=table_format.value, candidates=candidates,
                                             finalize_table=finalize, progress=not as_json))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -83,5 +94,6 @@ def index(
                f"{summary['recipes_per_second']:.1f} recipes/s")
     if "table" in summary:
         table = summary["table"]
-        typer.echo(f"table {table['dir']}: {table['rows']} x {table['dim']} {table['dtype']}, "
-                   f"recall@1 {table['recall_at_1']:.3f}, recall@10 {table['recall_at_10']:.3f} vs float32")
+        typer.echo(f"table {table['dir']}: {table['rows']} x {table['dim']} {table['dtype']} "
+                   f"({table['bytes_per_recipe']:.0f} bytes a recipe), recall@1 {table['recall_at_1']:.3f}, "
+                   f"recall@10 {table['recall_at_10']:.3f} vs float32")

@@ -5,6 +5,9 @@
 //   malm-edge-native verify --bundle B [--no-checksums]
 //   malm-edge-native bench --bundle B --photo P [--repeats 30] [--warmup 3] [--threads 1]
 //                          [--rows 10000,100000,1029720] [--table-repeats 5] [--json]
+//   malm-edge-native table-search --table DIR --queries Q.f32 [--top-k 10] [--candidates C]
+//                          [--repeats 1]    (benchmarks: DIR/table.json is a manifest `table`
+//                          object, Q.f32 raw float32 [Q, dim]; prints rows found and times)
 //
 // Every command takes --require-signature PUBKEY (as `malm-edge search`): refuse the bundle unless
 // manifest.sig is a valid signature of manifest.json by that Ed25519 public key (PEM).
@@ -29,6 +32,7 @@
 #include "../src/image_io.h"
 #include "../src/manifest.h"
 #include "../src/table.h"
+#include "../src/twostage.h"
 #include "malm_edge.h"
 
 namespace {
@@ -36,10 +40,12 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 struct Args {
-  std::string command, bundle, encoder, photo, trusted_key;
+  std::string command, bundle, encoder, photo, trusted_key, table_dir, queries;
+  int64_t candidates = 0;  // table-search: 0 = the table's own
   std::vector<std::string> positional;
   std::vector<int64_t> rows = {10000, 100000, 1029720};
   int top_k = -1, threads = 0, repeats = 30, warmup = 3, table_repeats = 5;
+  bool repeats_given = false;  // table-search: 1 pass over the queries unless --repeats
   bool json = false, checksums = true;
 };
 
@@ -49,6 +55,7 @@ const char* kUsage =
     "       malm-edge-native verify --bundle B [--no-checksums]\n"
     "       malm-edge-native bench --bundle B --photo P [--repeats 30] [--warmup 3] [--threads 1]\n"
     "                              [--rows 10000,100000,1029720] [--table-repeats 5] [--json]\n"
+    "       malm-edge-native table-search --table DIR --queries Q.f32 [--top-k 10] [--candidates C] [--repeats 1]\n"
     "every command: [--require-signature PUBKEY]  (refuse a bundle not signed by this Ed25519 key)\n";
 
 int usage(const std::string& why) {
@@ -91,9 +98,15 @@ std::string parse_args(int argc, char** argv, Args& a) {
     else if (arg == "--encoder") ok = value(a.encoder);
     else if (arg == "--photo") ok = value(a.photo);
     else if (arg == "--require-signature") ok = value(a.trusted_key) && !a.trusted_key.empty();
+    else if (arg == "--table") ok = value(a.table_dir);
+    else if (arg == "--queries") ok = value(a.queries);
+    else if (arg == "--candidates") {
+      std::string text;
+      ok = value(text) && parse_int(text, 1, int64_t(1) << 40, a.candidates);
+    }
     else if (arg == "--top-k" || arg == "-k") ok = number(a.top_k, 1, 100000);
     else if (arg == "--threads") ok = number(a.threads, 1, 1024);
-    else if (arg == "--repeats") ok = number(a.repeats, 1, 100000);
+    else if (arg == "--repeats") ok = (a.repeats_given = true) && number(a.repeats, 1, 100000);
     else if (arg == "--warmup") ok = number(a.warmup, 0, 100000);
     else if (arg == "--table-repeats") ok = number(a.table_repeats, 1, 100000);
     else if (arg == "--json") a.json = true;
@@ -116,6 +129,7 @@ std::string parse_args(int argc, char** argv, Args& a) {
     else a.positional.push_back(arg);
     if (!ok) return "option " + arg + " needs a valid value";
   }
+  if (a.command == "table-search") return a.table_dir.empty() || a.queries.empty() ? "--table and --queries are required" : "";
   if (a.bundle.empty()) return "--bundle is required";
   while (a.bundle.size() > 1 && a.bundle.back() == '/') a.bundle.pop_back();
   return "";
@@ -410,6 +424,52 @@ int cmd_bench(const Args& a) {
   return 0;
 }
 
+std::string read_file(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) malm::fail(MALM_ERR_INVALID_ARGUMENT, path + ": cannot open");
+  std::string data;
+  char buffer[1 << 16];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, f)) > 0;) data.append(buffer, n);
+  std::fclose(f);
+  return data;
+}
+
+// Every query searched once per repeat, each timed on its own; the rows found come back for recall.
+int cmd_table_search(const Args& a) {
+  const std::string src = malm::join_path(a.table_dir, "table.json");
+  malm::TableEntry entry = malm::parse_table_text(read_file(src), src);
+  std::unique_ptr<malm::SearchTable> table = malm::open_search_table(a.table_dir, entry);
+  const std::string raw = read_file(a.queries);
+  const size_t dim = size_t(entry.dim), n = raw.size() / (dim * 4);
+  if (raw.size() != n * dim * 4) return usage(a.queries + ": not a float32 [Q, " + std::to_string(dim) + "] file");
+  std::vector<float> queries(n * dim);
+  std::memcpy(queries.data(), raw.data(), raw.size());
+  const int k = a.top_k < 0 ? 10 : a.top_k;
+  auto* two_stage = dynamic_cast<malm::TwoStageTable*>(table.get());
+  auto search = [&](size_t q) {
+    const float* query = queries.data() + q * dim;
+    return two_stage && a.candidates > 0 ? two_stage->search(query, dim, k, a.candidates) : table->search(query, dim, k);
+  };
+  std::vector<double> ms;
+  ojson found = ojson::array();
+  for (int rep = 0; rep < (a.repeats_given ? a.repeats : 1); ++rep) {
+    for (size_t q = 0; q < n; ++q) {
+      auto start = Clock::now();
+      std::vector<malm::Hit> hits = search(q);
+      ms.push_back(ms_since(start));
+      if (rep > 0) continue;
+      ojson rows = ojson::array();
+      for (const auto& h : hits) rows.push_back(h.row);
+      found.push_back(rows);
+    }
+  }
+  ojson report = summary(ms);
+  report["bytes_per_row"] = table->bytes_per_row();
+  report["rows"] = found;
+  std::cout << report.dump() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -424,6 +484,7 @@ int main(int argc, char** argv) {
     if (a.command == "text") return cmd_text(a);
     if (a.command == "verify") return cmd_verify(a);
     if (a.command == "bench") return cmd_bench(a);
+    if (a.command == "table-search") return cmd_table_search(a);
   } catch (const std::exception& err) {  // decode errors in bench loops, bad_alloc
     std::cerr << "error: " << err.what() << "\n";
     return 1;

@@ -12,11 +12,12 @@
 #include "preprocess.h"
 #include "signature.h"
 #include "table.h"
+#include "twostage.h"
 
 struct malm_engine {
   std::string root;
   malm::Manifest manifest;
-  std::unique_ptr<malm::Table> table;
+  std::unique_ptr<malm::SearchTable> table;
   std::unique_ptr<malm::Catalog> catalog;
   std::unique_ptr<malm::Encoder> encoder;
   std::string encoder_name, encoder_file;
@@ -163,9 +164,7 @@ malm_status malm_open(const char* bundle_dir, const malm_open_options* options, 
     const std::string trusted = opts.trusted_public_key ? opts.trusted_public_key : "";
     e->manifest = malm::read_bundle(e->root, opts.verify_checksums != 0, trusted);  // before anything is used
     const auto& t = e->manifest.table;
-    e->table = std::make_unique<malm::Table>(malm::join_path(e->root, t.file),
-                                             t.scales_file.empty() ? "" : malm::join_path(e->root, t.scales_file),
-                                             t.dtype, t.rows, t.dim);
+    e->table = malm::open_search_table(e->root, t);
     e->catalog = std::make_unique<malm::Catalog>(malm::join_path(e->root, e->manifest.catalog.file), t.rows);
     if (opts.load_encoder) {
       const malm::EncoderEntry& entry = pick_encoder(e->manifest, e->root, opts.encoder);

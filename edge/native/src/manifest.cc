@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -210,6 +211,35 @@ EncoderEntry parse_encoder(const Ctx& c, const json& raw, size_t index) {
   return e;
 }
 
+// Table version 2 (edge/bundle.py _parse_table_v2): the same checks in the same order.
+TableEntry parse_table_v2(const Ctx& c, const json& raw, TableEntry t) {
+  const std::string where = "table.";
+  std::string missing;
+  for (const char* key : {"codes_file", "codes_sha256", "centre", "candidates", "scales_file", "scales_sha256"}) {
+    if (!raw.contains(key) || raw.at(key).is_null()) missing += (missing.empty() ? "table." : ", table.") + std::string(key);
+  }
+  if (!missing.empty()) bundle_error(c.src + ": table version 2 needs " + missing);
+  t.codes_file = require(c, raw, "codes_file", Kind::Str, where).get<std::string>();
+  t.codes_sha256 = require(c, raw, "codes_sha256", Kind::Str, where).get<std::string>();
+  const json& centre = require(c, raw, "centre", Kind::List, where);
+  t.candidates = require(c, raw, "candidates", Kind::Int, where).get<int64_t>();
+  if (t.dtype != "int7") {
+    bundle_error(c.src + ": table.dtype = " + py_repr(t.dtype) + ", expected 'int7' for table version 2");
+  }
+  if (t.rows < 0 || t.dim <= 0 || t.candidates < 1) {
+    bundle_error(c.src + ": table.rows must be >= 0, table.dim > 0 and table.candidates >= 1");
+  }
+  bool numbers = int64_t(centre.size()) == t.dim;
+  for (const auto& v : centre) numbers = numbers && (is_int(v) || v.is_number_float()) && std::isfinite(v.get<double>());
+  if (!numbers) {
+    bundle_error(c.src + ": table.centre must be " + std::to_string(t.dim) + " finite numbers (table.dim)");
+  }
+  for (const auto& v : centre) t.centre.push_back(float(v.get<double>()));  // as numpy's float32 cast
+  // uint16 Hamming distances (twostage.cc): at most 65535 bits.
+  if (t.dim > 65535) bundle_error(c.src + ": table.dim above 65535 is not supported for table version 2");
+  return t;
+}
+
 TableEntry parse_table(const Ctx& c, const json& raw) {
   const std::string where = "table.";
   require_object(c, raw, where, {"file", "dtype", "rows", "dim", "sha256"});
@@ -221,6 +251,12 @@ TableEntry parse_table(const Ctx& c, const json& raw) {
   t.sha256 = require(c, raw, "sha256", Kind::Str, where).get<std::string>();
   if (optional_field(c, raw, "scales_file", Kind::Str, where)) t.scales_file = raw["scales_file"];
   if (optional_field(c, raw, "scales_sha256", Kind::Str, where)) t.scales_sha256 = raw["scales_sha256"];
+  if (raw.contains("version")) t.version = require(c, raw, "version", Kind::Int, where).get<int64_t>();
+  if (t.version != 1 && t.version != 2) {
+    bundle_error(c.src + ": unknown table format version " + std::to_string(t.version) +
+                 " (this reader supports table versions [1, 2])");
+  }
+  if (t.version == 2) return parse_table_v2(c, raw, t);
   if (t.dtype != "int8" && t.dtype != "float16" && t.dtype != "float32") {
     bundle_error(c.src + ": table.dtype = " + py_repr(t.dtype) +
                  ", expected one of ['int8', 'float16', 'float32']");
@@ -356,6 +392,7 @@ std::vector<FileRef> referenced_files(const Manifest& m) {
   for (const auto& e : m.encoders) files.push_back({"encoder '" + e.name + "'", e.file, e.sha256});
   files.push_back({"table", m.table.file, m.table.sha256});
   if (!m.table.scales_file.empty()) files.push_back({"table scales", m.table.scales_file, m.table.scales_sha256});
+  if (m.table.version == 2) files.push_back({"table codes", m.table.codes_file, m.table.codes_sha256});
   files.push_back({"catalog", m.catalog.file, m.catalog.sha256});
   for (const auto& x : m.extra_files) files.push_back({"extra file " + py_repr(x.file), x.file, x.sha256});
   return files;
@@ -468,7 +505,8 @@ void check_sizes(const Manifest& m, const std::string& root) {
   std::string path = join_path(root, t.file);
   // rows * dim overflow would need > 2^63 bytes; dim <= 65536 and rows < 2^40 keep it exact.
   if (t.rows > (int64_t(1) << 40)) bundle_error(path + ": table.rows " + std::to_string(t.rows) + " is too large");
-  int64_t expected = t.rows * t.dim * dtype_bytes(t.dtype), actual = file_size(path);
+  const int64_t row_bytes = t.version == 2 ? (t.dim + 1) / 2 + (t.dim + 3) / 4 : t.dim * dtype_bytes(t.dtype);
+  int64_t expected = t.rows * row_bytes, actual = file_size(path);
   if (actual != expected) {
     bundle_error(path + ": " + std::to_string(actual) + " bytes, expected " + std::to_string(expected) +
                  " for " + std::to_string(t.rows) + " x " + std::to_string(t.dim) + " " + t.dtype);
@@ -479,6 +517,15 @@ void check_sizes(const Manifest& m, const std::string& root) {
     if (actual != t.rows * 4) {
       bundle_error(scales + ": " + std::to_string(actual) + " bytes, expected " + std::to_string(t.rows * 4) +
                    " for " + std::to_string(t.rows) + " float32 scales");
+    }
+  }
+  if (t.version == 2) {
+    const int64_t words = (t.dim + 63) / 64;
+    std::string codes = join_path(root, t.codes_file);
+    actual = file_size(codes);
+    if (actual != t.rows * words * 8) {
+      bundle_error(codes + ": " + std::to_string(actual) + " bytes, expected " + std::to_string(t.rows * words * 8) +
+                   " for " + std::to_string(t.rows) + " sign codes of " + std::to_string(words) + " 64-bit words");
     }
   }
   for (const auto& e : m.encoders) {
@@ -539,6 +586,14 @@ std::string sha256_path(const std::string& path) {
     digest.update(line.data(), line.size());
   }
   return digest.hexdigest();
+}
+
+TableEntry parse_table_text(const std::string& text, const std::string& src) {
+  Ctx c{src};
+  check_depth(c, text);
+  json data = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (data.is_discarded()) bundle_error(src + ": not valid JSON");
+  return parse_table(c, data);
 }
 
 Manifest parse_manifest_text(const std::string& text, const std::string& src) {

@@ -35,6 +35,10 @@ struct EncoderEntry {
 struct TableEntry {
   std::string file, dtype, sha256, scales_file, scales_sha256;  // "" = absent
   int64_t rows = 0, dim = 0;
+  int64_t version = 1;  // 1: exact rows (table.h); 2: sign codes + 7-bit rows (twostage.h)
+  std::string codes_file, codes_sha256;  // version 2
+  std::vector<float> centre;             // version 2: dim values
+  int64_t candidates = 0;                // version 2: rows the prefilter keeps
 };
 
 struct CatalogEntry {
@@ -64,6 +68,8 @@ constexpr size_t kMaxManifestBytes = 16u << 20;
 
 // Parse and type-check a manifest from its text; `src` names the file in messages.
 Manifest parse_manifest_text(const std::string& text, const std::string& src);
+// A manifest's `table` object alone, from JSON text (benchmarks: malm-edge-native table-search).
+TableEntry parse_table_text(const std::string& text, const std::string& src);
 // Read <root>/manifest.json and parse it (no file checks). With a trusted Ed25519 public key (PEM
 // file path, "" = none) the manifest's exact bytes must carry a valid manifest.sig by that key
 // before they are parsed (signature.h; edge/bundle.py read_manifest(require_signature=...)).

@@ -59,6 +59,27 @@ bool better(const Hit& a, const Hit& b) { return a.score > b.score || (a.score =
 
 }  // namespace
 
+MappedFile::~MappedFile() {
+  if (base_) munmap(base_, bytes_);
+}
+
+const void* MappedFile::map(const std::string& path, size_t bytes) {
+  if (bytes == 0) return nullptr;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(MALM_ERR_BUNDLE, path + ": cannot open the table file");
+  struct stat st;
+  if (fstat(fd, &st) != 0 || size_t(st.st_size) != bytes) {
+    close(fd);
+    fail(MALM_ERR_BUNDLE, path + ": " + std::to_string(st.st_size) + " bytes, expected " + std::to_string(bytes));
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) fail(MALM_ERR_BUNDLE, path + ": cannot memory-map the table file");
+  base_ = p;
+  bytes_ = bytes;
+  return p;
+}
+
 void* Table::map_file(const std::string& path, size_t bytes, void** base, size_t* mapped) {
   if (bytes == 0) return nullptr;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

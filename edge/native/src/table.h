@@ -14,22 +14,46 @@ struct Hit {
   float score;
 };
 
-class Table {
+// What the engine searches: an exact table (version 1, below) or a two-stage one (twostage.h).
+class SearchTable {
+ public:
+  virtual ~SearchTable() = default;
+  virtual int64_t rows() const = 0;
+  virtual int64_t dim() const = 0;
+  virtual size_t bytes_per_row() const = 0;
+  // Best k rows, best first (k clipped to rows); throws on a non-finite query.
+  virtual std::vector<Hit> search(const float* query, size_t dim, int k) const = 0;
+};
+
+// A read-only memory map of a whole file whose size must be `bytes` (nothing mapped for 0).
+class MappedFile {
+ public:
+  MappedFile() = default;
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const void* map(const std::string& path, size_t bytes);
+
+ private:
+  void* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+class Table : public SearchTable {
  public:
   // Map <file> (and <scales_file> for int8); sizes must match rows x dim (checked again here).
   Table(const std::string& file, const std::string& scales_file, const std::string& dtype,
         int64_t rows, int64_t dim);
   // A table over caller-owned memory (benchmarks, tests): int8 values + scales.
   Table(const int8_t* values, const float* scales, int64_t rows, int64_t dim);
-  ~Table();
+  ~Table() override;
   Table(const Table&) = delete;
   Table& operator=(const Table&) = delete;
 
-  int64_t rows() const { return rows_; }
-  int64_t dim() const { return dim_; }
-  size_t bytes_per_row() const { return size_t(dim_) * elem_ + (scales_ ? 4 : 0); }
-  // Best k rows, best first (k clipped to rows); throws on a non-finite query.
-  std::vector<Hit> search(const float* query, size_t dim, int k) const;
+  int64_t rows() const override { return rows_; }
+  int64_t dim() const override { return dim_; }
+  size_t bytes_per_row() const override { return size_t(dim_) * elem_ + (scales_ ? 4 : 0); }
+  std::vector<Hit> search(const float* query, size_t dim, int k) const override;
 
  private:
   float score_row(int64_t r, const float* query) const;

@@ -12,6 +12,7 @@
 #include "../src/preprocess.h"
 #include "../src/signature.h"
 #include "../src/table.h"
+#include "../src/twostage.h"
 
 static int failures = 0;
 #define CHECK(cond)                                                  \
@@ -67,6 +68,25 @@ static void test_topk_ties() {
   CHECK(table.search(q, 2, 10).size() == 5);
   const float nan_q[] = {NAN, 0.0f};
   CHECK(!error_of([&] { table.search(nan_q, 2, 3); }).empty());
+}
+
+// Table version 2 by hand (dim 2, centre 0): rows v = (1, 0), (3, 0), (3, 0), (-2, 1), (2, 2).
+static void test_two_stage_prefilter_and_ties() {
+  const uint64_t codes[] = {1, 1, 1, 2, 3};  // bit d: v[d] >= 0 (a 0 value has bit 0)
+  const uint8_t values[] = {1, 0, 3, 0, 3, 0, 2 | 1 << 4, 0, 2 | 2 << 4, 0};  // nibble plane, crumb plane
+  const float scales[] = {1, 1, 1, 1, 1};
+  const float q[] = {1.0f, 0.0f};  // code 0b01: distances 0, 0, 0, 2, 1; q8 = (127, 0)
+  malm::TwoStageTable three(codes, values, scales, {0.0f, 0.0f}, 5, 3);
+  auto hits = three.search(q, 2, 3);  // only the three rows at distance 0 are rescored
+  CHECK(hits.size() == 3 && hits[0].row == 1 && hits[1].row == 2 && hits[2].row == 0);
+  CHECK(std::fabs(hits[0].score - 3.0f) < 1e-6f);  // key 381 x (1 / 127)
+  auto four = three.search(q, 2, 3, 4);  // one more: the lowest row at distance 1
+  CHECK(four.size() == 3 && four[0].row == 1 && four[1].row == 2 && four[2].row == 4);
+  auto all = three.search(q, 2, 10);  // k clipped to the rows, all rescored
+  CHECK(all.size() == 5 && all[3].row == 0 && all[4].row == 3 && all[4].score < 0);
+  CHECK(three.bytes_per_row() == 8 + 2 + 4);
+  const float nan_q[] = {NAN, 0.0f};
+  CHECK(!error_of([&] { three.search(nan_q, 2, 3); }).empty());
 }
 
 static void test_fts_query() {
@@ -129,6 +149,7 @@ int main() {
   test_manifest_errors();
   test_join_path();
   test_topk_ties();
+  test_two_stage_prefilter_and_ties();
   test_fts_query();
   test_resize_identity_and_orientation();
   if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);

@@ -22,12 +22,17 @@ export function chooseEncoder(manifest, wanted = null) {
 /** (what, file, sha256, expected size or null) of every file the page downloads. */
 export function bundleFiles(manifest, encoder) {
   const { table, catalog } = manifest;
-  const bytesPer = { int8: 1, float16: 2, float32: 4 }[table.dtype];
+  const twoStage = (table.version ?? 1) === 2; // sign codes + 7-bit rows (js/twostage.js)
+  const rowBytes = twoStage ? Math.ceil(table.dim / 2) + Math.ceil(table.dim / 4)
+    : table.dim * { int8: 1, float16: 2, float32: 4 }[table.dtype];
   const files = [
     { key: "encoder", file: encoder.file, sha256: encoder.sha256, size: encoder.size_bytes },
-    { key: "table", file: table.file, sha256: table.sha256, size: table.rows * table.dim * bytesPer },
+    { key: "table", file: table.file, sha256: table.sha256, size: table.rows * rowBytes },
   ];
   if (table.scales_file) files.push({ key: "scales", file: table.scales_file, sha256: table.scales_sha256, size: table.rows * 4 });
+  if (twoStage) {
+    files.push({ key: "codes", file: table.codes_file, sha256: table.codes_sha256, size: table.rows * Math.ceil(table.dim / 64) * 8 });
+  }
   files.push({ key: "catalog", file: catalog.file, sha256: catalog.sha256, size: null });
   return files.map((f) => ({ ...f, url: `bundle/${f.file.split("/").map(encodeURIComponent).join("/")}?v=${f.sha256.slice(0, 16)}` }));
 }

@@ -84,7 +84,8 @@ async function loadBundle() {
     import("./encoder.js"),
     import("./catalog.js"),
   ]);
-  app.table = makeTable(manifest.table, bytes.table.buffer, bytes.scales ? bytes.scales.buffer : null);
+  app.table = makeTable(manifest.table, bytes.table.buffer, bytes.scales ? bytes.scales.buffer : null,
+    bytes.codes ? bytes.codes.buffer : null);
   [app.encoder, app.catalog] = await Promise.all([
     loadEncoder(bytes.encoder, entry, manifest.preprocessing.input_size),
     openCatalog(bytes.catalog, manifest.table.rows),

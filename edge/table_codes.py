@@ -1,0 +1,128 @@
+"""Encodings of the two-stage table (table format v2, edge/twostage.py): sign bits and 7-bit rows.
+
+Every recipe row x is stored relative to the table's centre c (the mean row, kept once in the
+manifest): r = x - c. Ranking by x . q is ranking by r . q, since c . q is the same for every row.
+
+- **Sign codes**: bit d of row r is 1 where r[d] > 0. Bits go little-endian into 64-bit words
+  (dim d -> word d // 64, bit d % 64), so row r is W = ceil(D / 64) little-endian uint64 words;
+  bits past D are 0 in rows and query alike. The query's code is the sign of (q - c) (the same
+  centring as the rows): for near-duplicate and cross-modal queries alike it measured better than
+  the sign of q (BENCHMARKS.md, "Two-stage table").
+- **7-bit rows**: r ~= scale_r * v_r with v_r[d] in -63..63. The sign of v_r[d] is the sign bit
+  above (1: v >= 0, 0: v <= 0), so only the magnitude |v| (6 bits) is stored, in two planes per
+  row: a nibble plane of ceil(D / 2) bytes holding |v| & 15 (dim 2j in the low nibble of byte j,
+  2j + 1 in the high one) then a crumb plane of ceil(D / 4) bytes holding |v| >> 4 (dim 4j + i in
+  bits 2i, 2i + 1 of byte j). 96 bytes for D = 128; padding is 0. The scale is fitted per row:
+  from max|r| / 63, round, refit the scale by least squares to the rounded values (two rounds);
+  writer-side only, readers just multiply.
+- **Query**: quantised symmetric int8, q8 = rint(q / s_q) (half to even) with s_q = max|q| / 127,
+  both in float32. Then v_r . q8 is an exact integer (int32 in C++, float64 in numpy and JS), so
+  numpy, C++ and JavaScript rank identically, ties included: key_r = float32(v_r . q8) * scale_r
+  (one correctly rounded float32 multiply), best key first, ties to the lower row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VALUE_MAX = 63
+INT8_MAX = 127
+
+
+def code_words(dim: int) -> int:
+    """64-bit words per sign code of a `dim`-wide row."""
+    return (dim + 63) // 64
+
+
+def packed_bytes(dim: int) -> int:
+    """Bytes of the nibble plane of a `dim`-wide row."""
+    return (dim + 1) // 2
+
+
+def crumb_bytes(dim: int) -> int:
+    """Bytes of the 2-bit plane of a `dim`-wide row."""
+    return (dim + 3) // 4
+
+
+def magnitude_bytes(dim: int) -> int:
+    """Bytes of both magnitude planes of a `dim`-wide row (96 for D = 128)."""
+    return packed_bytes(dim) + crumb_bytes(dim)
+
+
+def sign_codes(residuals: np.ndarray) -> np.ndarray:
+    """Sign bits of (N, D) centred rows as (N, W) little-endian uint64 words."""
+    residuals = np.asarray(residuals, dtype=np.float32)  # (N, D)
+    n, dim = residuals.shape
+    bits = np.zeros((n, code_words(dim) * 64), dtype=bool)  # (N, 64 W)
+    bits[:, :dim] = residuals > 0
+    packed = np.packbits(bits, axis=1, bitorder="little")  # (N, 8 W) bytes, dim d -> byte d // 8
+    return np.ascontiguousarray(packed).view("<u8")  # (N, W)
+
+
+def _fit_scales(residuals: np.ndarray, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(values (N, D) int8 in -63..63, scales (N,) float32) with residuals ~= values * scales."""
+    peak = np.abs(residuals).max(axis=1) if residuals.size else np.zeros(len(residuals), np.float32)
+    scales = np.where(peak > 0, peak / VALUE_MAX, 1.0).astype(np.float32)  # (N,)
+    for _ in range(rounds):
+        values = np.clip(np.rint(residuals / scales[:, None]), -VALUE_MAX, VALUE_MAX)  # (N, D)
+        energy = (values * values).sum(axis=1)  # (N,)
+        fitted = (values * residuals).sum(axis=1) / np.maximum(energy, 1.0)  # least squares
+        scales = np.where(energy > 0, fitted, scales).astype(np.float32)  # (N,)
+    values = np.clip(np.rint(residuals / scales[:, None]), -VALUE_MAX, VALUE_MAX)  # (N, D)
+    return values.astype(np.int8), scales
+
+
+def quantize_rows_int7(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row-scaled 7-bit rows whose signs are the sign codes (`sign_codes(residuals)`).
+
+    Args:
+        residuals: (N, D) float centred rows.
+
+    Returns:
+        (magnitude planes (N, ceil(D / 2) + ceil(D / 4)) uint8, scales (N,) float32).
+    """
+    residuals = np.asarray(residuals, dtype=np.float32)  # (N, D)
+    values, scales = _fit_scales(residuals)  # (N, D) int8, (N,)
+    # a value's sign must be its residual's sign bit: rint keeps the sign, 0 has none to keep
+    magnitude = np.abs(values).astype(np.uint8)  # (N, D) in 0..63
+    return pack_magnitudes(magnitude), scales
+
+
+def pack_magnitudes(magnitude: np.ndarray) -> np.ndarray:
+    """(N, D) uint8 in 0..63 -> (N, ceil(D / 2) + ceil(D / 4)) nibble plane, then crumb plane."""
+    n, dim = magnitude.shape
+    low = np.zeros((n, packed_bytes(dim) * 2), np.uint8)  # (N, 2 B4)
+    low[:, :dim] = magnitude & 0x0F
+    high = np.zeros((n, crumb_bytes(dim) * 4), np.uint8)  # (N, 4 B2)
+    high[:, :dim] = magnitude >> 4
+    nibbles = low[:, 0::2] | (low[:, 1::2] << 4)  # (N, B4)
+    crumbs = high[:, 0::4] | (high[:, 1::4] << 2) | (high[:, 2::4] << 4) | (high[:, 3::4] << 6)
+    return np.ascontiguousarray(np.concatenate([nibbles, crumbs], axis=1))  # (N, B4 + B2)
+
+
+def unpack_int7(planes: np.ndarray, codes: np.ndarray, dim: int) -> np.ndarray:
+    """(C, B4 + B2) magnitude planes and (C, W) sign codes -> (C, dim) int8 values in -63..63."""
+    planes = np.asarray(planes, dtype=np.uint8)  # (C, B4 + B2)
+    n, b4 = len(planes), packed_bytes(dim)
+    magnitude = np.empty((n, b4 * 2), np.uint8)  # (C, 2 B4)
+    magnitude[:, 0::2] = planes[:, :b4] & 0x0F
+    magnitude[:, 1::2] = planes[:, :b4] >> 4
+    crumbs = planes[:, b4:]  # (C, B2)
+    high = np.stack([(crumbs >> shift) & 0x03 for shift in (0, 2, 4, 6)], axis=2)  # (C, B2, 4)
+    magnitude = magnitude[:, :dim] | (high.reshape(n, -1)[:, :dim] << 4)  # (C, D)
+    positive = sign_bits(codes, dim)  # (C, D) bool
+    return np.where(positive, magnitude.astype(np.int8), -magnitude.astype(np.int8))
+
+
+def sign_bits(codes: np.ndarray, dim: int) -> np.ndarray:
+    """(C, W) uint64 sign codes -> (C, dim) bool."""
+    as_bytes = np.ascontiguousarray(codes, dtype="<u8").view(np.uint8)  # (C, 8 W)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :dim].astype(bool)
+
+
+def quantize_query_int8(query: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """(D,) float query -> ((D,) float64 holding integers in -127..127, its float32 scale)."""
+    query = np.asarray(query, dtype=np.float32)  # (D,)
+    peak = np.float32(np.abs(query).max()) if query.size else np.float32(0)
+    scale = np.float32(peak / np.float32(INT8_MAX)) if peak > 0 else np.float32(1)
+    return np.rint(query / scale).astype(np.float64), scale  # (D,), ()

@@ -1,0 +1,295 @@
+"""The two-stage recipe table (table format v2): a sign-bit prefilter, then 7-bit rescoring.
+
+Files (little-endian, row-major, no header; encodings in edge/table_codes.py):
+
+- `table.sign.u64`    uint64  [N, W]  W = ceil(D / 64) words of sign bits of r = x - centre
+- `table.i7`          uint8   [N, ceil(D / 2) + ceil(D / 4)]  the 6-bit magnitudes |v| of the
+                      7-bit rescoring values v in -63..63 (their signs are the sign bits)
+- `table.scales.f32`  float32 [N]     v_r * scale_r ~= x_r - centre
+
+and in the manifest's table entry: `version` 2, `dtype` "int7", `centre` (D floats), `candidates`
+(how many rows the prefilter keeps). For D = 128: 16 + 96 + 4 = 116 bytes a recipe.
+
+Search, one query q (the same steps in edge/native and mobile_demo):
+1. Hamming distance of every row's code to the code of (q - centre) (popcount of XOR).
+2. Candidates: the C = min(N, max(k, candidates)) rows of smallest distance; at the boundary
+   distance, the lower rows (a counting rule, so every implementation keeps the same set).
+3. Rescoring: key_r = float32(v_r . q8) * scale_r with the int8-quantised query (exact integers,
+   see edge/table_codes.py); top-k by key, ties to the lower row.
+4. Reported score: key_r * s_q + centre . q, the approximate cosine (float32; implementations
+   may differ in its last bits, never in the rows or their order).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from malm_edge.edge.bundle import BundleError, TableEntry, sha256_path
+from malm_edge.edge.table_codes import (
+    code_words,
+    magnitude_bytes,
+    quantize_query_int8,
+    quantize_rows_int7,
+    sign_codes,
+    unpack_int7,
+)
+from malm_edge.edge.write_errors import OutputWriteError, guard_writes
+
+TABLE_VERSION = 2
+CODES_FILE = "table.sign.u64"
+INT7_FILE = "table.i7"
+SCALES_FILE = "table.scales.f32"
+DEFAULT_CANDIDATES = 1000
+PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
+
+
+@dataclass
+class TwoStageTable:
+    """A memory-mapped two-stage table.
+
+    Attributes:
+        codes: (N, W) uint64 sign codes.
+        values: (N, ceil(D / 2) + ceil(D / 4)) uint8 magnitude planes of the 7-bit rows.
+        scales: (N,) float32 per-row scales.
+        centre: (D,) float32 mean row.
+        candidates: Rows kept by the prefilter (at least k are always kept).
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+    scales: np.ndarray
+    centre: np.ndarray
+    candidates: int = DEFAULT_CANDIDATES
+
+    @property
+    def rows(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centre.shape[0])
+
+    @property
+    def dtype(self) -> str:
+        return "int7"
+
+    @property
+    def bytes_per_row(self) -> int:
+        return self.codes.shape[1] * 8 + self.values.shape[1] + 4
+
+    def dequantize(self) -> np.ndarray:
+        """The rescoring rows as float32 (N, D) (centre added back); small tables only."""
+        values = unpack_int7(self.values, self.codes, self.dim)  # (N, D)
+        residual = values.astype(np.float32) * self.scales[:, None]
+        return residual + self.centre[None, :]
+
+
+def table_centre(matrix: np.ndarray) -> np.ndarray:
+    """(D,) float32 mean of (N, D) rows, accumulated in float64."""
+    matrix = np.asarray(matrix)
+    return matrix.astype(np.float64).mean(axis=0).astype(np.float32) if len(matrix) else \
+        np.zeros(matrix.shape[1], np.float32)
+
+
+class TwoStageWriter:
+    """Streams a two-stage table to disk; files are renamed into place by `close`.
+
+    Args:
+        out_dir: Folder to write into.
+        centre: (D,) float32 centre, known before the first row (a first pass over the rows).
+        candidates: The prefilter's default candidate count, written into the entry.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, centre: np.ndarray,
+                 candidates: int = DEFAULT_CANDIDATES) -> None:
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self.out_dir, self.rows, self.candidates = Path(out_dir), 0, int(candidates)
+        self.centre = np.asarray(centre, dtype=np.float32)  # (D,)
+        self.dim = int(self.centre.shape[0])
+        self._names = [INT7_FILE, SCALES_FILE, CODES_FILE]
+        with self._guard():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._handles = [open(self.out_dir / f".{name}.tmp", "wb") for name in self._names]
+
+    def _guard(self):  # noqa: ANN202 - a context manager
+        return guard_writes(self.out_dir / self._names[0], OutputWriteError,
+                            intact="the previous table, if any, is unchanged")
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append (C, D) float rows (centred, coded and quantized here)."""
+        rows = np.asarray(rows, dtype=np.float32)  # (C, D)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows of shape {rows.shape}, expected (C, {self.dim})")
+        if not np.isfinite(rows).all():
+            raise ValueError("table rows hold NaN or infinity (a broken recipe tower output?)")
+        residuals = rows - self.centre[None, :]  # (C, D)
+        packed, scales = quantize_rows_int7(residuals)  # (C, B), (C,)
+        with self._guard():
+            self._handles[0].write(packed.tobytes())
+            self._handles[1].write(scales.astype("<f4").tobytes())
+            self._handles[2].write(sign_codes(residuals).astype("<u8").tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> TableEntry:
+        """Flush, rename into place and return the manifest entry (with sha256s)."""
+        with self._guard():
+            for handle in self._handles:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            for name in self._names:
+                os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
+        return TableEntry(file=INT7_FILE, dtype="int7", rows=self.rows, dim=self.dim,
+                          sha256=sha256_path(self.out_dir / INT7_FILE), scales_file=SCALES_FILE,
+                          scales_sha256=sha256_path(self.out_dir / SCALES_FILE),
+                          version=TABLE_VERSION, codes_file=CODES_FILE,
+                          codes_sha256=sha256_path(self.out_dir / CODES_FILE),
+                          centre=[float(v) for v in self.centre], candidates=self.candidates)
+
+    def __enter__(self) -> "TwoStageWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not all(h.closed for h in self._handles):
+            if exc[0] is None:
+                self.close()
+            else:
+                for handle in self._handles:
+                    handle.close()
+
+
+def write_twostage_table(out_dir: str | os.PathLike, matrix: np.ndarray,
+                         candidates: int = DEFAULT_CANDIDATES,
+                         chunk_rows: int = PREFILTER_CHUNK_ROWS) -> TableEntry:
+    """Write a whole (N, D) float matrix as a two-stage table; returns its manifest entry."""
+    matrix = np.asarray(matrix)
+    with TwoStageWriter(out_dir, table_centre(matrix), candidates) as writer:
+        for start in range(0, len(matrix), chunk_rows):
+            writer.append(matrix[start:start + chunk_rows])
+        return writer.close()
+
+
+def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if path.stat().st_size != expected:
+        raise BundleError(f"{path}: {path.stat().st_size} bytes, expected {expected}")
+    if shape[0] == 0:  # np.memmap refuses empty files
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def read_twostage_table(root: str | os.PathLike, entry: TableEntry) -> TwoStageTable:
+    """Memory-map a v2 table described by `entry` under folder `root` (no copy, read-only)."""
+    root = Path(root)
+    if entry.version != TABLE_VERSION or not (entry.codes_file and entry.scales_file and entry.centre):
+        raise BundleError(f"{root / entry.file}: not a complete table version {TABLE_VERSION} entry")
+    return TwoStageTable(
+        codes=_memmap(root / entry.codes_file, "<u8", (entry.rows, code_words(entry.dim))),
+        values=_memmap(root / entry.file, "u1", (entry.rows, magnitude_bytes(entry.dim))),
+        scales=_memmap(root / entry.scales_file, "<f4", (entry.rows,)),
+        centre=np.asarray(entry.centre, dtype=np.float32),
+        candidates=int(entry.candidates or DEFAULT_CANDIDATES))
+
+
+def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
+                      chunk_rows: int = PREFILTER_CHUNK_ROWS) -> np.ndarray:
+    """(N,) popcount(codes[r] ^ query_code) of (N, W) codes and a (W,) code, chunked.
+
+    uint8 distances for W <= 3 (at most 192 bits), uint16 below 65,536 bits, uint32 above.
+
+    The query code is tiled to the chunk's shape: a contiguous XOR runs 2-3x faster in numpy than
+    one broadcast over a length-W inner axis.
+    """
+    rows, words = codes.shape
+    chunk_rows = max(1, min(chunk_rows, rows))
+    flat = np.asarray(codes).reshape(-1)  # (N W,), a view of the memmap
+    tiled = np.tile(np.asarray(query_code, dtype=codes.dtype), chunk_rows)  # (C W,)
+    xored = np.empty(chunk_rows * words, codes.dtype)  # (C W,)
+    counts = np.empty(chunk_rows * words, np.uint8)  # (C W,)
+    dtype = np.uint8 if words <= 3 else np.uint16 if words < 1024 else np.uint32
+    distances = np.empty(rows, dtype)  # (N,)
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start) * words
+        np.bitwise_xor(flat[start * words:start * words + n], tiled[:n], out=xored[:n])
+        np.bitwise_count(xored[:n], out=counts[:n])
+        out = distances[start:start + n // words]
+        np.copyto(out, counts[0:n:words])
+        for word in range(1, words):
+            np.add(out, counts[word:n:words], out=out, casting="unsafe")
+    return distances
+
+
+def prefilter(distances: np.ndarray, n_keep: int) -> np.ndarray:
+    """Rows of the `n_keep` smallest distances, the lower rows at the boundary; sorted ascending.
+
+    distances: (N,) small non-negative integers. Returns (n_keep,) int64.
+    """
+    if n_keep >= len(distances):
+        return np.arange(len(distances), dtype=np.int64)
+    low, high = 0, int(distances.max())  # the n_keep-th smallest distance, by bisection: a few
+    while low < high:  # vectorised counts beat np.partition on many equal small integers
+        middle = (low + high) // 2
+        if np.count_nonzero(distances <= middle) >= n_keep:
+            high = middle
+        else:
+            low = middle + 1
+    boundary = low
+    below = np.flatnonzero(distances < boundary)  # (< n_keep,)
+    at = np.flatnonzero(distances == boundary)[:n_keep - len(below)]
+    return np.sort(np.concatenate([below, at])).astype(np.int64)
+
+
+def rescore(table: TwoStageTable, rows: np.ndarray, query8: np.ndarray) -> np.ndarray:
+    """(C,) float32 keys float32(v_r . q8) * scale_r of candidate `rows` (exact integer dots)."""
+    values = unpack_int7(table.values[rows], table.codes[rows], table.dim)  # (C, D) int8
+    dots = values.astype(np.float64) @ query8  # (C,) integers, exact in float64 in any order
+    return dots.astype(np.float32) * np.asarray(table.scales[rows], dtype=np.float32)
+
+
+def search_one(table: TwoStageTable, query: np.ndarray, k: int, candidates: int | None = None,
+               chunk_rows: int = PREFILTER_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage top-k of one (D,) float32 query: ((k,) int64 rows, (k,) float32 scores)."""
+    k = max(0, min(int(k), table.rows))
+    if k == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    n_keep = min(table.rows, max(k, int(candidates or table.candidates)))
+    query_code = sign_codes((query - table.centre)[None, :])[0]  # (W,)
+    rows = prefilter(hamming_distances(table.codes, query_code, chunk_rows), n_keep)  # (C,)
+    query8, query_scale = quantize_query_int8(query)  # (D,) float64 integers, ()
+    keys = rescore(table, rows, query8)  # (C,)
+    order = np.lexsort((rows, -keys))[:k]  # key descending, then row ascending
+    offset = np.float32(np.dot(table.centre, query))
+    return rows[order], (keys[order] * query_scale + offset).astype(np.float32)
+
+
+def search_twostage(table: TwoStageTable, query: np.ndarray, k: int = 5,
+                    candidates: int | None = None,
+                    chunk_rows: int = PREFILTER_CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage top-k of (D,) or (Q, D) queries; shapes and order as edge/table.py search_topk.
+
+    Args:
+        table: The two-stage table.
+        query: (D,) or (Q, D) float query embeddings (L2-normalised).
+        k: Results per query (clipped to the table size).
+        candidates: Rows kept by the prefilter (default: the table's own, from the manifest).
+        chunk_rows: Rows XOR-ed and counted at once.
+
+    Returns:
+        (indices, scores): int64 and float32, (k,) or (Q, k), best first, ties to the lower row.
+    """
+    single = np.ndim(query) == 1
+    queries = np.atleast_2d(np.asarray(query, dtype=np.float32))  # (Q, D)
+    if queries.shape[1] != table.dim:
+        raise ValueError(f"query dim {queries.shape[1]} != table dim {table.dim}")
+    if not np.isfinite(queries).all():
+        raise ValueError("query embedding holds NaN or infinity (a broken encoder output?)")
+    found = [search_one(table, q, k, candidates, chunk_rows) for q in queries]
+    width = max(0, min(int(k), table.rows))
+    indices = np.stack([f[0] for f in found]) if found else np.empty((0, width), np.int64)
+    scores = np.stack([f[1] for f in found]) if found else np.empty((0, width), np.float32)
+    return (indices[0], scores[0]) if single else (indices, scores)

@@ -1,0 +1,239 @@
+"""edge/twostage.py and edge/table_codes.py: table version 2 (sign-bit prefilter, 7-bit rescoring).
+
+Checked against naive references written with Python integers and loops, against exact float32
+search, and through the bundle reader (manifest round trip, tampering, old bundles).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_bundle_fixture import TWOSTAGE_CANDIDATES, get_bundle
+from malm_edge.edge.bundle import BundleError, TableEntry, read_bundle
+from malm_edge.edge.table import open_bundle_table, read_table, search_topk, write_table
+from malm_edge.edge.table_codes import (
+    magnitude_bytes,
+    quantize_query_int8,
+    quantize_rows_int7,
+    sign_codes,
+    unpack_int7,
+)
+from malm_edge.edge.twostage import (
+    TwoStageTable,
+    prefilter,
+    read_twostage_table,
+    search_twostage,
+    write_twostage_table,
+)
+
+
+def _clustered(n: int, d: int, seed: int, clusters: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    rows = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d)) + 1.0
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _naive_search(table_dir: Path, entry: TableEntry, query: np.ndarray, k: int,
+                  candidates: int) -> list[int]:
+    """Reference from the raw bytes: Python ints, bit by bit, full sorts."""
+    dim, rows = entry.dim, entry.rows
+    words = (dim + 63) // 64
+    codes = np.fromfile(table_dir / entry.codes_file, "<u8").reshape(rows, words)
+    planes = np.fromfile(table_dir / entry.file, "u1").reshape(rows, -1)
+    scales = np.fromfile(table_dir / entry.scales_file, "<f4")
+    centre = np.asarray(entry.centre, np.float32)
+    query = np.asarray(query, np.float32)
+    positive = [bool((query[d] - centre[d]) > 0) for d in range(dim)]  # float32 subtraction
+
+    def bit(r: int, d: int) -> int:
+        return (int(codes[r, d // 64]) >> (d % 64)) & 1
+
+    distance = [sum(bit(r, d) != positive[d] for d in range(dim)) for r in range(rows)]
+    kept = sorted(range(rows), key=lambda r: (distance[r], r))[:max(k, candidates)]
+    scale = np.float32(np.float32(np.abs(query).max()) / np.float32(127))
+    query8 = [round(float(np.float32(v / scale))) for v in query]  # Python round: half to even
+    half = (dim + 1) // 2
+
+    def value(r: int, d: int) -> int:
+        low = (int(planes[r, d // 2]) >> (4 * (d % 2))) & 15
+        high = (int(planes[r, half + d // 4]) >> (2 * (d % 4))) & 3
+        return (low | high << 4) * (1 if bit(r, d) else -1)
+
+    keys = {r: np.float32(np.float32(sum(value(r, d) * query8[d] for d in range(dim))) * scales[r])
+            for r in kept}
+    return sorted(kept, key=lambda r: (-keys[r], r))[:k]
+
+
+def test_sign_codes_are_little_endian_bits_of_the_residual() -> None:
+    residuals = np.random.default_rng(0).standard_normal((7, 70)).astype(np.float32)
+    codes = sign_codes(residuals)
+    assert codes.shape == (7, 2) and codes.dtype == np.dtype("<u8")
+    for r in range(7):
+        for d in range(128):
+            want = d < 70 and residuals[r, d] > 0
+            assert ((int(codes[r, d // 64]) >> (d % 64)) & 1) == want
+
+
+@pytest.mark.parametrize("dim", [16, 13, 128])
+def test_int7_rows_round_trip_with_signs_from_the_codes(dim: int) -> None:
+    residuals = np.random.default_rng(dim).standard_normal((50, dim)).astype(np.float32)
+    residuals[3] = 0.0  # an all-zero row stays zero
+    planes, scales = quantize_rows_int7(residuals)
+    assert planes.shape == (50, magnitude_bytes(dim)) and scales.dtype == np.float32
+    values = unpack_int7(planes, sign_codes(residuals), dim)  # (50, dim)
+    assert np.abs(values).max() <= 63 and not values[3].any()
+    rebuilt = values.astype(np.float32) * scales[:, None]
+    assert np.all(np.abs(rebuilt - residuals) <= 0.51 * scales[:, None] + 1e-6)
+    peak = np.abs(residuals).max(axis=1)
+    assert np.all(scales[peak > 0] <= peak[peak > 0] / 63 * 1.01)  # the refit never widens much
+
+
+def test_query_quantization_rounds_half_to_even() -> None:
+    query8, scale = quantize_query_int8(np.array([1.27, -0.005, 0.015, 0.025], np.float32))
+    assert scale == np.float32(np.float32(1.27) / np.float32(127))
+    assert query8.tolist() == [127.0, float(round(float(np.float32(np.float32(-0.005) / scale)))),
+                               float(round(float(np.float32(np.float32(0.015) / scale)))),
+                               float(round(float(np.float32(np.float32(0.025) / scale))))]
+
+
+def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
+    distances = np.array([5, 1, 3, 3, 0, 3, 9, 3], np.uint16)
+    assert prefilter(distances, 4).tolist() == [1, 2, 3, 4]  # 0, 1, then the first two 3s
+    assert prefilter(distances, 2).tolist() == [1, 4]
+    assert prefilter(distances, 20).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("dim,candidates", [(16, 40), (70, 25), (128, 300)])
+def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, candidates: int) -> None:
+    matrix = _clustered(400, dim, seed=dim)
+    matrix[[5, 9, 300]] = matrix[7]  # exact ties: four identical rows
+    entry = write_twostage_table(tmp_path, matrix, candidates=candidates, chunk_rows=128)
+    table = read_twostage_table(tmp_path, entry)
+    queries = np.concatenate([matrix[[7, 0, 123]], _clustered(5, dim, seed=99)])
+    found, scores = search_twostage(table, queries, k=12)
+    assert found.shape == (8, 12) and scores.dtype == np.float32
+    for query, rows in zip(queries, found):
+        assert rows.tolist() == _naive_search(tmp_path, entry, query, 12, candidates)
+    assert found[0, :4].tolist() == [5, 7, 9, 300]  # the tie goes to the lower rows, in order
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_recall_against_exact_float32_on_clustered_rows(tmp_path) -> None:
+    matrix = _clustered(20000, 64, seed=3)
+    rng = np.random.default_rng(4)
+    queries = matrix[rng.integers(0, len(matrix), 100)] + 0.03 * rng.standard_normal((100, 64))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact = np.argsort(-(queries @ matrix.T), axis=1, kind="stable")[:, :10]  # (100, 10)
+    table = read_twostage_table(tmp_path, write_twostage_table(tmp_path, matrix, candidates=500))
+    found, scores = search_twostage(table, queries, k=10)
+    recall10 = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert np.mean(found[:, 0] == exact[:, 0]) >= 0.97 and recall10 >= 0.9
+    true = np.take_along_axis(queries @ matrix.T, found, axis=1)  # reported score ~ cosine
+    np.testing.assert_allclose(scores, true, atol=0.02)
+
+
+def test_search_edges(tmp_path) -> None:
+    matrix = _clustered(30, 16, seed=5)
+    table = read_twostage_table(tmp_path, write_twostage_table(tmp_path, matrix))
+    rows, _ = search_twostage(table, matrix[2], k=50)  # k > rows: every row, the best first
+    assert sorted(rows.tolist()) == list(range(30)) and rows[0] == 2
+    assert search_twostage(table, matrix[2], k=0)[0].shape == (0,)
+    with pytest.raises(ValueError, match="query dim 5 != table dim 16"):
+        search_twostage(table, np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        search_twostage(table, np.full(16, np.nan, np.float32))
+    empty = read_twostage_table(tmp_path / "empty", write_twostage_table(tmp_path / "empty",
+                                                                         np.zeros((0, 16), np.float32)))
+    assert empty.rows == 0 and search_twostage(empty, matrix[0], k=3)[0].shape == (0,)
+
+
+def test_read_table_and_search_topk_dispatch_on_the_table_version(tmp_path) -> None:
+    matrix = _clustered(100, 16, seed=6)
+    entry = write_twostage_table(tmp_path, matrix, candidates=20)
+    assert (entry.version, entry.dtype, entry.candidates) == (2, "int7", 20)
+    table = read_table(tmp_path, entry)
+    assert isinstance(table, TwoStageTable) and table.bytes_per_row == 8 + 12 + 4
+    np.testing.assert_array_equal(search_topk(table, matrix[:3], k=5)[0],
+                                  search_twostage(table, matrix[:3], k=5)[0])
+    np.testing.assert_allclose(table.dequantize(), matrix, atol=0.02)
+
+
+def test_writer_refuses_non_finite_rows(tmp_path) -> None:
+    matrix = _clustered(10, 16, seed=7)
+    matrix[4, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        write_twostage_table(tmp_path, matrix)
+
+
+# --------------------------------------------------------------------------------------------
+# Through the bundle reader
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twostage_bundle(tmp_path_factory) -> Path:
+    return get_bundle(tmp_path_factory, targets=("onnx",), table_format="twostage")
+
+
+def _tampered(bundle: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001 - edit(dict) -> None
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_twostage_bundle_reads_and_searches(twostage_bundle) -> None:
+    bundle = read_bundle(twostage_bundle)
+    table = bundle.manifest.table
+    assert (table.version, table.dtype, table.codes_file, table.candidates) == (
+        2, "int7", "table.sign.u64", TWOSTAGE_CANDIDATES)
+    raw = json.loads((twostage_bundle / "manifest.json").read_text())["table"]
+    assert raw["version"] == 2 and len(raw["centre"]) == table.dim
+    found, _ = search_topk(open_bundle_table(bundle), np.ones(table.dim, np.float32), k=5)
+    assert found.shape == (5,)
+
+
+def test_v1_table_entries_are_written_as_before(tmp_path) -> None:
+    entry = write_table(tmp_path, _clustered(4, 8, seed=8))
+    assert set(entry.to_dict()) == {"file", "dtype", "rows", "dim", "sha256", "scales_file",
+                                    "scales_sha256"}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["table"].update(version=3), "unknown table format version 3"),
+    (lambda m: m["table"].update(dtype="int8"), "expected 'int7' for table version 2"),
+    (lambda m: m["table"].update(centre=[0.0] * 3), r"table.centre must be 16 finite numbers"),
+    (lambda m: m["table"].update(candidates=0), r"table.candidates >= 1"),
+    (lambda m: m["table"].pop("codes_file"), r"table version 2 needs table.codes_file"),
+    (lambda m: m["table"].update(centre="0"), r"field 'table.centre' has type str"),
+    (lambda m: m["table"].update(codes_sha256="0" * 64), "sha256 mismatch for table codes"),
+])
+def test_tampered_twostage_manifests_are_refused(twostage_bundle, tmp_path, edit, message) -> None:
+    with pytest.raises(BundleError, match=message):
+        read_bundle(_tampered(twostage_bundle, tmp_path, edit))
+
+
+def test_truncated_codes_file_is_refused(twostage_bundle, tmp_path) -> None:
+    copy = _tampered(twostage_bundle, tmp_path, lambda m: None)
+    codes = copy / "table.sign.u64"
+    codes.write_bytes(codes.read_bytes()[:-8])
+    with pytest.raises(BundleError, match=r"table.sign.u64: 1592 bytes, expected 1600 for 200 sign codes"):
+        read_bundle(copy)
+
+
+def test_bench_reports_bytes_per_recipe_of_a_twostage_bundle(twostage_bundle) -> None:
+    from malm_edge.edge.bench import run_bench
+
+    report = run_bench(twostage_bundle, threads=[1], synthetic_rows=(3000,), repeats=2)
+    bundle_row, synthetic_row = report["search"]
+    assert bundle_row["dtype"] == synthetic_row["dtype"] == "int7"  # synthetic tables follow the bundle
+    assert bundle_row["bytes_per_recipe"] == synthetic_row["bytes_per_recipe"] == 8 + 12 + 4
+    assert report["files"]["table.sign.u64"] == 200 * 8

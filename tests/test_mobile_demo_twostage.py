@@ -1,0 +1,78 @@
+"""The PWA (mobile_demo/app/js/twostage.js) on table version 2, in headless Chromium, against edge/.
+
+On the shared two-stage test table (tests/edge_bundle_fixture.py: rows 3 and 10 repeat rows 1 and
+2, a 40-row prefilter over 200 rows) the page's JavaScript returns the same rows in the same order
+as edge/twostage.py for table rows (ties), blends and random queries, scores within 1e-5; and a
+photo searched through the page ranks as `malm-edge search` does on that bundle.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_bundle_fixture import get_bundle
+from test_mobile_demo import (  # noqa: F401 - `browser` is a fixture
+    _shared_photos,
+    assert_same_ranking,
+    browser,
+    edge_search,
+    open_ready,
+    search_photo,
+)
+from test_native_twostage import K, parity_queries
+
+from malm_edge.edge.bundle import read_bundle
+from malm_edge.edge.demo_server import make_server
+from malm_edge.edge.table import open_bundle_table, search_topk
+
+pytestmark = pytest.mark.browser
+
+BROWSER_SEARCH = """async ([queries, k]) => {
+  const { makeTable, searchTopK } = await import('./js/topk.js');
+  const manifest = await (await fetch('bundle/manifest.json')).json();
+  const get = async (file) => (await (await fetch('bundle/' + file)).arrayBuffer());
+  const t = manifest.table;
+  const table = makeTable(t, await get(t.file), await get(t.scales_file), await get(t.codes_file));
+  return queries.map((q) => searchTopK(table, Float32Array.from(q), k));
+}"""
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return get_bundle(tmp_path_factory, targets=("onnx",), table_format="twostage")
+
+
+@pytest.fixture(scope="module")
+def server_url(bundle_dir: Path) -> Iterator[str]:
+    server = make_server(bundle_dir, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.url
+    server.shutdown()
+    server.server_close()
+
+
+def test_page_two_stage_search_returns_edge_rows_ties_included(browser, server_url, bundle_dir) -> None:
+    queries = parity_queries(bundle_dir)
+    expected_rows, expected_scores = search_topk(open_bundle_table(read_bundle(bundle_dir)), queries, k=K)
+    context = browser.new_context()
+    page = context.new_page()
+    open_ready(page, server_url)  # the whole page loads a version 2 bundle
+    found = page.evaluate(BROWSER_SEARCH, [queries.tolist(), K])
+    context.close()
+    for q, hits in enumerate(found):
+        assert hits["rows"] == expected_rows[q].tolist(), f"query {q}"
+        np.testing.assert_allclose(hits["scores"], expected_scores[q], atol=1e-5)
+
+
+def test_photo_search_in_the_page_matches_edge(browser, server_url, bundle_dir) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    open_ready(page, server_url)
+    for photo in _shared_photos()[:3]:
+        assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle_dir, "tiny_fp32_onnx"))
+    context.close()

@@ -1,0 +1,142 @@
+"""The native core on table version 2 (edge/native/src/twostage.cc) against edge/twostage.py.
+
+On the shared two-stage test table (tests/edge_bundle_fixture.py: 200 rows of 16 dims, a
+prefilter of 40 candidates, rows 3 and 10 exact copies of rows 1 and 2) the native search returns
+the same rows in the same order as edge/ (ties included) for table rows, blends of rows and random
+queries, with scores within 1e-5; tampered v2 manifests are refused with edge/'s messages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_bundle_fixture import EMBED_DIM, get_bundle
+from native_build import NativeLib, OpenOptions, native_dir, run_cli
+
+from malm_edge.edge.bundle import MANIFEST_FILE, BundleError, read_bundle
+from malm_edge.edge.table import open_bundle_table, search_topk
+
+K = 12
+
+
+@pytest.fixture(scope="module")
+def build() -> Path:
+    return native_dir("release")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return get_bundle(tmp_path_factory, targets=("onnx",), table_format="twostage")
+
+
+def parity_queries(bundle_dir: Path) -> np.ndarray:
+    """(Q, D) float32: table rows (ties), blends of two rows, random unit vectors, a zero query."""
+    rows = np.asarray(open_bundle_table(read_bundle(bundle_dir)).dequantize())  # (N, D)
+    rng = np.random.default_rng(0)
+    blends = rows[rng.integers(0, len(rows), 20)] + rows[rng.integers(0, len(rows), 20)]
+    random = rng.standard_normal((20, EMBED_DIM))
+    queries = np.concatenate([rows[[1, 2, 3, 10, 0, 50]], blends, random, np.zeros((1, EMBED_DIM))])
+    norms = np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    return (queries / norms).astype(np.float32)
+
+
+def native_search(build: Path, bundle_dir: Path, queries: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+    lib = NativeLib(build).lib
+    lib.malm_search_embedding.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
+                                          ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+    lib.malm_results_count.argtypes = [ctypes.c_void_p]
+    lib.malm_results_row.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.malm_results_row.restype = ctypes.c_int64
+    lib.malm_results_score.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.malm_results_score.restype = ctypes.c_float
+    lib.malm_results_free.argtypes = [ctypes.c_void_p]
+    engine = ctypes.c_void_p()
+    options = OpenOptions(verify_checksums=1, load_encoder=0, threads=1, encoder=None)
+    assert lib.malm_open(str(bundle_dir).encode(), ctypes.byref(options), ctypes.byref(engine)) == 0, \
+        lib.malm_last_error()
+    found = []
+    try:
+        for query in queries:
+            results = ctypes.c_void_p()
+            pointer = np.ascontiguousarray(query).ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            assert lib.malm_search_embedding(engine, pointer, len(query), k, ctypes.byref(results)) == 0
+            n = lib.malm_results_count(results)
+            found.append(([lib.malm_results_row(results, i) for i in range(n)],
+                          [lib.malm_results_score(results, i) for i in range(n)]))
+            lib.malm_results_free(results)
+    finally:
+        lib.malm_close(engine)
+    return found
+
+
+def test_native_two_stage_search_returns_edge_rows_ties_included(build, bundle_dir) -> None:
+    queries = parity_queries(bundle_dir)
+    table = open_bundle_table(read_bundle(bundle_dir))
+    assert table.candidates < table.rows  # the prefilter really drops rows here
+    expected_rows, expected_scores = search_topk(table, queries, k=K)  # (Q, K)
+    native = native_search(build, bundle_dir, queries, K)
+    for q, (rows, scores) in enumerate(native):
+        assert rows == expected_rows[q].tolist(), f"query {q}"
+        np.testing.assert_allclose(scores, expected_scores[q], atol=1e-5)
+    assert expected_rows[0, :2].tolist() == [1, 3] and expected_rows[1, :2].tolist() == [2, 10]  # ties
+
+
+def _edit(bundle: Path, change) -> None:  # noqa: ANN001 - change(dict) -> None
+    path = bundle / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+TAMPERINGS = {
+    "version": lambda d: d["table"].update(version=3),
+    "dtype": lambda d: d["table"].update(dtype="int8"),
+    "centre-length": lambda d: d["table"].update(centre=[0.5] * 3),
+    "centre-type": lambda d: d["table"].update(centre="0"),
+    "candidates": lambda d: d["table"].update(candidates=0),
+    "no-codes": lambda d: d["table"].pop("codes_file"),
+    "codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERINGS) + ["truncated-codes"])
+def test_tampered_v2_tables_rejected_like_edge(build, bundle_dir, tmp_path, case) -> None:
+    bundle = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    if case == "truncated-codes":
+        codes = bundle / "table.sign.u64"
+        codes.write_bytes(codes.read_bytes()[:-8])
+    else:
+        _edit(bundle, TAMPERINGS[case])
+    with pytest.raises(BundleError) as caught:
+        read_bundle(bundle)
+    done = run_cli(build, "verify", "--bundle", str(bundle))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().removeprefix("error: ") == str(caught.value)
+
+
+@pytest.mark.parametrize("dim", [128, 200])
+def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int) -> None:
+    """`malm-edge-native table-search` on 128-d (two code words, the unrolled loop) and 200-d tables."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
+
+    rng = np.random.default_rng(dim)
+    centres = rng.standard_normal((8, dim))
+    rows = centres[rng.integers(0, 8, 1003)] + 0.5 * rng.standard_normal((1003, dim))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    rows[[10, 500, 1002]] = rows[7]  # ties
+    entry = write_twostage_table(tmp_path, rows, candidates=60)
+    (tmp_path / "table.json").write_text(json.dumps(entry.to_dict()))
+    queries = np.concatenate([rows[[7, 3, 999]], rng.standard_normal((12, dim))]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    queries.astype("<f4").tofile(tmp_path / "queries.f32")
+    done = run_cli(build, "table-search", "--table", str(tmp_path), "--queries", str(tmp_path / "queries.f32"),
+                   "--top-k", str(K))
+    assert done.returncode == 0, done.stderr
+    expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
+    assert json.loads(done.stdout)["rows"] == expected.tolist()
+    assert expected[0, :4].tolist() == [7, 10, 500, 1002]
