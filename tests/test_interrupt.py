@@ -26,7 +26,8 @@ def _micro(epochs: int = 2):
     from malm_edge.training.presets import get_preset
 
     model_cfg, train_cfg = get_preset("micro")
-    train_cfg.epochs, train_cfg.batch_size = epochs, 16
+    # Pair-level epochs: every image of the fixture's recipes, so that an epoch has 5 steps to stop in.
+    train_cfg.epochs, train_cfg.batch_size, train_cfg.epoch_unit = epochs, 16, "pair"
     return model_cfg, train_cfg
 
 
@@ -68,7 +69,7 @@ def test_signal_checkpoints_the_current_step_and_resume_is_exact(
                           progress=False)
     assert caught.value.exit_code == 130
     message = str(caught.value)
-    assert f"interrupted ({signal.Signals(signum).name}) at step 4 of 12" in message
+    assert f"interrupted ({signal.Signals(signum).name}) at step 4 of 10" in message
     assert f"malm-edge train --resume {stopped}" in message
     assert _last(stopped)["global_step"] == 4 and _last(stopped)["step_in_epoch"] == 4  # mid-epoch, not lost
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
@@ -85,9 +86,9 @@ def test_cli_exits_130_with_how_to_continue(tiny_synthfood: Path, tmp_path: Path
     run = tmp_path / "run"
     _signal_at_step(monkeypatch, 2)
     result = CliRunner().invoke(app, ["train", "--data", str(tiny_synthfood), "--preset", "micro", "--epochs", "1",
-                                      "--batch-size", "16", "--out", str(run)])
+                                      "--batch-size", "16", "--epoch-unit", "pair", "--out", str(run)])
     assert result.exit_code == 130, result.output
-    assert "interrupted (SIGINT) at step 2 of 6" in result.output
+    assert "interrupted (SIGINT) at step 2 of 5" in result.output
     assert f"--resume {run}" in result.output and "error:" not in result.output
     assert _last(run)["global_step"] == 2
 
@@ -99,13 +100,13 @@ def test_real_ctrl_c_on_the_command(tiny_synthfood: Path, tmp_path: Path) -> Non
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "malm_edge", "train", "--data", str(tiny_synthfood), "--preset", "micro",
-         "--epochs", "2", "--batch-size", "16", "--out", str(run)],
+         "--epochs", "2", "--batch-size", "16", "--epoch-unit", "pair", "--out", str(run)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
     reader.start()
     deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not any("epoch 1/2: 3/12" in l for l in lines):
+    while time.time() < deadline and process.poll() is None and not any("epoch 1/2: 3/10" in l for l in lines):
         time.sleep(0.05)
     assert process.poll() is None, "".join(lines)
     process.send_signal(signal.SIGINT)
@@ -113,6 +114,6 @@ def test_real_ctrl_c_on_the_command(tiny_synthfood: Path, tmp_path: Path) -> Non
     reader.join(timeout=10)
     stderr = "".join(lines)
     step = _last(run)["global_step"]
-    assert 3 <= step < 12
-    assert f"interrupted (SIGINT) at step {step} of 12" in stderr, stderr
+    assert 3 <= step < 10
+    assert f"interrupted (SIGINT) at step {step} of 10" in stderr, stderr
     assert "Traceback" not in stderr

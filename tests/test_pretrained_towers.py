@@ -164,11 +164,10 @@ def test_lite_preprocessing_is_127_128() -> None:
     assert lite_preprocessing("lite2").input_size == 260
 
 
-def test_lite0_student_exports_and_matches_eager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_lite0_student_exports_and_matches_eager(tmp_path: Path) -> None:
     """Lite0 as a StudentEncoder backbone: pretrained, BN folded, torch.export == eager."""
     _require_package("efficientnet_lite0")
-    monkeypatch.setitem(student.ARCHITECTURES, "efficientnet_lite0", (EfficientNetLite, "lite0"))
-    config = student.StudentConfig("efficientnet_lite0", image_size=224, embed_dim=32, hidden_dim=0)
+    config = student.StudentConfig("lite0", image_size=224, embed_dim=32, hidden_dim=0)
     model = student.StudentEncoder(config)
     load_efficientnet_lite(model)  # the backbone only
     model.eval()
