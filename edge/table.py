@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from malm_edge.edge.bundle import Bundle, BundleError, TableEntry, sha256_path
+from malm_edge.edge.staged_files import StagedFiles
 from malm_edge.edge.twostage import TwoStageTable, read_twostage_table, search_twostage
-from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 INT8_FILE = "table.i8"
 SCALES_FILE = "table.scales.f32"
@@ -102,40 +102,27 @@ class TableWriter:
         if dtype not in _NUMPY_DTYPES:
             raise ValueError(f"table dtype {dtype!r}, expected one of {list(_NUMPY_DTYPES)}")
         self.out_dir, self.dim, self.dtype, self.rows = Path(out_dir), dim, dtype, 0
-        self._names = [_FILES[dtype]] + ([SCALES_FILE] if dtype == "int8" else [])
-        with self._guard():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._handles = [open(self.out_dir / f".{name}.tmp", "wb") for name in self._names]
-
-    def _guard(self):  # noqa: ANN202 - a context manager
-        return guard_writes(self.out_dir / self._names[0], OutputWriteError,
-                            intact="the previous table, if any, is unchanged")
+        self._files = StagedFiles(self.out_dir, [_FILES[dtype]] + ([SCALES_FILE] if dtype == "int8" else []))
 
     def append(self, rows: np.ndarray) -> None:
         """Append (C, D) float rows (quantized here for int8)."""
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"rows of shape {rows.shape}, expected (C, {self.dim})")
-        with self._guard():
+        with self._files.guard():
             if self.dtype == "int8":
                 quantized, scales = quantize_rows_int8(rows)
-                self._handles[0].write(quantized.tobytes())
-                self._handles[1].write(scales.astype("<f4").tobytes())
+                self._files.write(0, quantized.tobytes())
+                self._files.write(1, scales.astype("<f4").tobytes())
             else:
-                self._handles[0].write(rows.astype(_NUMPY_DTYPES[self.dtype]).tobytes())
+                self._files.write(0, rows.astype(_NUMPY_DTYPES[self.dtype]).tobytes())
         self.rows += len(rows)
 
     def close(self) -> TableEntry:
         """Flush, rename into place and return the manifest entry (with sha256s)."""
-        with self._guard():
-            for handle in self._handles:
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            for name in self._names:
-                os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
-        main = self._names[0]
-        scales = self._names[1] if len(self._names) > 1 else None
+        self._files.publish()
+        main = self._files.names[0]
+        scales = self._files.names[1] if len(self._files.names) > 1 else None
         return TableEntry(file=main, dtype=self.dtype, rows=self.rows, dim=self.dim,
                           sha256=sha256_path(self.out_dir / main), scales_file=scales,
                           scales_sha256=sha256_path(self.out_dir / scales) if scales else None)
@@ -144,12 +131,11 @@ class TableWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not all(h.closed for h in self._handles):
+        if not self._files.closed:
             if exc[0] is None:
                 self.close()
             else:
-                for handle in self._handles:
-                    handle.close()
+                self._files.abandon()
 
 
 def write_table(out_dir: str | os.PathLike, matrix: np.ndarray, dtype: str = "int8",

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from malm_edge.edge.bundle import BundleError, TableEntry, sha256_path
+from malm_edge.edge.staged_files import StagedFiles
 from malm_edge.edge.table_codes import (
     code_words,
     magnitude_bytes,
@@ -37,7 +38,6 @@ from malm_edge.edge.table_codes import (
     sign_codes,
     unpack_int7,
 )
-from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 TABLE_VERSION = 2
 CODES_FILE = "table.sign.u64"
@@ -111,14 +111,7 @@ class TwoStageWriter:
         self.out_dir, self.rows, self.candidates = Path(out_dir), 0, int(candidates)
         self.centre = np.asarray(centre, dtype=np.float32)  # (D,)
         self.dim = int(self.centre.shape[0])
-        self._names = [INT7_FILE, SCALES_FILE, CODES_FILE]
-        with self._guard():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._handles = [open(self.out_dir / f".{name}.tmp", "wb") for name in self._names]
-
-    def _guard(self):  # noqa: ANN202 - a context manager
-        return guard_writes(self.out_dir / self._names[0], OutputWriteError,
-                            intact="the previous table, if any, is unchanged")
+        self._files = StagedFiles(self.out_dir, [INT7_FILE, SCALES_FILE, CODES_FILE])
 
     def append(self, rows: np.ndarray) -> None:
         """Append (C, D) float rows (centred, coded and quantized here)."""
@@ -129,21 +122,15 @@ class TwoStageWriter:
             raise ValueError("table rows hold NaN or infinity (a broken recipe tower output?)")
         residuals = rows - self.centre[None, :]  # (C, D)
         packed, scales = quantize_rows_int7(residuals)  # (C, B), (C,)
-        with self._guard():
-            self._handles[0].write(packed.tobytes())
-            self._handles[1].write(scales.astype("<f4").tobytes())
-            self._handles[2].write(sign_codes(residuals).astype("<u8").tobytes())
+        with self._files.guard():
+            self._files.write(0, packed.tobytes())
+            self._files.write(1, scales.astype("<f4").tobytes())
+            self._files.write(2, sign_codes(residuals).astype("<u8").tobytes())
         self.rows += len(rows)
 
     def close(self) -> TableEntry:
         """Flush, rename into place and return the manifest entry (with sha256s)."""
-        with self._guard():
-            for handle in self._handles:
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            for name in self._names:
-                os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
+        self._files.publish()
         return TableEntry(file=INT7_FILE, dtype="int7", rows=self.rows, dim=self.dim,
                           sha256=sha256_path(self.out_dir / INT7_FILE), scales_file=SCALES_FILE,
                           scales_sha256=sha256_path(self.out_dir / SCALES_FILE),
@@ -155,12 +142,11 @@ class TwoStageWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not all(h.closed for h in self._handles):
+        if not self._files.closed:
             if exc[0] is None:
                 self.close()
             else:
-                for handle in self._handles:
-                    handle.close()
+                self._files.abandon()
 
 
 def write_twostage_table(out_dir: str | os.PathLike, matrix: np.ndarray,
