@@ -82,6 +82,33 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command("dev-split")
+def dev_split(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder to carve the dev split from (read, not changed).")],
+    out: Annotated[Path, typer.Option(help="New dataset folder: train minus the dev recipes, val = the dev recipes.")],
+    size: Annotated[
+        int, typer.Option(min=1, help="Dev recipes, drawn from train (with photos; full text when val has it).")
+    ] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new dataset.json as JSON.")] = False,
+) -> None:
+    """Carve a dev split out of train for choosing hyper-parameters; val and test are left out.
+
+    Train on OUT and compare settings by its val (the dev recipes); then train the chosen setting
+    on DATASET and report DATASET's val.
+    """
+    from malm_edge.training.data.dev_split import carve_dev_split
+
+    meta = run_or_exit(lambda: carve_dev_split(dataset, out, size, seed, overwrite))
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+    else:
+        parts = meta["partitions"]
+        typer.echo(f"{out}: train {parts['train']}, dev (as val) {parts['val']}; "
+                   f"left out of it: val {meta['dropped']['val']}, test {meta['dropped']['test']}")
+
+
 @import_app.command("recipe1m")
 def import_recipe1m(
     root: Annotated[Path, typer.Argument(help="Recipe1M folder: layer1.json, layer2.json, images.")],
