@@ -144,3 +144,21 @@ def test_recipe_groups_list_the_items_of_each_recipe(dataset_dir, tokenizer):
     for group in groups:
         assert len(set(dataset.item_recipe[group].tolist())) == 1
     assert len(groups) == len(set(dataset.item_recipe.tolist()))
+
+
+def test_weighted_recipe_groups_repeat_only_full_text_recipes(tmp_path, tokenizer):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    full, title_only = _recipe(0, "train", ["a.jpg"], None), Recipe("t1", "toast", [], [], ["a.jpg", "a.jpg"])
+    write_recipes_jsonl([title_only, full, Recipe("t2", "tea", ["1 bag"], [], ["a.jpg"])], tmp_path)
+    dataset = RecipeImageDataset(tmp_path, "train", tokenizer, EvalTransform(Preprocessing(input_size=SIZE)))
+    assert [g.tolist() for g in dataset.weighted_recipe_groups()] == [[0, 1], [2], [3]]
+    assert [g.tolist() for g in dataset.weighted_recipe_groups(3)] == [[0, 1], [2], [3], [2], [2]]
+
+
+def test_full_text_repeats_need_recipe_level_epochs():
+    from malm_edge.training.schedule import TrainConfig
+
+    with pytest.raises(ValueError, match="recipe-level"):
+        TrainConfig(full_text_repeats=2, epoch_unit="pair")
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig(full_text_repeats=0)

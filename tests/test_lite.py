@@ -179,3 +179,31 @@ def test_hybrid_teacher_trains_end_to_end_with_the_trunk_cache(tiny_synthfood, t
     teacher = load_teacher(tmp_path / "run")
     assert isinstance(teacher.tokenizer, SentenceEmbedder)
     assert list((tmp_path / "cache" / "sentence-embeddings").glob("*.npz"))
+
+
+def test_tuned_trunk_blocks_train_on_the_cached_frozen_part() -> None:
+    from malm_edge.training.harness.teacher import build_optimizer, frozen_trunk
+
+    config, train = tiny_lite(trunk_tuned_blocks=2, ablation="baseline")
+    model, _ = create_model(config, load_clip_weights=False)
+    trunk = model.trunk
+    assert trunk.end - trunk.split == 2 and len(model.tuned_trunk_parameters()) > 0
+    tuned = {id(p) for p in model.tuned_trunk_parameters()}
+    assert not tuned & {id(p) for p in model.image_tower_parameters()}  # never frozen with the tower
+    assert not tuned & {id(p) for p in model.other_parameters()}
+    groups = {g["name"]: g for g in build_optimizer(model, train).param_groups}
+    assert groups["trunk_tuned"]["lr"] == train.image_lr and list(groups)[-1] == "other"
+    images = torch.randn(4, 3, 64, 64)
+    model.eval()
+    part = frozen_trunk(model)(images)  # (B, C', g', g'): what the cache holds
+    assert part.shape == (4, *trunk.frozen_shape)
+    torch.testing.assert_close(model.encode_images(images, trunk_features=part), model.encode_images(images),
+                               atol=1e-4, rtol=1e-4)
+    model.train()
+    model.freeze_image_tower(True)  # the frozen phase: only the tuned blocks of the trunk learn
+    recipes = SentenceEmbedder(FakeSentenceEncoder()).encode_batch(RECIPES * 2)
+    model(images, recipes, epoch=0, trunk_features=part)["loss"].backward()
+    assert all(p.grad is not None for p in model.tuned_trunk_parameters())
+    assert all(p.grad is None for p in model.image_tower_parameters())
+    with pytest.raises(ValueError, match="has 16 blocks"):
+        create_model(tiny_lite(trunk_tuned_blocks=16)[0], load_clip_weights=False)

@@ -42,6 +42,10 @@ class TrainConfig:
         epoch_unit: "recipe" (default, as TFood): an epoch is one image of every training recipe, so
             the epoch-based schedules (epochs, frozen epochs, margin) mean what the paper's do
             whatever the images per recipe; "pair" (ablation): every (recipe, image) pair.
+        full_text_repeats: With recipe-level epochs, each recipe with ingredients and instructions
+            comes this many times per epoch (1: once, as every other recipe). For datasets where
+            most training photos have only a title (Epicurious with `--add-unpaired`) while the
+            recipes to retrieve have full text.
     """
 
     epochs: int = 120
@@ -60,12 +64,17 @@ class TrainConfig:
     augmentations: int = 0
     augment_seed: int | None = None
     epoch_unit: str = "recipe"
+    full_text_repeats: int = 1
 
     def __post_init__(self) -> None:
         if self.epoch_unit not in EPOCH_UNITS:
             raise ValueError(f"epoch_unit must be one of {EPOCH_UNITS}, got {self.epoch_unit!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if self.full_text_repeats < 1:
+            raise ValueError(f"full_text_repeats must be >= 1, got {self.full_text_repeats}")
+        if self.full_text_repeats > 1 and self.epoch_unit != "recipe":
+            raise ValueError("full_text_repeats needs recipe-level epochs (epoch_unit 'recipe')")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""

@@ -13,6 +13,7 @@ import typer
 from malm_edge.cli._errors import run_or_exit
 from malm_edge.cli.train import preset_default
 
+
 def _default(field: str) -> str:
     schedule = "the schedule's (--preset, else the teacher's)"
     return preset_default(field, "distill").replace("the preset's", schedule)

@@ -98,6 +98,14 @@ def train(
         Optional[bool],
         typer.Option(help="Add the (projected) positional embedding to the patch tokens before ψ (default on)."),
     ] = None,
+    trunk_tuned_blocks: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="`lite`: train the pretrained trunk's last N blocks from the first epoch at --image-lr (the blocks "
+            "before them stay frozen and cached). (default: 0)",
+        ),
+    ] = None,
     predictor_input: Annotated[
         Optional[PredictorInput], typer.Option(help="What T reads: ψ's matched tokens or the projected I_f.")
     ] = None,
@@ -115,6 +123,25 @@ def train(
         Optional[float], typer.Option(min=0.0, help="Learning rate of everything but the image tower.")
     ] = None,
     image_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Learning rate of the image tower.")] = None,
+    weight_decay: Annotated[
+        Optional[float], typer.Option(min=0.0, help=f"AdamW weight decay. {preset_default('weight_decay')}")
+    ] = None,
+    augmentations: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Fixed augmentations per photo, cycled by epoch (0: a fresh one every epoch); with a frozen trunk "
+            f"each one is computed once and cached. {preset_default('augmentations')}",
+        ),
+    ] = None,
+    full_text_repeats: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Times per epoch each recipe with ingredients and instructions is seen (for data whose photos "
+            f"mostly have only a title). {preset_default('full_text_repeats')}",
+        ),
+    ] = None,
     workers: Annotated[
         Optional[int], typer.Option(min=0, help=f"DataLoader worker processes. {preset_default('num_workers')}")
     ] = None,
@@ -151,6 +178,9 @@ def train(
             "batch_size": batch_size,
             "lr": lr,
             "image_lr": image_lr,
+            "weight_decay": weight_decay,
+            "augmentations": augmentations,
+            "full_text_repeats": full_text_repeats,
             "num_workers": workers,
             "seed": seed,
             "save_every_steps": save_every,
@@ -172,12 +202,16 @@ def train(
                     "--batch-size": batch_size,
                     "--lr": lr,
                     "--image-lr": image_lr,
+                    "--weight-decay": weight_decay,
+                    "--augmentations": augmentations,
+                    "--full-text-repeats": full_text_repeats,
                     "--workers": workers,
                     "--seed": seed,
                     "--save-every": save_every,
                     "--itc-on-masked/--itc-on-full": itc_on_masked,
                     "--match-positions": match_positions,
                     "--predictor-input": predictor_input,
+                    "--trunk-tuned-blocks": trunk_tuned_blocks,
                     "--epoch-unit": epoch_unit,
                     "--grad-clip": grad_clip,
                 }
@@ -192,6 +226,7 @@ def train(
             "itc_on_masked": itc_on_masked,
             "match_positions": match_positions,
             "predictor_input": predictor_input.value if predictor_input is not None else None,
+            "trunk_tuned_blocks": trunk_tuned_blocks,
             "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
         model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})

