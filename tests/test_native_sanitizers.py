@@ -26,6 +26,7 @@ from native_build import native_dir, run_cli
 from PIL import Image
 from test_native import TAMPERINGS, bad_images, parity_photos
 from test_native_signature import SIGNATURE_CASES
+from test_native_twostage import check_table_search, tied_table
 
 from malm_edge.edge.bundle import MANIFEST_FILE
 from malm_edge.edge.signing import SIGNATURE_FILE, generate_keypair, sign_bundle
@@ -67,6 +68,15 @@ def test_parity_under_asan(asan, bundle_dir, tmp_path) -> None:
     ids = lambda out: [[h["id"] for h in o["results"]] for o in json.loads(out)]  # noqa: E731
     assert ids(sanitized.stdout) == ids(release.stdout)
     _clean(run_cli(asan, "text", "chicken curry", "--bundle", str(bundle_dir), "--json"))
+
+
+@pytest.mark.parametrize("simd", ["", "1"], ids=["simd", "portable"])
+def test_two_stage_table_search_under_asan(asan, tmp_path, monkeypatch, simd: str) -> None:
+    """The two-stage prefilter and dot kernels (the vector ones stay in this build) on 20,000 tied rows."""
+    monkeypatch.setenv("MALM_EDGE_DISABLE_SIMD", simd)
+    entry, queries = tied_table(tmp_path)
+    check_table_search(asan, tmp_path, entry, queries, 10)
+    check_table_search(asan, tmp_path, entry, queries, 300)
 
 
 def test_bad_bundles_under_asan(asan, bundle_dir, tmp_path) -> None:

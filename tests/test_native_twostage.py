@@ -140,3 +140,48 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
     assert json.loads(done.stdout)["rows"] == expected.tolist()
     assert expected[0, :4].tolist() == [7, 10, 500, 1002]
+
+
+def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000) -> tuple[object, np.ndarray]:
+    """A table past the native sampled-limit size (16,384 rows, 64 x kept rows): a third of its rows
+    one row (heavy distance and key ties), clustered rows elsewhere; (entry, queries)."""
+    from malm_edge.edge.twostage import write_twostage_table
+
+    rng = np.random.default_rng(16)
+    centres = rng.standard_normal((8, dim))
+    rows = centres[rng.integers(0, 8, n_rows)] + 0.5 * rng.standard_normal((n_rows, dim))
+    rows[::3] = rows[1]
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    entry = write_twostage_table(folder, rows, candidates=60)
+    (folder / "table.json").write_text(json.dumps(entry.to_dict()))
+    queries = np.concatenate([rows[[1, 2, 5, 19_999]], rows[[4, 8]] + rows[[7, 11]],
+                              rng.standard_normal((6, dim))]).astype(np.float32)
+    return entry, queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def check_table_search(build: Path, folder: Path, entry: object, queries: np.ndarray, k: int,
+                       candidates: int | None = None) -> None:
+    """`malm-edge-native table-search` returns edge/twostage.py's rows, in order, for every query."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage
+
+    queries.astype("<f4").tofile(folder / "queries.f32")
+    extra = ["--candidates", str(candidates)] if candidates else []
+    done = run_cli(build, "table-search", "--table", str(folder), "--queries", str(folder / "queries.f32"),
+                   "--top-k", str(k), *extra)
+    assert done.returncode == 0, done.stderr[-4000:]
+    expected, _ = search_twostage(read_twostage_table(folder, entry), queries, k=k, candidates=candidates)
+    assert json.loads(done.stdout)["rows"] == expected.tolist()
+
+
+@pytest.mark.parametrize("simd", ["", "1"], ids=["simd", "portable"])
+def test_table_search_matches_edge_on_large_tied_tables(build, tmp_path, monkeypatch, simd: str) -> None:
+    """The sampled limit, the vector kernels (or, with MALM_EDGE_DISABLE_SIMD, the portable ones),
+    k > candidates and k == rows, against edge/ on 20,000 rows where a third tie."""
+    monkeypatch.setenv("MALM_EDGE_DISABLE_SIMD", simd)
+    for dim in (128, 200):
+        folder = tmp_path / f"d{dim}"
+        entry, queries = tied_table(folder, dim)
+        check_table_search(build, folder, entry, queries, K)
+        check_table_search(build, folder, entry, queries, 300)  # k > candidates: 300 rows kept
+        check_table_search(build, folder, entry, queries, K, candidates=250)
+    check_table_search(build, folder, entry, queries[:2], entry.rows)  # every row, in order

@@ -2,48 +2,338 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
 #include "common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MALM_X86_KERNELS 1  // AVX-512 (VPOPCNTDQ, BW, BMI2) kernels, chosen at run time
+#endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define MALM_NEON_KERNELS 1  // every AArch64 CPU has NEON: chosen at compile time
+#endif
 
 namespace malm {
 namespace {
 
 constexpr int kValueMax = 63;
 constexpr float kInt8Max = 127.0f;
+constexpr size_t kPrefetchBytes = 8192;  // codes fetched ahead of the scan (Ice Lake: 4-16 KiB beat 0.5-2)
+constexpr int kRescorePrefetchRows = 8;  // candidate rows fetched ahead of their rescoring
+constexpr int64_t kSampleBlocks = 64, kSampleBlockRows = 64;
 
-// Hamming distance of every row to the query code, and their histogram (one pass over the codes).
-// Four histograms, one per row of an unrolled group: consecutive rows often share a distance, and
-// one histogram would make each increment wait for the previous one's store.
+// The rows the prefilter may still keep, in row order, with their distances. Only rows at
+// distance <= `limit` are offered; once `capacity` are held, `tighten` drops every row that can no
+// longer be kept, so memory stays O(keep) whatever the data (ties, an ordered table, a loose limit).
+class Candidates {
+ public:
+  Candidates(int64_t keep, int64_t rows, int limit, size_t bins)
+      : limit(limit), keep_(keep), capacity_(size_t(std::min(rows, std::max<int64_t>(4 * keep, keep + 1024)))),
+        histogram_(bins) {
+    rows_.reserve(capacity_);
+    distances_.reserve(capacity_);
+  }
+
+  void add(int64_t row, int distance) {
+    if (distance > limit) return;  // a kernel's vector compare may predate a tighten
+    rows_.push_back(row);
+    distances_.push_back(uint16_t(distance));
+    if (rows_.size() >= capacity_) tighten();
+  }
+
+  // Keep the `keep` rows of smallest distance, lower rows at the boundary distance b (the
+  // counting rule of edge/twostage.py). A later row at distance >= b ranks after all of them, so
+  // from here on only rows closer than b are offered.
+  void tighten() {
+    if (int64_t(rows_.size()) < keep_) return;
+    std::fill(histogram_.begin(), histogram_.end(), 0);
+    for (uint16_t d : distances_) ++histogram_[d];
+    int64_t below = 0;  // rows strictly closer than the boundary distance
+    int boundary = 0;
+    while (below + histogram_[size_t(boundary)] < keep_) below += histogram_[size_t(boundary++)];
+    int64_t at_boundary = keep_ - below;  // taken in row order
+    size_t out = 0;
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      const int d = distances_[i];
+      if (d < boundary || (d == boundary && at_boundary-- > 0)) {
+        rows_[out] = rows_[i];
+        distances_[out++] = uint16_t(d);
+      }
+    }
+    rows_.resize(out);
+    distances_.resize(out);
+    limit = boundary - 1;
+  }
+
+  size_t size() const { return rows_.size(); }
+  std::vector<int64_t> take() {
+    tighten();
+    return std::move(rows_);
+  }
+
+  int limit;  // the largest distance still offered (-1: none)
+
+ private:
+  int64_t keep_;
+  size_t capacity_;
+  std::vector<int64_t> rows_;
+  std::vector<uint16_t> distances_;
+  std::vector<int64_t> histogram_;  // (bins,), tighten's scratch
+};
+
+inline int row_distance(const uint64_t* row, size_t words, const uint64_t* query_code) {
+  int d = 0;
+  for (size_t w = 0; w < words; ++w) d += __builtin_popcountll(row[w] ^ query_code[w]);
+  return d;
+}
+
+// The POPCNT instruction where the CPU has it (else libgcc's bit tricks), chosen at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("popcnt", "default")))
+#define MALM_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define MALM_POPCNT_CLONES
 #endif
-void hamming_histogram(const uint64_t* codes, int64_t rows, size_t words, const uint64_t* query_code,
-                       uint16_t* distances, int64_t* histogram) {
-  const size_t bins = words * 64 + 1;
-  std::vector<int64_t> partial(4 * bins, 0);  // (4, bins)
-  int64_t* h[4] = {partial.data(), partial.data() + bins, partial.data() + 2 * bins, partial.data() + 3 * bins};
-  int64_t r = 0;
-  if (words == 2) {  // 65..128-d models: the phone's case, unrolled
+
+// Rows [begin, end) of the codes to `kept` (portable: one popcount per word, a rarely taken branch).
+MALM_POPCNT_CLONES
+void scan_portable(const uint64_t* codes, int64_t begin, int64_t end, size_t words, const uint64_t* query_code,
+                   Candidates& kept) {
+  int64_t r = begin;
+  if (words == 2) {  // 65..128-d models: the phone's case, four rows (one cache line) a step
     const uint64_t q0 = query_code[0], q1 = query_code[1];
-    for (; r + 4 <= rows; r += 4) {
+    for (; r + 4 <= end; r += 4) {
       const uint64_t* row = codes + size_t(r) * 2;
+      __builtin_prefetch(reinterpret_cast<const char*>(row) + kPrefetchBytes);
       for (int j = 0; j < 4; ++j) {
         const int d = __builtin_popcountll(row[2 * j] ^ q0) + __builtin_popcountll(row[2 * j + 1] ^ q1);
-        distances[r + j] = uint16_t(d);
-        ++h[j][d];
+        if (d <= kept.limit) kept.add(r + j, d);
       }
     }
   }
-  for (; r < rows; ++r) {
-    const uint64_t* row = codes + size_t(r) * words;
-    int d = 0;
-    for (size_t w = 0; w < words; ++w) d += __builtin_popcountll(row[w] ^ query_code[w]);
-    distances[r] = uint16_t(d);
-    ++h[0][d];
+  for (; r < end; ++r) {
+    const int d = row_distance(codes + size_t(r) * words, words, query_code);
+    if (d <= kept.limit) kept.add(r, d);
   }
-  for (size_t b = 0; b < bins; ++b) histogram[b] = h[0][b] + h[1][b] + h[2][b] + h[3][b];
+}
+
+#if MALM_NEON_KERNELS
+// 128-bit codes, 16 rows a step: VCNT of the XOR per byte, a pairwise-add tree to one byte per
+// row (at most 128), one compare against the limit.
+void scan_neon(const uint64_t* codes, int64_t begin, int64_t end, size_t words, const uint64_t* query_code,
+               Candidates& kept) {
+  if (words != 2) return scan_portable(codes, begin, end, words, query_code, kept);
+  const uint8x16_t query = vld1q_u8(reinterpret_cast<const uint8_t*>(query_code));
+  int64_t r = begin;
+  for (; r + 16 <= end && kept.limit >= 0; r += 16) {
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(codes + size_t(r) * 2);
+    __builtin_prefetch(row + kPrefetchBytes);
+    __builtin_prefetch(row + kPrefetchBytes + 64);
+    __builtin_prefetch(row + kPrefetchBytes + 128);
+    __builtin_prefetch(row + kPrefetchBytes + 192);
+    uint8x16_t level[8];  // pairwise sums: (rows 2i, 2i + 1) x 8 bytes, then 4 x 4, 8 x 2, 16 x 1
+    for (int i = 0; i < 8; ++i) {
+      level[i] = vpaddq_u8(vcntq_u8(veorq_u8(vld1q_u8(row + 32 * i), query)),
+                           vcntq_u8(veorq_u8(vld1q_u8(row + 32 * i + 16), query)));
+    }
+    for (int n = 4; n >= 1; n /= 2) {
+      for (int i = 0; i < n; ++i) level[i] = vpaddq_u8(level[2 * i], level[2 * i + 1]);
+    }
+    const uint8x16_t near = vcleq_u8(level[0], vdupq_n_u8(uint8_t(std::min(kept.limit, 128))));
+    if (__builtin_expect(vmaxvq_u8(near) != 0, 0)) {
+      uint8_t distances[16];
+      vst1q_u8(distances, level[0]);
+      for (int j = 0; j < 16; ++j) kept.add(r + j, distances[j]);
+    }
+  }
+  scan_portable(codes, r, end, words, query_code, kept);
+}
+
+// 7-bit rows as integer dots, dim a multiple of 16. Per 16 dims: 8 nibble bytes zipped into dim
+// order, 4 crumb bytes spread to their 4 dims each (table lookup, per-lane shifts), 2 sign bytes
+// tested lane by lane; widening multiplies (|pair| <= 2 x 63 x 127) accumulated in int32.
+int32_t dot_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* signs, const int8_t* query,
+                 size_t dim) {
+  static const uint8_t kSpread4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+  static const int8_t kCrumbShift[16] = {0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6};
+  static const uint8_t kSpread8[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  static const uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t spread4 = vld1q_u8(kSpread4), spread8 = vld1q_u8(kSpread8), bit = vld1q_u8(kBit);
+  const int8x16_t crumb_shift = vld1q_s8(kCrumbShift);
+  int32x4_t total = vdupq_n_s32(0);
+  for (size_t g = 0; g < dim / 16; ++g) {
+    const uint8x8_t nib = vld1_u8(nibbles + 8 * g);
+    const uint8x8x2_t pairs = vzip_u8(vand_u8(nib, vdup_n_u8(15)), vshr_n_u8(nib, 4));
+    uint32_t crumb4;
+    uint16_t sign2;
+    std::memcpy(&crumb4, crumbs + 4 * g, 4);
+    std::memcpy(&sign2, signs + 2 * g, 2);
+    const uint8x16_t crumb = vqtbl1q_u8(vreinterpretq_u8_u32(vdupq_n_u32(crumb4)), spread4);
+    const uint8x16_t magnitude = vorrq_u8(vcombine_u8(pairs.val[0], pairs.val[1]),
+                                          vshlq_n_u8(vandq_u8(vshlq_u8(crumb, crumb_shift), vdupq_n_u8(3)), 4));
+    const uint8x16_t sign = vandq_u8(vqtbl1q_u8(vreinterpretq_u8_u16(vdupq_n_u16(sign2)), spread8), bit);
+    const int8x16_t negative = vreinterpretq_s8_u8(vceqq_u8(sign, vdupq_n_u8(0)));  // -1 where v < 0
+    const int8x16_t value = vsubq_s8(veorq_s8(vreinterpretq_s8_u8(magnitude), negative), negative);
+    const int8x16_t q = vld1q_s8(query + 16 * g);
+    total = vpadalq_s16(total, vmlal_high_s8(vmull_s8(vget_low_s8(value), vget_low_s8(q)), value, q));
+  }
+  return vaddvq_s32(total);
+}
+#endif
+
+using ScanKernel = void (*)(const uint64_t*, int64_t, int64_t, size_t, const uint64_t*, Candidates&);
+
+// A distance limit about 2 x keep rows (plus a margin) fall within, from 64 evenly spread blocks
+// of 64 rows; the whole range where the table is too small for a sample to pay.
+MALM_POPCNT_CLONES
+int sample_limit(const uint64_t* codes, int64_t rows, size_t words, const uint64_t* query_code, int64_t keep) {
+  const int most = int(words * 64);
+  const int64_t sampled = kSampleBlocks * kSampleBlockRows;
+  if (rows < 64 * keep || rows < 4 * sampled) return most;
+  std::vector<int64_t> histogram(size_t(most) + 1, 0);
+  for (int64_t b = 0; b < kSampleBlocks; ++b) {
+    const int64_t start = (rows - kSampleBlockRows) * b / (kSampleBlocks - 1);
+    for (int64_t r = start; r < start + kSampleBlockRows; ++r) {
+      ++histogram[size_t(row_distance(codes + size_t(r) * words, words, query_code))];
+    }
+  }
+  const int64_t wanted = (2 * keep * sampled + rows - 1) / rows + 16;
+  int64_t seen = 0;
+  for (int d = 0; d <= most; ++d) {
+    if ((seen += histogram[size_t(d)]) >= wanted) return d;
+  }
+  return most;
+}
+
+#if MALM_X86_KERNELS
+#if !defined(__clang__)
+// GCC 12's AVX-512 headers seed results with `__m512i __Y = __Y;` (_mm512_undefined_epi32), which
+// its own -Wuninitialized then reports at every inlined use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// 128-bit codes, 16 rows a step: VPOPCNTQ of the XOR, the two words of a row added within each
+// 128-bit lane, one signed compare against the limit; the branch is taken for a few rows in 1,000.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
+void scan_avx512(const uint64_t* codes, int64_t begin, int64_t end, size_t words, const uint64_t* query_code,
+                 Candidates& kept) {
+  if (words != 2) return scan_portable(codes, begin, end, words, query_code, kept);
+  const __m512i query = _mm512_set_epi64(int64_t(query_code[1]), int64_t(query_code[0]), int64_t(query_code[1]),
+                                         int64_t(query_code[0]), int64_t(query_code[1]), int64_t(query_code[0]),
+                                         int64_t(query_code[1]), int64_t(query_code[0]));
+  __m512i limit = _mm512_set1_epi64(kept.limit);
+  int64_t r = begin;
+  for (; r + 16 <= end; r += 16) {
+    const uint64_t* row = codes + size_t(r) * 2;
+    const char* ahead = reinterpret_cast<const char*>(row) + kPrefetchBytes;
+    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
+    uint32_t near = 0;  // bit 2j (and 2j + 1): row r + j within the limit
+    for (int v = 0; v < 4; ++v) {
+      __m512i counts = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row + 8 * v), query));  // (8,)
+      counts = _mm512_add_epi64(counts, _mm512_shuffle_epi32(counts, _MM_PERM_BADC));  // both words' sum
+      near |= uint32_t(_mm512_cmple_epi64_mask(counts, limit)) << (8 * v);
+    }
+    near &= 0x55555555u;
+    if (__builtin_expect(near != 0, 0)) {
+      for (; near; near &= near - 1) {
+        const int j = __builtin_ctz(near) / 2;
+        kept.add(r + j, row_distance(row + 2 * j, 2, query_code));
+      }
+      limit = _mm512_set1_epi64(kept.limit);
+    }
+  }
+  scan_portable(codes, r, end, words, query_code, kept);
+}
+
+// 7-bit rows as integer dots, dim a multiple of 128 (AVX-512BW + BMI2). The query is laid out once
+// per search in the order the planes decode (query_planes), so a row is never interleaved: per 128
+// dims, 64 nibble bytes give the even and the odd dims, 32 crumb bytes (broadcast) dims 4j + i, and
+// the sign bits, gathered per plane with PEXT, negate the query bytes of the negative values.
+// (dim * 2,) int8: per 128 dims, q[2j], q[2j + 1], (q[4j], q[4j + 1]) and (q[4j + 2], q[4j + 3]), 64 each.
+std::vector<int8_t> query_planes(const int16_t* query8, size_t dim) {
+  std::vector<int8_t> planes(dim * 2);
+  for (size_t c = 0; c < dim / 128; ++c) {
+    const int16_t* q = query8 + 128 * c;
+    int8_t* out = planes.data() + 256 * c;
+    for (int j = 0; j < 64; ++j) {
+      out[j] = int8_t(q[2 * j]);
+      out[64 + j] = int8_t(q[2 * j + 1]);
+      out[128 + j] = int8_t(q[4 * (j % 32) + j / 32]);
+      out[192 + j] = int8_t(q[4 * (j % 32) + 2 + j / 32]);
+    }
+  }
+  return planes;
+}
+
+__attribute__((target("avx512f,avx512bw,bmi2")))
+inline __m512i signed_plane(const int8_t* plane, uint64_t positive) {
+  const __m512i q = _mm512_loadu_si512(plane);
+  return _mm512_mask_sub_epi8(q, ~positive, _mm512_setzero_si512(), q);
+}
+
+// The sign bits under `mask` of two code words, the first word's in the low `width` bits.
+__attribute__((target("bmi2")))
+inline uint64_t gather_signs(uint64_t w0, uint64_t w1, uint64_t mask, int width) {
+  return _pext_u64(w0, mask) | _pext_u64(w1, mask) << width;
+}
+
+__attribute__((target("avx512f,avx512bw,bmi2")))
+int32_t dot_avx512(const uint8_t* nibbles, const uint8_t* crumbs, const uint64_t* signs, const int8_t* planes,
+                   size_t dim) {
+  constexpr uint64_t kEven = 0x5555555555555555ull, kFours = 0x1111111111111111ull;
+  const __m512i low_nibble = _mm512_set1_epi8(15), low_crumb = _mm512_set1_epi8(3), ones = _mm512_set1_epi16(1);
+  const __m512i shift01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);  // dims 4j, 4j + 1
+  const __m512i shift23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);  // dims 4j + 2, 4j + 3
+  __m512i total = _mm512_setzero_si512();  // (16,) int32
+  for (size_t c = 0; c < dim / 128; ++c) {
+    const uint64_t w0 = signs[2 * c], w1 = signs[2 * c + 1];
+    const int8_t* q = planes + 256 * c;
+    const __m512i nib = _mm512_loadu_si512(nibbles + 64 * c);
+    const __m512i crumb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(crumbs + 32 * c)));
+    const __m512i even = _mm512_and_si512(nib, low_nibble);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi16(nib, 4), low_nibble);
+    const __m512i c01 = _mm512_and_si512(_mm512_srlv_epi16(crumb, shift01), low_crumb);
+    const __m512i c23 = _mm512_and_si512(_mm512_srlv_epi16(crumb, shift23), low_crumb);
+    // int16 pair sums: nibbles |.| <= 2 x 2 x 15 x 127, crumbs x 16 <= 16 x 2 x 2 x 3 x 127; 32,004 in all.
+    const uint64_t signs_even = gather_signs(w0, w1, kEven, 32), signs_odd = gather_signs(w0, w1, kEven << 1, 32);
+    const __m512i nibble_part = _mm512_add_epi16(_mm512_maddubs_epi16(even, signed_plane(q, signs_even)),
+                                                 _mm512_maddubs_epi16(odd, signed_plane(q + 64, signs_odd)));
+    const uint64_t signs01 = gather_signs(w0, w1, kFours, 16) | gather_signs(w0, w1, kFours << 1, 16) << 32;
+    const uint64_t signs23 = gather_signs(w0, w1, kFours << 2, 16) | gather_signs(w0, w1, kFours << 3, 16) << 32;
+    const __m512i crumb_part = _mm512_add_epi16(_mm512_maddubs_epi16(c01, signed_plane(q + 128, signs01)),
+                                                _mm512_maddubs_epi16(c23, signed_plane(q + 192, signs23)));
+    const __m512i sum = _mm512_add_epi16(nibble_part, _mm512_slli_epi16(crumb_part, 4));
+    total = _mm512_add_epi32(total, _mm512_madd_epi16(sum, ones));
+  }
+  return _mm512_reduce_add_epi32(total);
+}
+
+bool has_avx512() {
+  const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable kernels on this CPU (tests)
+  if (off && *off && std::strcmp(off, "0") != 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
+         __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+}
+const bool kAvx512 = has_avx512();
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+ScanKernel scan_kernel() {
+#if MALM_X86_KERNELS
+  if (kAvx512) return scan_avx512;
+#endif
+#if MALM_NEON_KERNELS
+  return scan_neon;
+#endif
+  return scan_portable;
 }
 
 // signs[c] holds 8 bytes, one per bit of c (LSB first): 0 where the bit is 1 (v >= 0), -1 where 0.
@@ -93,20 +383,18 @@ TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const
 TwoStageTable::~TwoStageTable() = default;
 
 std::vector<int64_t> TwoStageTable::prefilter(const uint64_t* query_code, int64_t keep) const {
-  std::vector<uint16_t> distances(static_cast<size_t>(rows_));
-  std::vector<int64_t> histogram(words_ * 64 + 1, 0);
-  hamming_histogram(codes_, rows_, words_, query_code, distances.data(), histogram.data());
-  int64_t below = 0;  // rows strictly closer than the boundary distance
-  size_t boundary = 0;
-  while (below + histogram[boundary] < keep) below += histogram[boundary++];
-  int64_t at_boundary = keep - below;  // taken in row order
-  std::vector<int64_t> rows;
-  rows.reserve(size_t(keep));
-  for (int64_t r = 0; r < rows_; ++r) {
-    const size_t d = distances[size_t(r)];
-    if (d < boundary || (d == boundary && at_boundary-- > 0)) rows.push_back(r);
-  }
-  return rows;
+  // One pass with a limit estimated from a sample; a second over every row in the rare case the
+  // sample set it too low (fewer than keep rows within it). Either way the rows are exactly those
+  // of the counting rule, since Candidates only ever drops rows that rank after `keep` others.
+  const ScanKernel scan = scan_kernel();
+  const size_t bins = words_ * 64 + 1;
+  const int limit = sample_limit(codes_, rows_, words_, query_code, keep);
+  Candidates kept(keep, rows_, limit, bins);
+  scan(codes_, 0, rows_, words_, query_code, kept);
+  if (int64_t(kept.size()) >= keep || limit == int(bins - 1)) return kept.take();
+  Candidates all(keep, rows_, int(bins - 1), bins);
+  scan(codes_, 0, rows_, words_, query_code, all);
+  return all.take();
 }
 
 int32_t TwoStageTable::dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const {
@@ -164,10 +452,43 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
   for (size_t d = 0; d < dim; ++d) query8[d] = int16_t(std::nearbyint(query[d] / query_scale));  // half to even
   static_assert(kValueMax * 127 < (1 << 15), "a product fits; dim <= 65536 keeps the sum in int32");
   const int64_t n_keep = std::min<int64_t>(rows_, std::max<int64_t>(keep, candidates));
-  std::vector<Hit> hits;
-  std::vector<int8_t> scratch(2 * (((dim + 7) & ~size_t(7)) + 8) + 8, 0);  // decoded row (dot_row)
-  for (int64_t r : prefilter(query_code.data(), n_keep)) {
-    hits.push_back({r, float(dot_row(r, query8.data(), scratch.data())) * scales_[r]});
+  const std::vector<int64_t> rows = prefilter(query_code.data(), n_keep);
+  // The dot kernel this CPU and width get, and the int8 query in its layout.
+#if MALM_X86_KERNELS
+  const bool vector_dot = kAvx512 && dim % 128 == 0;
+  const std::vector<int8_t> laid_out = vector_dot ? query_planes(query8.data(), dim) : std::vector<int8_t>();
+#elif MALM_NEON_KERNELS
+  const bool vector_dot = dim % 16 == 0;
+  const std::vector<int8_t> laid_out(query8.begin(), query8.end());  // |q8| <= 127
+#else
+  const bool vector_dot = false;
+#endif
+  std::vector<int8_t> scratch(vector_dot ? 0 : 2 * (((dim + 7) & ~size_t(7)) + 8) + 8, 0);  // decoded row (dot_row)
+  auto dot = [&](int64_t r) -> int32_t {
+    const uint8_t* nibbles = values_ + size_t(r) * value_bytes_;
+    const uint64_t* signs = codes_ + size_t(r) * words_;
+#if MALM_X86_KERNELS
+    if (vector_dot) return dot_avx512(nibbles, nibbles + nibble_bytes_, signs, laid_out.data(), dim);
+#elif MALM_NEON_KERNELS
+    if (vector_dot) {
+      return dot_neon(nibbles, nibbles + nibble_bytes_, reinterpret_cast<const uint8_t*>(signs), laid_out.data(), dim);
+    }
+#endif
+    (void)nibbles, (void)signs;
+    return dot_row(r, query8.data(), scratch.data());
+  };
+  std::vector<Hit> hits(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i + kRescorePrefetchRows < rows.size()) {  // rows are scattered: fetch ahead what the dot reads
+      const int64_t next = rows[i + kRescorePrefetchRows];
+      const char* values = reinterpret_cast<const char*>(values_ + size_t(next) * value_bytes_);
+      for (size_t at = 0; at < value_bytes_; at += 64) __builtin_prefetch(values + at);
+      __builtin_prefetch(values + value_bytes_ - 1);
+      __builtin_prefetch(codes_ + size_t(next) * words_);
+      __builtin_prefetch(scales_ + next);
+    }
+    const int64_t r = rows[i];
+    hits[i] = {r, float(dot(r)) * scales_[r]};
   }
   std::partial_sort(hits.begin(), hits.begin() + keep, hits.end(), better);
   hits.resize(size_t(keep));

@@ -13,6 +13,7 @@
 #include "../src/signature.h"
 #include "../src/table.h"
 #include "../src/twostage.h"
+#include "twostage_reference.h"
 
 static int failures = 0;
 #define CHECK(cond)                                                  \
@@ -89,6 +90,9 @@ static void test_two_stage_prefilter_and_ties() {
   CHECK(!error_of([&] { three.search(nan_q, 2, 3); }).empty());
 }
 
+// The prefilter's kernels, sampled limit, fallback pass and vector dots against a naive search.
+static void test_two_stage_against_reference() { CHECK(twostage_reference::check_all() == 0); }
+
 static void test_fts_query() {
   CHECK(malm::fts_query("chicken, curry!") == "\"chicken\" \"curry\"");
   CHECK(malm::fts_query("\"NEAR(*)\"") == "\"NEAR\"");
@@ -150,6 +154,7 @@ int main() {
   test_join_path();
   test_topk_ties();
   test_two_stage_prefilter_and_ties();
+  test_two_stage_against_reference();
   test_fts_query();
   test_resize_identity_and_orientation();
   if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
