@@ -4,7 +4,9 @@ Stages: teacher (MALM image tower) -> student (float, eager) -> student quantize
 int8 model, converted, run eagerly) -> every exported file through its runtime (ONNX Runtime,
 ExecuTorch; CoreML only on macOS). Each row also gives the size (MB: parameters for eager stages,
 the file for exports) and the median single-image latency on this machine, in two columns: through
-the file's runtime for exports, eager PyTorch (Python overhead per op) for the others. Written into
+the file's runtime for exports, eager PyTorch (Python overhead per op) for the others. A last section
+gives the recipe table: its kind, bytes a recipe, recall against exact float32 search (measured by
+`convert`) and one query's latency. Written into
 the bundle as report.md, report.json and report.png (R@1, medR and size per stage, size vs latency
 per exported file; drawn with pillow, matplotlib is not needed).
 These files are not referenced by the manifest, so they do not change its checksums.
@@ -149,8 +151,52 @@ def _is_eager(row: StageRow) -> bool:
     return row.stage != "exported"
 
 
-def render_markdown(rows: list[StageRow], title: str) -> str:
-    """The markdown table of the report."""
+@dataclass
+class TableSummary:
+    """The bundle's recipe table: its kind, bytes a recipe, recall against exact float32 search (measured
+    by `convert`, in the manifest's provenance) and the latency of one query through edge/ (numpy)."""
+
+    kind: str
+    rows: int
+    bytes_per_recipe: float
+    recall_at_1: float | None
+    recall_at_10: float | None
+    recall_queries: str
+    search_ms: float
+
+
+def summarize_table(bundle_dir: Path, manifest: Any, k: int = 10) -> TableSummary:
+    """Measure one top-k query over the bundle's table (median of 20, 1 thread) and read its recall."""
+    from malm_edge.converters.index import table_bytes_per_row
+    from malm_edge.edge.bench import time_ms
+    from malm_edge.edge.table import read_table, search_topk
+
+    entry = manifest.table
+    table = read_table(bundle_dir, entry)
+    query = np.random.default_rng(0).standard_normal(entry.dim).astype(np.float32)
+    query /= np.linalg.norm(query)
+    timing = time_ms(lambda: search_topk(table, query, min(k, entry.rows)), repeats=20, warmup=2)
+    quality = manifest.provenance.get("table_quality") or {}
+    kind = (f"two-stage (table v2: sign bits + {entry.dtype} rows, {entry.candidates} candidates rescored)"
+            if entry.version == 2 else f"exact ({entry.dtype} rows, table v1)")
+    queries = f"{quality['n_queries']} {quality.get('queries', 'queries')}" if "n_queries" in quality else "n/a"
+    return TableSummary(kind, int(entry.rows), table_bytes_per_row(entry), quality.get("recall_at_1"),
+                        quality.get("recall_at_10"), queries, timing["median_ms"])
+
+
+def _table_markdown(table: TableSummary) -> list[str]:
+    return ["", "## Recipe table", "",
+            "| table | recipes | bytes a recipe | recall@1 | recall@10 | search (ms, 1 query, numpy) |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| {table.kind} | {table.rows:,} | {table.bytes_per_recipe:.1f} | {_fmt(table.recall_at_1, '.3f')} | "
+            f"{_fmt(table.recall_at_10, '.3f')} | {table.search_ms:.2f} |", "",
+            f"Recall against exact float32 search over the same recipes, measured by `convert` on "
+            f"{table.recall_queries}; recall@1: the top-1 is the exact top-1, recall@10: the share of the exact "
+            "top-10 found. Search: edge/ (numpy) on this machine; `malm-edge bench` also times the native core."]
+
+
+def render_markdown(rows: list[StageRow], title: str, table: TableSummary | None = None) -> str:
+    """The markdown table of the report (and the recipe table's, when given)."""
     lines = [f"# {title}", "",
              "Image -> recipe retrieval on the val split (one bag of all val pairs, or bags of 1000): R@1 "
              "(higher is better) and median rank medR (lower is better).",
@@ -165,6 +211,8 @@ def render_markdown(rows: list[StageRow], title: str) -> str:
     lines += ["", f"{n} val photos. Size: parameters for eager stages, the file for exports. Latency: median "
               f"of 10 runs after a warm-up on this machine ({platform.machine()}, {os.cpu_count()} CPUs).",
               "", LATENCY_NOTE, "", f"Charts: {REPORT_PNG}."]
+    if table is not None:
+        lines += _table_markdown(table)
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +278,10 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
     prep = student.preprocessing if student is not None else _manifest_prep(bundle.manifest)
     rows = _eager_rows(val, recipe_emb, student, teacher, calibration)
     rows += _export_rows(bundle_dir, bundle.manifest.encoders, val, recipe_emb, prep)
-    (bundle_dir / REPORT_MD).write_text(render_markdown(rows, title or f"Compression report: {bundle_dir.name}"),
-                                        encoding="utf-8")
+    table = summarize_table(bundle_dir, bundle.manifest)
+    (bundle_dir / REPORT_MD).write_text(
+        render_markdown(rows, title or f"Compression report: {bundle_dir.name}", table), encoding="utf-8"
+    )
     (bundle_dir / REPORT_JSON).write_text(json.dumps([asdict(r) for r in rows], indent=2), encoding="utf-8")
     render_png(rows, bundle_dir / REPORT_PNG, title or f"Compression report: {bundle_dir.name}")
     # The manifest covers every file of a bundle: name the report's three files in it.

@@ -178,12 +178,15 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
                 break
         else:
             result["end_to_end"].append(bench_end_to_end(bundle, entry.name, source, k, repeats))
-    result["search"].append({"table": "bundle", **bench_search(open_bundle_table(bundle), k)})
+    quality = bundle.manifest.provenance.get("table_quality") or {}  # measured by convert, against float32
+    recall = {name: quality.get(name) for name in ("recall_at_1", "recall_at_10")}
+    result["search"].append({"table": "bundle", **bench_search(open_bundle_table(bundle), k), **recall})
     for rows in synthetic_rows:
         with tempfile.TemporaryDirectory(prefix="malm_bench_") as scratch:
             make = synthetic_twostage_table if bundle.manifest.table.version == 2 else synthetic_table
             table = make(Path(scratch), rows, bundle.manifest.embedding_dim)
-            result["search"].append({"table": f"synthetic_{rows}", **bench_search(table, k, 5)})
+            result["search"].append({"table": f"synthetic_{rows}", **bench_search(table, k, 5),
+                                     "recall_at_1": None, "recall_at_10": None})
             del table
     files = [e.file for e in bundle.manifest.encoders] + [bundle.manifest.table.file,
                                                           bundle.manifest.catalog.file]

@@ -160,6 +160,11 @@ def test_report_cli_lists_every_stage(built):
                   "encoder_fp32.onnx", "runs on macOS only"):
         assert stage in result.output
     assert (built["out"] / "report.md").is_file() and (built["out"] / "report.png").is_file()
+    table_line = next(line for line in result.output.splitlines() if line.startswith("| exact (int8 rows"))
+    _, rows, per_recipe, recall1, recall10, ms = [cell.strip() for cell in table_line.strip("|").split("|")]
+    dim = read_bundle(built["out"]).manifest.table.dim
+    assert int(rows.replace(",", "")) > 0 and float(per_recipe) == dim + 4  # int8 rows + a float32 scale
+    assert 0.0 <= float(recall1) <= 1.0 and 0.0 <= float(recall10) <= 1.0 and float(ms) > 0
     rows = json.loads((built["out"] / "report.json").read_text())
     assert all(r["r1"] is None or 0.0 <= r["r1"] <= 1.0 for r in rows)
     read_bundle(built["out"])  # the report files do not disturb the checksums

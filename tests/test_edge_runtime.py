@@ -185,6 +185,7 @@ def test_bench_report_and_cli(bundle_dir) -> None:
     for row in report["encoders"] + report["search"] + report["end_to_end"] + [report["preprocess"]]:
         assert 0 < row["median_ms"] <= row["p90_ms"]
     assert report["files"]["table.i8"] == ROWS * EMBED_DIM and report["peak_rss_mb"] > 0
+    assert {"recall_at_1", "recall_at_10"} <= set(report["search"][0])  # from convert's provenance, if any
     result = CliRunner().invoke(_cli(), ["bench", "--bundle", str(bundle_dir), "--rows", "0",
                                          "--threads", "1", "--repeats", "2", "--backend", "onnx",
                                          "--json"])

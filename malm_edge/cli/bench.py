@@ -44,6 +44,10 @@ def _print_table(console: Any, table: Any) -> None:
         console.width = width
 
 
+def _recall(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_tables(report: dict[str, Any]) -> None:
     from rich.console import Console
 
@@ -57,10 +61,11 @@ def _print_tables(report: dict[str, Any]) -> None:
                          encoders))
     search = [(row["table"], str(row["rows"]), str(row["dim"]), row["dtype"], f"{row['median_ms']:.2f}",
                f"{row['p90_ms']:.2f}", f"{row['table_mb']:.1f}", f"{row['bytes_per_recipe']:.0f}",
-               f"{row['search_peak_alloc_mb']:.1f}")
+               f"{row['search_peak_alloc_mb']:.1f}", _recall(row.get("recall_at_1")), _recall(row.get("recall_at_10")))
               for row in report["search"]]
-    _print_table(console, _table("Table top-k search", ("table", "rows", "dim", "dtype", "p50 ms", "p90 ms", "table MB",
-                                                 "B/recipe", "peak alloc MB"), search))
+    _print_table(console, _table("Table top-k search (recall: against exact float32, measured by convert)",
+                                 ("table", "rows", "dim", "dtype", "p50 ms", "p90 ms", "table MB", "B/recipe",
+                                  "peak alloc MB", "recall@1", "recall@10"), search))
     for row in report["end_to_end"]:
         console.print(f"end to end ({row['encoder']}): median {row['median_ms']:.2f} ms, "
                       f"p90 {row['p90_ms']:.2f} ms")
