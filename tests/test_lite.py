@@ -207,3 +207,23 @@ def test_tuned_trunk_blocks_train_on_the_cached_frozen_part() -> None:
     assert all(p.grad is None for p in model.image_tower_parameters())
     with pytest.raises(ValueError, match="has 16 blocks"):
         create_model(tiny_lite(trunk_tuned_blocks=16)[0], load_clip_weights=False)
+
+
+def test_sentence_drop_leaves_lines_out_in_training_only() -> None:
+    from malm_edge.training.models.recipe_encoder import drop_lines
+
+    torch.manual_seed(0)
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0, 0], [0] * 8]).bool()  # (3, 8)
+    kept = torch.stack([drop_lines(valid, 0.5) for _ in range(200)])  # (200, 3, 8)
+    assert not (kept & ~valid).any()  # a subset of the valid lines
+    assert kept[:, 0].any(dim=1).all() and kept[:, 1, 0].all() and not kept[:, 2].any()  # never all of a list
+    assert 0.35 < kept[:, 0].float().mean() < 0.65  # about half of a long list
+    config, _ = tiny_lite(sentence_drop=0.5)
+    encoder = RecipeEncoder(config)
+    batch = SentenceEmbedder(FakeSentenceEncoder()).encode_batch(RECIPES)
+    encoder.eval()
+    torch.testing.assert_close(encoder(batch)["embedding"], encoder(batch)["embedding"])  # no drop at eval
+    encoder.train()
+    assert encoder(batch)["tokens_mask"].sum() < encoder.eval()(batch)["tokens_mask"].sum()
+    with pytest.raises(ValueError, match="sentence_drop"):
+        tiny_lite(sentence_drop=1.0)

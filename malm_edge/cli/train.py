@@ -98,6 +98,14 @@ def train(
         Optional[bool],
         typer.Option(help="Add the (projected) positional embedding to the patch tokens before ψ (default on)."),
     ] = None,
+    sentence_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0, max=0.95,
+            help="Training only: leave out each ingredient line and step with this probability (recipe-side "
+            "augmentation). (default: 0)",
+        ),
+    ] = None,
     trunk_tuned_blocks: Annotated[
         Optional[int],
         typer.Option(
@@ -212,6 +220,7 @@ def train(
                     "--match-positions": match_positions,
                     "--predictor-input": predictor_input,
                     "--trunk-tuned-blocks": trunk_tuned_blocks,
+                    "--sentence-drop": sentence_drop,
                     "--epoch-unit": epoch_unit,
                     "--grad-clip": grad_clip,
                 }
@@ -227,6 +236,7 @@ def train(
             "match_positions": match_positions,
             "predictor_input": predictor_input.value if predictor_input is not None else None,
             "trunk_tuned_blocks": trunk_tuned_blocks,
+            "sentence_drop": sentence_drop,
             "clip_weights": str(clip_weights) if clip_weights is not None else None,
         }
         model_cfg, train_cfg = get_preset(preset.value, **{k: v for k, v in model_overrides.items() if v is not None})

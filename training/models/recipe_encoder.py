@@ -108,18 +108,29 @@ class CrossComponentDecoder(nn.Module):
         return out * query_valid.unsqueeze(-1).to(out.dtype)
 
 
+def drop_lines(valid: torch.Tensor, p: float) -> torch.Tensor:
+    """Leave out each valid line with probability p, but never every line of a non-empty list.
+
+    (B, N) bool -> (B, N) bool, a subset of `valid` (training-time augmentation of the recipe side).
+    """
+    kept = valid & (torch.rand(valid.shape, device=valid.device) >= p)  # (B, N)
+    emptied = valid.any(dim=1, keepdim=True) & ~kept.any(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(emptied, valid, kept)
+
+
 class RecipeEncoder(nn.Module):
     """Hierarchical recipe transformer producing the joint embedding and token-level R_f.
 
     Args:
         config: Uses vocab_size, recipe_width, recipe_heads, sentence_layers, sequence_layers,
-            decoder_layers, recipe_mlp_ratio, max_tokens, max_sentences, embed_dim, recipe_dropout.
+            decoder_layers, recipe_mlp_ratio, max_tokens, max_sentences, embed_dim, recipe_dropout,
+            sentence_drop.
     """
 
     def __init__(self, config: MalmConfig) -> None:
         super().__init__()
         d, heads, ratio, drop = config.recipe_width, config.recipe_heads, config.recipe_mlp_ratio, config.recipe_dropout
-        self.width = d
+        self.width, self.sentence_drop = d, config.sentence_drop
         if config.text_tower == "minilm":
             self.sentence_projection = nn.Sequential(nn.Linear(SENTENCE_DIM, d), nn.LayerNorm(d))
         else:
@@ -174,6 +185,8 @@ class RecipeEncoder(nn.Module):
             token_valid = batch[f"{component}_mask"].bool()  # (B, N, L)
             vectors = self._encode_sentences(component, batch[component], token_valid)  # (B, N, d)
             line_valid = token_valid.any(dim=-1)  # (B, N)
+            if self.training and self.sentence_drop > 0:
+                line_valid = drop_lines(line_valid, self.sentence_drop)
             parts[component] = (self.sequence_encoders[component](vectors, line_valid), line_valid)
         return parts
 
@@ -182,6 +195,8 @@ class RecipeEncoder(nn.Module):
         parts = {}
         for component in COMPONENTS:
             valid = batch[f"{component}_mask"].bool()  # (B, N)
+            if component != "title" and self.training and self.sentence_drop > 0:
+                valid = drop_lines(valid, self.sentence_drop)
             vectors = self.sentence_projection(batch[component]) * valid.unsqueeze(-1)  # (B, N, d)
             if component != "title":
                 vectors = self.sequence_encoders[component](vectors, valid)
