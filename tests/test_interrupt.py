@@ -117,3 +117,17 @@ def test_real_ctrl_c_on_the_command(tiny_synthfood: Path, tmp_path: Path) -> Non
     assert 3 <= step < 10
     assert f"interrupted (SIGINT) at step {step} of 10" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_signal_notice_bypasses_logging_and_the_stderr_buffer(capfd, monkeypatch) -> None:
+    """The handler may run inside a write to sys.stderr's buffer: it must not log (re-entering it)."""
+    from malm_edge.training.harness import loop
+
+    def no_logging(*args, **kwargs):
+        raise AssertionError("the signal handler logged")
+
+    monkeypatch.setattr(loop.log, "warning", no_logging)
+    with loop.stop_on_signals(loop.StopRequest()) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal_name == "SIGINT"
+    assert "WARNING malm_edge.training.harness.loop: SIGINT: saving a checkpoint" in capfd.readouterr().err

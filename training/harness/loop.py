@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -69,6 +70,17 @@ class StopRequest:
     signal_name: str | None = None
 
 
+def _signal_safe_notice(message: str) -> None:
+    """A warning line written straight to fd 2, in the log's format. A signal handler runs between two
+    bytecodes of the main thread, maybe inside a write to sys.stderr's buffer: logging from it would
+    re-enter that buffer ("reentrant call inside BufferedWriter", printed as a logging traceback)."""
+    line = f"{time.strftime('%H:%M:%S')} WARNING {log.name}: {message}\n"
+    try:
+        os.write(2, line.encode("utf-8", "replace"))
+    except OSError:
+        pass  # stderr closed: the stop itself still happens
+
+
 @contextmanager
 def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """While inside: SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step.
@@ -85,7 +97,8 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
         if stop.signal_name is not None:
             raise KeyboardInterrupt(f"second {name}: stopped without saving")
         stop.signal_name = name
-        log.warning("%s: saving a checkpoint after this step, then stopping (again to stop at once, unsaved)", name)
+        _signal_safe_notice(f"{name}: saving a checkpoint after this step, then stopping (again to stop at once, "
+                            "unsaved)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
