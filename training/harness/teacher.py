@@ -71,8 +71,9 @@ def build_optimizer(model: MALM, train_cfg: TrainConfig) -> torch.optim.Optimize
         },
         {"params": [p for p in model.other_parameters() if p.requires_grad], "lr": train_cfg.lr, "name": "other"},
     ]
-    if model.tuned_trunk_parameters():  # not frozen with the rest of the tower; "other" stays the last group
-        groups.insert(1, {"params": model.tuned_trunk_parameters(), "lr": train_cfg.image_lr, "name": "trunk_tuned"})
+    tuned = model.tuned_trunk_parameters()
+    if tuned:  # not frozen with the rest of the tower; "other" stays the last group
+        groups.insert(1, {"params": tuned, "lr": train_cfg.image_lr, "name": "trunk_tuned"})
     for group in groups:
         group["base_lr"] = group["lr"]
     return torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)

@@ -172,7 +172,7 @@ class MALM(nn.Module):
         (`trunk_features`, (B, C', g', g'): the tuned blocks, if any, run on it here)."""
         if trunk_features is None:
             return self.image_input(pixels)
-        return self.trunk.tune(trunk_features) if self.config.trunk_tuned_blocks else trunk_features
+        return self.trunk.tune(trunk_features)  # identity when no block is tuned
 
     def encode_images(self, pixels: torch.Tensor, trunk_features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels (or the frozen trunk's output for them) -> (B, E)
