@@ -3,8 +3,9 @@
 Follows ExecuTorch's XNNPACK export example: the student is re-parameterised on a copy
 (`prepare_for_export`), captured with `torch.export.export`, optionally quantized with PT2E
 (`XNNPACKQuantizer`, symmetric per-channel int8 weights, static int8 activations, observers
-calibrated on real photos), then `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`
-and `.to_executorch()`. Every operator left outside an XNNPACK delegate is reported by name.
+calibrated on real photos; a ReLU6's output is observed after the clamp, `observe_after_clamps`),
+then `to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])` and `.to_executorch()`.
+Every operator left outside an XNNPACK delegate is reported by name.
 """
 
 from __future__ import annotations
@@ -97,6 +98,41 @@ def check_calibration(calibration: torch.Tensor | None, example_input: torch.Ten
     return calibration
 
 
+_CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+_CLAMPED_PRODUCERS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def observe_after_clamps(graph_module: torch.fx.GraphModule) -> int:
+    """Move the output observer of each conv or linear that feeds a ReLU6 to after the ReLU6.
+
+    XNNPACKQuantizer fuses only ReLU into a conv's quantized output; a ReLU6 (hardtanh) shares its
+    producer's observer, so the int8 scale is set by the unclamped pre-activation, which reaches the
+    thousands where batch norm with a variance near zero was folded (EfficientNet-Lite), and every
+    value in 0..6 falls into a few levels (lite0: cosine to float 0.958 mean, 0.842 min). XNNPACK
+    fuses the clamp into the conv or linear (its partitioner's `fused_acts`), so the observed tensor
+    is the one that runs. Returns how many observers moved.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import (
+        Q_ANNOTATION_KEY,
+        QuantizationAnnotation,
+    )
+
+    moved = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target not in _CLAMPS:
+            continue
+        producer = node.args[0]
+        if not isinstance(producer, torch.fx.Node) or producer.target not in _CLAMPED_PRODUCERS:
+            continue
+        annotation = producer.meta.get(Q_ANNOTATION_KEY)
+        if annotation is None or annotation.output_qspec is None or len(producer.users) != 1:
+            continue
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=annotation.output_qspec, _annotated=True)
+        annotation.output_qspec = None
+        moved += 1
+    return moved
+
+
 def pt2e_quantize(model: nn.Module, example_input: torch.Tensor,
                   calibration: torch.Tensor) -> torch.fx.GraphModule:
     """PT2E static int8 quantization for XNNPACK, calibrated on real photos.
@@ -115,7 +151,13 @@ def pt2e_quantize(model: nn.Module, example_input: torch.Tensor,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    class ClampAwareQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            observe_after_clamps(model)
+            return model
+
+    quantizer = ClampAwareQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     captured = torch.export.export(model, (example_input,), strict=False).module()
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():

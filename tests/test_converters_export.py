@@ -139,3 +139,45 @@ def test_lite0_exports_to_onnx_and_coreml_like_the_other_students(lite0, photos,
     coreml = export_coreml(lite0, PREP, tmp_path / "lite0.mlpackage", compression="int8_weights")
     found = check_mlpackage(coreml.path, input_size=64, embed_dim=32, quantization="int8_weights")
     assert found.inputs == {"pixels": ([1, 3, 64, 64], "FLOAT32")}
+
+
+class _WideReluSix(torch.nn.Module):
+    """conv -> ReLU6 -> conv, with one channel whose pre-activation reaches the thousands (as a conv
+    with a folded near-zero-variance batch norm does in EfficientNet-Lite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu6 = torch.nn.ReLU6()  # exported as hardtanh, as in the students
+        self.head = torch.nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.conv.weight[0] *= 3000.0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu6(self.conv(pixels))).mean(dim=(2, 3))  # (B, 4)
+
+
+def test_int8_observes_relu6_outputs_after_the_clamp(photos):
+    from malm_edge.converters.export_executorch import pt2e_quantize
+
+    model = _WideReluSix().eval()
+    quantized = pt2e_quantize(model, photos[:1], photos[:16])
+    with torch.no_grad():
+        reference, got = model(photos[16:]), quantized(photos[16:])  # (16, 4)
+    error = (got - reference).abs().max() / reference.abs().max()
+    assert error < 0.05, f"int8 error {error:.3f}: the ReLU6 output is quantized on its pre-activation's scale"
+
+
+def test_lite0_int8_pte_runs_like_eager_in_the_executorch_runtime(lite0, photos, tmp_path):
+    from executorch.runtime import Runtime
+
+    from malm_edge.converters.export_executorch import export_executorch
+    from malm_edge.converters.verify import eager_embeddings
+    from malm_edge.edge.backends import l2_normalize
+
+    report = export_executorch(lite0, photos[:1], tmp_path / "lite0.pte", quantize="int8", calibration=photos[:16])
+    method = Runtime.get().load_program(report.path).load_method("forward")
+    got = np.concatenate([method.execute([photo[None]])[0].numpy() for photo in photos[16:]])  # (16, 32)
+    cosine = np.sum(l2_normalize(got) * eager_embeddings(lite0, photos[16:]), axis=1)
+    assert cosine.mean() >= 0.98 and cosine.min() >= 0.95, (cosine.mean(), cosine.min())

@@ -30,6 +30,8 @@ def nice_number(value: float) -> str:
     """Tick label: 3 significant figures, no trailing noise."""
     if value == 0 or not math.isfinite(value):
         return "0" if value == 0 else str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"  # a step count: 1,010, not 1.01e+03
     return f"{value:.3g}"
 
 
@@ -96,7 +98,7 @@ def _scale(lo: float, hi: float) -> tuple[float, float]:
     if hi - lo < 1e-12:
         return lo - 0.5, hi + 0.5
     pad = 0.05 * (hi - lo)
-    return lo - pad, hi + pad
+    return (lo - pad if lo - pad >= 0 or lo < 0 else 0.0), hi + pad  # data >= 0 keeps a floor of 0
 
 
 def _axes(draw: Any, area: tuple[int, int, int, int], x_range: tuple[float, float],

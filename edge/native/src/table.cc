@@ -7,9 +7,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MALM_X86_DOT 1  // AVX-512F / AVX2 int8 dot kernels, chosen at run time
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define MALM_NEON_DOT 1
+#endif
 
 namespace malm {
 namespace {
@@ -37,27 +46,133 @@ float half_to_float(uint16_t h) {
   return out;
 }
 
-// Dot product of an int8 row with a float query, float32 accumulation in 16 lanes (vectorisable
-// without -ffast-math: each lane is its own sequential sum).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
-// AVX2 clone chosen at load time where the CPU has it (same per-lane arithmetic, same result).
-__attribute__((target_clones("avx2", "default")))
-#endif
-float dot_int8(const int8_t* row, const float* q, size_t dim) {
+bool better(const Hit& a, const Hit& b) { return a.score > b.score || (a.score == b.score && a.row < b.row); }
+
+}  // namespace
+
+// Dot products of int8 rows with a float query. Element i + j of each 16-wide step goes to lane j
+// (mul, then add: no FMA, this file is compiled with -ffp-contract=off); the 16 lanes are then
+// added as a tree (j + 8, j + 4, j + 2, j + 1) and the tail, summed in order, comes last. Every
+// kernel below keeps exactly that arithmetic, so all return the same floats. The tree, not a
+// sequential sum, because at 128 dims the reduction is most of a row's work.
+namespace detail {
+namespace {
+
+inline float finish_dot(float* lanes, const int8_t* row, const float* q, size_t i, size_t dim) {
+  for (int width = 8; width >= 1; width /= 2) {
+    for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  }
+  float tail = 0;
+  for (; i < dim; ++i) tail += float(row[i]) * q[i];
+  return lanes[0] + tail;
+}
+
+inline float dot_portable(const int8_t* row, const float* q, size_t dim) {
   float lanes[16] = {0};
   size_t i = 0;
   for (; i + 16 <= dim; i += 16) {
     for (int j = 0; j < 16; ++j) lanes[j] += float(row[i + j]) * q[i + j];
   }
-  float total = 0;
-  for (; i < dim; ++i) total += float(row[i]) * q[i];
-  for (int j = 0; j < 16; ++j) total += lanes[j];
-  return total;
+  return finish_dot(lanes, row, q, i, dim);
 }
 
-bool better(const Hit& a, const Hit& b) { return a.score > b.score || (a.score == b.score && a.row < b.row); }
+void rows_portable(const int8_t* rows, size_t count, size_t dim, const float* q, float* out) {
+  for (size_t r = 0; r < count; ++r) out[r] = dot_portable(rows + r * dim, q, dim);
+}
+
+#if MALM_X86_DOT
+#if !defined(__clang__)
+// GCC 12's AVX-512 headers seed results with `__m512 __Y = __Y;`, which -Wuninitialized reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// One zmm register is the 16 lanes: 16 int8 -> int32 -> float a step.
+__attribute__((target("avx512f"))) void rows_avx512(const int8_t* rows, size_t count, size_t dim, const float* q,
+                                                    float* out) {
+  for (size_t r = 0; r < count; ++r) {
+    const int8_t* row = rows + r * dim;
+    __m512 acc = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), _mm512_loadu_ps(q + i)));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc);
+    out[r] = finish_dot(lanes, row, q, i, dim);
+  }
+}
+
+// Two ymm registers: lanes 0..7 and 8..15.
+__attribute__((target("avx2"))) void rows_avx2(const int8_t* rows, size_t count, size_t dim, const float* q,
+                                               float* out) {
+  for (size_t r = 0; r < count; ++r) {
+    const int8_t* row = rows + r * dim;
+    __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+      const __m256 first = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+      const __m256 second = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+      low = _mm256_add_ps(low, _mm256_mul_ps(first, _mm256_loadu_ps(q + i)));
+      high = _mm256_add_ps(high, _mm256_mul_ps(second, _mm256_loadu_ps(q + i + 8)));
+    }
+    alignas(32) float lanes[16];
+    _mm256_store_ps(lanes, low);
+    _mm256_store_ps(lanes + 8, high);
+    out[r] = finish_dot(lanes, row, q, i, dim);
+  }
+}
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+#if MALM_NEON_DOT
+// Four q registers of 4 lanes (AArch64 phones).
+void rows_neon(const int8_t* rows, size_t count, size_t dim, const float* q, float* out) {
+  for (size_t r = 0; r < count; ++r) {
+    const int8_t* row = rows + r * dim;
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    size_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+      const int8x16_t bytes = vld1q_s8(row + i);
+      const int16x8_t halves[2] = {vmovl_s8(vget_low_s8(bytes)), vmovl_s8(vget_high_s8(bytes))};
+      for (int h = 0; h < 2; ++h) {
+        const float32x4_t a = vcvtq_f32_s32(vmovl_s16(vget_low_s16(halves[h])));
+        const float32x4_t b = vcvtq_f32_s32(vmovl_s16(vget_high_s16(halves[h])));
+        acc[2 * h] = vaddq_f32(acc[2 * h], vmulq_f32(a, vld1q_f32(q + i + 8 * h)));
+        acc[2 * h + 1] = vaddq_f32(acc[2 * h + 1], vmulq_f32(b, vld1q_f32(q + i + 8 * h + 4)));
+      }
+    }
+    float lanes[16];
+    for (int k = 0; k < 4; ++k) vst1q_f32(lanes + 4 * k, acc[k]);
+    out[r] = finish_dot(lanes, row, q, i, dim);
+  }
+}
+#endif
+
+RowsKernel pick_rows_kernel() {
+  const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable loop on this CPU (tests)
+  if (off && *off && std::strcmp(off, "0") != 0) return rows_portable;
+#if MALM_X86_DOT
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return rows_avx512;
+  if (__builtin_cpu_supports("avx2")) return rows_avx2;
+#elif MALM_NEON_DOT
+  return rows_neon;
+#endif
+  return rows_portable;
+}
 
 }  // namespace
+
+const RowsKernel dot_int8_rows = pick_rows_kernel();
+
+float dot_int8_portable(const int8_t* row, const float* query, size_t dim) { return dot_portable(row, query, dim); }
+
+}  // namespace detail
 
 MappedFile::~MappedFile() {
   if (base_) munmap(base_, bytes_);
@@ -122,11 +237,18 @@ Table::~Table() {
   }
 }
 
-float Table::score_row(int64_t r, const float* query) const {
+void Table::score_rows(int64_t first, int64_t count, const float* query, float* out) const {
   const size_t d = size_t(dim_);
   if (dtype_ == "int8") {
-    return dot_int8(reinterpret_cast<const int8_t*>(values_) + size_t(r) * d, query, d) * scales_[r];
+    detail::dot_int8_rows(reinterpret_cast<const int8_t*>(values_) + size_t(first) * d, size_t(count), d, query, out);
+    for (int64_t j = 0; j < count; ++j) out[j] *= scales_[first + j];
+    return;
   }
+  for (int64_t j = 0; j < count; ++j) out[j] = score_float_row(first + j, query);
+}
+
+float Table::score_float_row(int64_t r, const float* query) const {
+  const size_t d = size_t(dim_);
   float total = 0;
   if (dtype_ == "float16") {
     const uint8_t* row = values_ + size_t(r) * d * 2;
@@ -158,13 +280,19 @@ std::vector<Hit> Table::search(const float* query, size_t dim, int k) const {
   std::vector<Hit> best;  // sorted best first, at most `keep`
   best.reserve(keep + 1);
   if (keep == 0) return best;
-  for (int64_t r = 0; r < rows_; ++r) {
-    Hit hit{r, score_row(r, query)};
-    if (best.size() == keep && !better(hit, best.back())) continue;
-    if (std::isnan(hit.score)) continue;  // a NaN scale never ranks
-    auto at = std::upper_bound(best.begin(), best.end(), hit, better);
-    best.insert(at, hit);
-    if (best.size() > keep) best.pop_back();
+  constexpr int64_t kBlock = 256;  // rows scored by one kernel call
+  float scores[kBlock];
+  for (int64_t first = 0; first < rows_; first += kBlock) {
+    const int64_t count = std::min(kBlock, rows_ - first);
+    score_rows(first, count, query, scores);
+    for (int64_t j = 0; j < count; ++j) {
+      const Hit hit{first + j, scores[j]};
+      if (best.size() == keep && !better(hit, best.back())) continue;
+      if (std::isnan(hit.score)) continue;  // a NaN scale never ranks
+      auto at = std::upper_bound(best.begin(), best.end(), hit, better);
+      best.insert(at, hit);
+      if (best.size() > keep) best.pop_back();
+    }
   }
   return best;
 }

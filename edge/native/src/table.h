@@ -9,6 +9,15 @@
 
 namespace malm {
 
+namespace detail {
+// out[r] = (row r . query), r < count, for `count` int8 rows of `dim` (float32): the kernel picked at
+// load time (AVX-512F, AVX2, NEON, or the portable loop when MALM_EDGE_DISABLE_SIMD is set), equal
+// bit for bit to dot_int8_portable on every row.
+using RowsKernel = void (*)(const int8_t* rows, size_t count, size_t dim, const float* query, float* out);
+extern const RowsKernel dot_int8_rows;
+float dot_int8_portable(const int8_t* row, const float* query, size_t dim);
+}  // namespace detail
+
 struct Hit {
   int64_t row;
   float score;
@@ -56,7 +65,9 @@ class Table : public SearchTable {
   std::vector<Hit> search(const float* query, size_t dim, int k) const override;
 
  private:
-  float score_row(int64_t r, const float* query) const;
+  // out[j] = score of row first + j, j < count.
+  void score_rows(int64_t first, int64_t count, const float* query, float* out) const;
+  float score_float_row(int64_t r, const float* query) const;  // float16 / float32 rows
   void* map_file(const std::string& path, size_t bytes, void** base, size_t* mapped);
 
   int64_t rows_ = 0, dim_ = 0;

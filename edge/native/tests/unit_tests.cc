@@ -59,6 +59,35 @@ static void test_join_path() {
   CHECK(malm::join_path("b", "c") == "b/c");
 }
 
+// The int8 dot kernel picked on this CPU (AVX-512F, AVX2, NEON) adds in the portable loop's order:
+// same float, bit for bit, at every width (16-wide steps and tails), on random rows and queries.
+static void test_dot_int8_kernel_matches_the_portable_loop() {
+  uint32_t state = 12345;
+  auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  std::vector<int8_t> row(1100);
+  std::vector<float> query(1100);
+  for (size_t i = 0; i < row.size(); ++i) {
+    row[i] = int8_t(next() >> 24);
+    query[i] = float(int32_t(next() >> 8) - (1 << 23)) / float(1 << 23);
+  }
+  for (size_t dim : {size_t(1), size_t(15), size_t(16), size_t(17), size_t(31), size_t(64), size_t(127),
+                     size_t(128), size_t(129), size_t(1024), size_t(1100)}) {
+    for (size_t offset : {size_t(0), size_t(3)}) {  // unaligned rows too
+      if (offset + dim > row.size()) continue;
+      float got = 0;
+      malm::detail::dot_int8_rows(row.data() + offset, 1, dim, query.data(), &got);
+      const float want = malm::detail::dot_int8_portable(row.data() + offset, query.data(), dim);
+      CHECK(std::memcmp(&got, &want, sizeof got) == 0);
+    }
+  }
+  float block[8];  // several rows a call, as Table::search scores them
+  malm::detail::dot_int8_rows(row.data(), 8, 129, query.data(), block);
+  for (size_t r = 0; r < 8; ++r) {
+    const float want = malm::detail::dot_int8_portable(row.data() + r * 129, query.data(), 129);
+    CHECK(std::memcmp(&block[r], &want, sizeof want) == 0);
+  }
+}
+
 static void test_topk_ties() {
   const int8_t values[] = {1, 0, 2, 0, 2, 0, 1, 0, 2, 0};  // rows 1, 2, 4 tie at the top
   const float scales[] = {1, 1, 1, 1, 1};
@@ -152,6 +181,7 @@ int main() {
   test_sha256();
   test_manifest_errors();
   test_join_path();
+  test_dot_int8_kernel_matches_the_portable_loop();
   test_topk_ties();
   test_two_stage_prefilter_and_ties();
   test_two_stage_against_reference();
