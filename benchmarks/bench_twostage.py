@@ -26,13 +26,17 @@ Data sets:
 - `--bits-sweep`: why 7-bit rows: recall@10 of every row rescored (no prefilter) with the centred
   rows quantised per row to 4..8 bits (least-squares scale, as edge/table_codes.py), and of the
   uncentred int8 rows of table version 1, on each set (float dequantised, so it isolates precision).
+- `--libraries`: the same queries through FAISS (IndexFlatIP float32; ScalarQuantizer 8-bit;
+  IndexBinaryFlat over the sign bits of the centred rows, then int8 rescoring of its best 1,000 or
+  200 with edge/table.py's rows; IVF1024,PQ32 at nprobe 128) and USearch (HNSW over int8, M = 16),
+  one thread for the queries, built with every core. Benchmark-only: `pip install -e '.[bench]'`.
 - `--tile ROWS`: a real set tiled to ROWS: copy j of row i is normalise(x_i + s g), g ~ N(0, I / D),
   s = the median distance of a row to its nearest other row (so copies are about as near to each
   other as real neighbours); queries as in the set.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_twostage.py [--rows 1029720] [--minilm]
         [--teacher RUN --recipes DATA] [--tile 1029720] [--candidates 1000 200] [--pwa 100000]
-        [--json OUT]
+        [--libraries] [--json OUT]
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 200])
     parser.add_argument("--time-queries", type=int, default=200, help="queries timed (all are scored)")
     parser.add_argument("--pwa", type=int, nargs="*", default=[], help="synthetic sizes timed in Chromium")
+    parser.add_argument("--libraries", action="store_true", help="FAISS and USearch rows (the [bench] extra)")
     parser.add_argument("--bits-sweep", action="store_true", help="rescoring precision 4..8 bits")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -278,12 +283,18 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
         row["native"] = native_row(twostage_dir, entry, queries, exact, candidates)
         row["prefilter_recall_at_10"] = prefilter_recall(two, queries, exact, candidates)
         results.append(row)
+    if args.libraries:
+        results += library_rows(name, matrix, queries, exact, args.time_queries, int8)
     if pwa:
         folders = [(exact_dir, None)] + [(twostage_dir, c) for c in args.candidates]
         for row, timing in zip(results, pwa_rows(work, folders, queries[:args.time_queries],
                                                  exact[:args.time_queries])):
             row["pwa"] = timing
     for r in results:
+        if "library" in r:
+            print(f"  {r['method']:<46} {r['bytes_per_row']:>4} B  {r['library']['ms']:7.3f} ms "
+                  f"R@1 {r['library']['recall_at_1']:.3f} R@10 {r['library']['recall_at_10']:.3f}", flush=True)
+            continue
         native = r["native"] or {}
         print(f"  {r['method']:<22} {r['bytes_per_row']:>4} B  numpy {r['numpy']['ms']:7.2f} ms "
               f"R@1 {r['numpy']['recall_at_1']:.3f} R@10 {r['numpy']['recall_at_10']:.3f}  "
@@ -292,6 +303,62 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
               + (f"  prefilter keeps {r['prefilter_recall_at_10']:.3f} of the top-10"
                  if "prefilter_recall_at_10" in r else ""),
               flush=True)
+    return results
+
+
+def library_rows(name: str, matrix: np.ndarray, queries: np.ndarray, exact: np.ndarray, n_timed: int,
+                 int8: object) -> list[dict]:
+    """FAISS and USearch on the same rows and queries (build: every core; queries: one thread)."""
+    try:
+        import faiss
+        from usearch.index import Index
+    except ImportError as error:
+        sys.exit(f"--libraries needs FAISS and USearch: pip install -e '.[bench]' ({error})")
+    from malm_edge.edge.table_codes import sign_codes
+
+    rows, dim = matrix.shape
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    centre = matrix.mean(axis=0)
+    results = []
+
+    def add(method: str, bytes_per_row: float, search: Callable[[np.ndarray], np.ndarray]) -> None:
+        faiss.omp_set_num_threads(1)
+        timing = numpy_row(None, queries, exact, n_timed, search)
+        results.append({"set": name, "rows": rows, "method": method, "bytes_per_row": round(bytes_per_row, 1),
+                        "library": timing})
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(matrix)
+    add("FAISS IndexFlatIP float32", 4 * dim, lambda q: flat.search(q[None, :], K)[1][0])
+    sq8 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq8.train(matrix)
+    sq8.add(matrix)
+    add("FAISS ScalarQuantizer 8-bit", dim, lambda q: sq8.search(q[None, :], K)[1][0])
+    binary = faiss.IndexBinaryFlat(dim)
+    binary.add(sign_codes(matrix - centre).view(np.uint8).reshape(rows, -1))
+    values, scales = np.asarray(int8.values), np.asarray(int8.scales)
+
+    def binary_then_int8(query: np.ndarray, candidates: int) -> np.ndarray:
+        code = sign_codes((query - centre)[None, :]).view(np.uint8).reshape(1, -1)
+        kept = binary.search(code, candidates)[1][0]
+        scores = (values[kept].astype(np.float32) @ query) * scales[kept]  # (C,)
+        return kept[np.argsort(-scores, kind="stable")[:K]]
+
+    for candidates in (1000, 200):
+        add(f"FAISS IndexBinaryFlat -> int8 rescoring {candidates}", dim / 8 + dim + 4,
+            lambda q, c=candidates: binary_then_int8(q, c))
+    ivfpq = faiss.index_factory(dim, "IVF1024,PQ32", faiss.METRIC_INNER_PRODUCT)
+    sample = matrix[np.random.default_rng(0).choice(rows, size=min(rows, 100_000), replace=False)]
+    ivfpq.train(sample)
+    ivfpq.add(matrix)
+    faiss.extract_index_ivf(ivfpq).nprobe = 128
+    add("FAISS IVF1024,PQ32 (nprobe 128)", 32 + 8, lambda q: ivfpq.search(q[None, :], K)[1][0])
+    hnsw = Index(ndim=dim, metric="ip", dtype="i8", connectivity=16)
+    hnsw.add(np.arange(rows), matrix, threads=os.cpu_count() or 1)
+    add("USearch HNSW int8 (M 16)", hnsw.memory_usage / rows,
+        lambda q: np.asarray(hnsw.search(q, K, threads=1).keys))
     return results
 
 
