@@ -336,13 +336,14 @@ def library_rows(name: str, matrix: np.ndarray, queries: np.ndarray, exact: np.n
     sq8.train(matrix)
     sq8.add(matrix)
     add("FAISS ScalarQuantizer 8-bit", dim, lambda q: sq8.search(q[None, :], K)[1][0])
-    binary = faiss.IndexBinaryFlat(dim)
-    binary.add(sign_codes(matrix - centre).view(np.uint8).reshape(rows, -1))
+    codes = sign_codes(matrix - centre).view(np.uint8).reshape(rows, -1)  # (N, 8 W): whole 64-bit words
+    binary = faiss.IndexBinaryFlat(8 * codes.shape[1])
+    binary.add(codes)
     values, scales = np.asarray(int8.values), np.asarray(int8.scales)
 
     def binary_then_int8(query: np.ndarray, candidates: int) -> np.ndarray:
         code = sign_codes((query - centre)[None, :]).view(np.uint8).reshape(1, -1)
-        kept = binary.search(code, candidates)[1][0]
+        kept = binary.search(code, min(candidates, rows))[1][0]
         scores = (values[kept].astype(np.float32) @ query) * scales[kept]  # (C,)
         return kept[np.argsort(-scores, kind="stable")[:K]]
 

@@ -30,7 +30,7 @@ def nice_number(value: float) -> str:
     """Tick label: 3 significant figures, no trailing noise."""
     if value == 0 or not math.isfinite(value):
         return "0" if value == 0 else str(value)
-    if abs(value) >= 1000:
+    if abs(value) >= 999.5:  # what .3g would print as 1e+03
         return f"{value:,.0f}"  # a step count: 1,010, not 1.01e+03
     return f"{value:.3g}"
 
@@ -95,9 +95,7 @@ def _frame(draw: Any, box: tuple[int, int, int, int], panel: Panel) -> tuple[int
 
 
 def _scale(lo: float, hi: float) -> tuple[float, float]:
-    if hi - lo < 1e-12:
-        return lo - 0.5, hi + 0.5
-    pad = 0.05 * (hi - lo)
+    pad = 0.5 if hi - lo < 1e-12 else 0.05 * (hi - lo)
     return (lo - pad if lo - pad >= 0 or lo < 0 else 0.0), hi + pad  # data >= 0 keeps a floor of 0
 
 

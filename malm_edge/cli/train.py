@@ -27,7 +27,7 @@ class Preset(str, Enum):
 def preset_default(field: str, schedule: str = "train") -> str:
     """`(default: the preset's: micro 30, tiny 20, ...)` for an option's help, read from the preset table.
 
-    `schedule` is the TeacherPreset attribute that holds the field: "train" or "distill".
+    `schedule` is the TeacherPreset attribute that holds the field: "train", "distill" or "model".
     """
     values = {name: getattr(getattr(preset, schedule), field) for name, preset in TEACHER_PRESETS.items()}
     if len(set(values.values())) == 1:
@@ -103,7 +103,7 @@ def train(
         typer.Option(
             min=0.0, max=0.95,
             help="Training only: leave out each ingredient line and step with this probability (recipe-side "
-            "augmentation). (default: 0)",
+            f"augmentation). {preset_default('sentence_drop', 'model')}",
         ),
     ] = None,
     trunk_tuned_blocks: Annotated[
