@@ -77,11 +77,12 @@ def build_bundle(out: Path) -> Path:
     from malm_edge.edge.preprocess import preprocess_image
     from malm_edge.edge.table import write_table
     from malm_edge.training.models.student import create_student
+    from malm_edge.training.presets import get_student_preset
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = create_student("mnv3_s").eval()
+    model = create_student(get_student_preset("mnv3_s")).eval()
     pre = Preprocessing(input_size=model.config.image_size)
     calib = torch.from_numpy(np.concatenate([preprocess_image(p, pre) for p in photos()[:16]]))
     encoders = []
