@@ -155,8 +155,9 @@ def recall(found: np.ndarray, exact: np.ndarray) -> dict[str, float]:
     return {"recall_at_1": float(np.mean(found[:, 0] == exact[:, 0])), "recall_at_10": float(np.mean(overlap))}
 
 
-def numpy_row(table: object, queries: np.ndarray, exact: np.ndarray, n_timed: int,
-              search: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+def timed_search(queries: np.ndarray, exact: np.ndarray, n_timed: int,
+                 search: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Recall of `search` over every query, and its median ms over the first `n_timed`."""
     found = np.stack([search(q) for q in queries])  # (Q, K)
     times = []
     for q in queries[:n_timed]:
@@ -269,7 +270,7 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
     (exact_dir / "table.json").write_text(json.dumps(int8_entry.to_dict()))
     int8 = read_table(exact_dir, int8_entry)
     row = {"set": name, "rows": len(matrix), "method": "exact int8 + scale", "bytes_per_row": matrix.shape[1] + 4}
-    row["numpy"] = numpy_row(int8, queries, exact, args.time_queries, lambda q: search_topk(int8, q, K)[0])
+    row["numpy"] = timed_search(queries, exact, args.time_queries, lambda q: search_topk(int8, q, K)[0])
     row["native"] = native_row(exact_dir, int8_entry, queries, exact, None)
     results.append(row)
     entry = write_twostage_table(twostage_dir, matrix)
@@ -278,8 +279,8 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
     for candidates in args.candidates:
         row = {"set": name, "rows": len(matrix), "method": f"two-stage, C={candidates}",
                "bytes_per_row": two.bytes_per_row}
-        row["numpy"] = numpy_row(two, queries, exact, args.time_queries,
-                                 lambda q, c=candidates: _twostage(two, q, c))
+        row["numpy"] = timed_search(queries, exact, args.time_queries,
+                                    lambda q, c=candidates: _twostage(two, q, c))
         row["native"] = native_row(twostage_dir, entry, queries, exact, candidates)
         row["prefilter_recall_at_10"] = prefilter_recall(two, queries, exact, candidates)
         results.append(row)
@@ -323,7 +324,7 @@ def library_rows(name: str, matrix: np.ndarray, queries: np.ndarray, exact: np.n
 
     def add(method: str, bytes_per_row: float, search: Callable[[np.ndarray], np.ndarray]) -> None:
         faiss.omp_set_num_threads(1)
-        timing = numpy_row(None, queries, exact, n_timed, search)
+        timing = timed_search(queries, exact, n_timed, search)
         results.append({"set": name, "rows": rows, "method": method, "bytes_per_row": round(bytes_per_row, 1),
                         "library": timing})
         faiss.omp_set_num_threads(os.cpu_count() or 1)
