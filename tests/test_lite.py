@@ -107,19 +107,34 @@ def test_augmentation_cache_computes_each_slot_once() -> None:
 
 
 def test_augmentation_cache_is_kept_on_disk_between_runs(tmp_path: Path) -> None:
-    path, images, items = tmp_path / "grids.safetensors", torch.randn(3, 1, 2, 2), torch.tensor([0, 2, 4])
-    first = AugmentationCache(5, 1, (1, 2, 2), torch.float16, path)
+    images, items = torch.randn(3, 1, 2, 2), torch.tensor([0, 2, 4])
+
+    def slot_paths(slot: int) -> Path:
+        return tmp_path / f"grids-slot{slot}.safetensors"
+
+    first = AugmentationCache(5, 1, (1, 2, 2), torch.float16, slot_paths)
     expected = first.lookup(lambda x: x * 2, images, items, slot=0)
     first.save()
-    second = AugmentationCache(5, 1, (1, 2, 2), torch.float16, path)
+    second = AugmentationCache(5, 1, (1, 2, 2), torch.float16, slot_paths)
     assert second.filled[:, 0].tolist() == [True, False, True, False, True]
 
     def must_not_run(x: torch.Tensor) -> torch.Tensor:
         raise AssertionError("served from the file")
 
     assert torch.equal(second.lookup(must_not_run, images, items, slot=0), expected)
-    path.write_bytes(b"not safetensors")  # a bad file is ignored, never fatal
-    assert not AugmentationCache(5, 1, (1, 2, 2), torch.float16, path).filled.any()
+    more = AugmentationCache(5, 3, (1, 2, 2), torch.float16, slot_paths)  # more augmentations: slot 0 is reused
+    assert more.filled[:, 0].tolist() == [True, False, True, False, True] and not more.filled[:, 1:].any()
+    assert torch.equal(more.lookup(must_not_run, images, items, slot=0), expected)
+    more.lookup(lambda x: x * 3, images, items, slot=1)
+    more.save(slots=1)  # only the slots of finished epochs: slot 1 stays in memory
+    assert not slot_paths(1).exists() and not slot_paths(2).exists()
+    more.lookup(lambda x: x * 4, images[:1], torch.tensor([1]), slot=0)  # slot 0 gains item 1
+    more.save()
+    again = AugmentationCache(5, 3, (1, 2, 2), torch.float16, slot_paths)
+    assert again.filled[:, 0].tolist() == [True, True, True, False, True] and again.filled[:, 1].sum() == 3
+    assert not slot_paths(2).exists()  # nothing was computed for slot 2
+    slot_paths(0).write_bytes(b"not safetensors")  # a bad file is ignored, never fatal
+    assert not AugmentationCache(5, 1, (1, 2, 2), torch.float16, slot_paths).filled.any()
 
 
 def test_hybrid_malm_trains_on_trunk_grids_and_matches_its_own_trunk() -> None:

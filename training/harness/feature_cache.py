@@ -4,9 +4,11 @@ When every item cycles through K fixed augmentations (LoopSpec.augmentations, Ep
 frozen network makes of an augmented image is the same every K epochs: distillation caches the
 frozen teacher's image embeddings, and the `lite` teacher caches its frozen trunk's feature grids
 (MobileCLIP's dataset reinforcement). After K epochs the frozen network is hardly run at all (only for
-the few items an epoch's whole-batch cut left out so far). With a `path`, the cache is written there
-(atomically, safetensors, with its fill mask) after the first K epochs and read back by the next run
-with the same key, so the seeds of a study and the rows of an ablation compute it once.
+the few items an epoch's whole-batch cut left out so far). With `slot_paths`, each augmentation slot is
+kept in its own file (atomically, safetensors, with its fill mask), written once its epoch is over and
+read back by the next run with the same key: the seeds of a study and the rows of an ablation compute
+it once, an interrupted run keeps the slots it finished, and a run with more augmentations reuses the
+slots a run with fewer made (slot j's augmentation depends only on the augmentation seed and j).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class AugmentationCache:
         augmentations: K fixed augmentations per item (0: fresh augmentations, nothing is cached).
         shape: Shape of one result, e.g. (D,) for an embedding or (C, g, g) for a feature grid.
         dtype: Storage dtype (float16 halves the memory of large grids).
-        path: Where a complete cache is kept between runs (None: in memory only).
+        slot_paths: Where slot j is kept between runs, `slot_paths(j)` (None: in memory only).
     """
 
     def __init__(
@@ -40,43 +42,54 @@ class AugmentationCache:
         augmentations: int,
         shape: tuple[int, ...],
         dtype: torch.dtype = torch.float32,
-        path: Path | None = None,
+        slot_paths: Callable[[int], Path] | None = None,
     ) -> None:
         self.enabled = augmentations > 0
         slots = max(augmentations, 1) if self.enabled else 0
         self.results = torch.zeros(n_items if self.enabled else 0, slots, *shape, dtype=dtype)  # (N, K, ...)
         self.filled = torch.zeros(n_items if self.enabled else 0, slots, dtype=torch.bool)  # (N, K)
-        self.path = path if self.enabled else None
-        self.saved = False
-        if self.path is not None and self.path.is_file():
-            self._load()
+        self.slot_paths = slot_paths if self.enabled else None
+        self.saved = [False] * slots
+        if self.slot_paths is not None:
+            for slot in range(slots):
+                self._load(slot)
 
-    def _load(self) -> None:
+    def _load(self, slot: int) -> None:
+        path = self.slot_paths(slot)
+        if not path.is_file():
+            return
         try:
-            saved = load_file(str(self.path))
+            saved = load_file(str(path))
             results, filled = saved["results"], saved["filled"]
         except Exception as error:  # noqa: BLE001 - a bad cache file is recomputed, never fatal
-            log.warning("ignoring unreadable feature cache %s (%s)", self.path, error)
+            log.warning("ignoring unreadable feature cache %s (%s)", path, error)
             return
-        fits = results.dtype == self.results.dtype and filled.shape == self.filled.shape
-        if results.shape != self.results.shape or not fits:
-            log.warning("ignoring feature cache %s: shape %s, expected %s", self.path, tuple(results.shape),
-                        tuple(self.results.shape))
+        expected = self.results[:, slot]  # (N, ...)
+        fits = results.dtype == expected.dtype and filled.shape == self.filled[:, slot].shape
+        if results.shape != expected.shape or not fits:
+            log.warning("ignoring feature cache %s: shape %s, expected %s", path, tuple(results.shape),
+                        tuple(expected.shape))
             return
-        self.results, self.filled, self.saved = results, filled.bool(), True
-        log.info("read %d cached results from %s", int(self.filled.sum()), self.path)
+        self.results[:, slot], self.filled[:, slot], self.saved[slot] = results, filled.bool(), True
+        log.info("read %d cached results from %s", int(self.filled[:, slot].sum()), path)
 
-    def save(self) -> None:
-        """Write the cache and its fill mask to `path` (once per run; atomically)."""
-        if self.path is None or self.saved:
+    def save(self, slots: int | None = None) -> None:
+        """Write each of the first `slots` slots (default: all) that gained results since it was last
+        written or read to its file, atomically."""
+        if self.slot_paths is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp")
-        os.close(fd)
-        save_file({"results": self.results.contiguous(), "filled": self.filled.to(torch.uint8)}, tmp)
-        os.replace(tmp, self.path)
-        self.saved = True
-        log.info("cached %d results in %s", int(self.filled.sum()), self.path)
+        for slot in range(min(len(self.saved), len(self.saved) if slots is None else slots)):
+            if self.saved[slot] or not self.filled[:, slot].any():
+                continue
+            path = self.slot_paths(slot)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+            os.close(fd)
+            tensors = {"results": self.results[:, slot].contiguous(), "filled": self.filled[:, slot].to(torch.uint8)}
+            save_file(tensors, tmp)
+            os.replace(tmp, path)
+            self.saved[slot] = True
+            log.info("cached %d results in %s", int(self.filled[:, slot].sum()), path)
 
     def lookup(
         self, compute: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, items: torch.Tensor, slot: int
@@ -90,4 +103,5 @@ class AugmentationCache:
                 fresh = compute(images[missing.to(images.device)]).cpu()  # (M, *shape)
             self.results[items[missing], slot] = fresh.to(self.results.dtype)
             self.filled[items[missing], slot] = True
+            self.saved[slot] = False  # the file, if any, lacks these
         return self.results[items, slot].to(device=images.device, dtype=torch.float32)

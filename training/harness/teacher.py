@@ -195,9 +195,10 @@ def frozen_trunk(model: MALM) -> Callable[[torch.Tensor], torch.Tensor]:
     return grids
 
 
-def trunk_cache_path(run: TeacherRun, n_items: int) -> Path:
-    """Where the frozen trunk's grids of this run's training augmentations are kept: keyed by the
-    dataset's recipes.jsonl, the preprocessing, the trunk and the augmentations (count and seed)."""
+def trunk_cache_paths(run: TeacherRun, n_items: int) -> Callable[[int], Path]:
+    """Where the frozen trunk's grids of augmentation slot j of this run are kept: keyed by the
+    dataset's recipes.jsonl, the preprocessing, the trunk, the augmentation seed and j (not the count,
+    so a run with more augmentations reuses the slots of one with fewer)."""
     model_cfg, cfg = run.model_cfg, run.train_cfg
     key = {
         "recipes_sha256": hashlib.sha256(recipes_path(run.data_dir).read_bytes()).hexdigest(),
@@ -205,12 +206,12 @@ def trunk_cache_path(run: TeacherRun, n_items: int) -> Path:
         "preprocessing": run.preprocessing.to_dict(),
         "trunk": [model_cfg.image_tower, model_cfg.trunk_stride, model_cfg.image_size]
         + ([model_cfg.trunk_tuned_blocks] if model_cfg.trunk_tuned_blocks else []),  # keeps older keys
-        "augmentations": cfg.augmentations,
         "augment_seed": cfg.seed if cfg.augment_seed is None else cfg.augment_seed,
         "transform": "TrainTransform/1",
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root() / TRUNK_CACHE_FOLDER / f"{model_cfg.image_tower}-{digest}.safetensors"
+    folder = cache_root() / TRUNK_CACHE_FOLDER
+    return lambda slot: folder / f"{model_cfg.image_tower}-{digest}-slot{slot}.safetensors"
 
 
 class FrozenTrunkMemo:
@@ -340,8 +341,8 @@ def _train(
     trunk_cache, trunk_memo = None, None
     if model.trunk is not None and cfg.freeze_image_epochs > 0:
         grid = model.trunk.frozen_shape  # (C', g', g')
-        cache_path = trunk_cache_path(run, len(train_set)) if world.is_main and not world.distributed else None
-        trunk_cache = AugmentationCache(len(train_set), cfg.augmentations, grid, torch.float16, cache_path)
+        slot_paths = trunk_cache_paths(run, len(train_set)) if world.is_main and not world.distributed else None
+        trunk_cache = AugmentationCache(len(train_set), cfg.augmentations, grid, torch.float16, slot_paths)
         trunk = frozen_trunk(model)
         trunk_memo = FrozenTrunkMemo(model, trunk)
 
@@ -353,8 +354,7 @@ def _train(
         if trunk_cache is not None and epoch < cfg.freeze_image_epochs:
             images = batch["image"].to(device)  # (B, 3, S, S)
             slot = epoch % max(cfg.augmentations, 1)
-            if epoch >= cfg.augmentations:  # every augmentation has had its pass: keep them for later runs
-                trunk_cache.save()
+            trunk_cache.save(slots=epoch)  # the slots of the epochs already over, kept for later runs
             trunk_features = trunk_cache.lookup(trunk, images, batch["item_index"], slot)
         return train_step(
             tower.ddp_model,
@@ -386,7 +386,10 @@ def _train(
         groups=train_set.weighted_recipe_groups(cfg.full_text_repeats) if cfg.epoch_unit == "recipe" else None,
         set_frozen=tower.set_frozen,
     )
-    return run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
+    result = run_epochs(spec, world, state, progress=progress, stop_after_steps=stop_after_steps)
+    if trunk_cache is not None:
+        trunk_cache.save()  # the last slots' grids, also when the run stopped before their epoch ended
+    return result
 
 
 class FrozenTower:
