@@ -1,11 +1,12 @@
-"""Two-stage table (table version 2) vs the exact int8 scan, one thread, in one run (issue 16).
+"""Two-stage tables (table versions 3 and 2) vs the exact int8 scan, one thread, in one run (issue 16).
 
 For each data set, against exact float32 top-10 (numpy matmul over the float rows):
 
 - `exact int8`: edge/table.py `search_topk` over int8 rows + float32 scales (table version 1), and
   the native core's exact scan of the same files;
-- `two-stage C=...`: edge/twostage.py `search_topk` (sign-bit Hamming prefilter keeping C rows,
-  then 7-bit integer rescoring), and the native core's (`malm-edge-native table-search`);
+- `two-stage vV C=...`: edge/twostage.py `search_topk` (sign-bit Hamming prefilter keeping C rows,
+  then integer rescoring: 8-bit rows with implied scales in v3, 7-bit rows with stored scales in
+  v2), and the native core's (`malm-edge-native table-search`); `--versions` picks which;
 
 with bytes per recipe (every table file), milliseconds per query (one query at a time, median over
 the queries), recall@1 (top-1 equal to the exact top-1) and recall@10 (|top-10 ∩ exact top-10| / 10).
@@ -74,6 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipes", type=Path, default=None, help="canonical dataset for --teacher")
     parser.add_argument("--tile", type=int, default=0, help="also tile the real sets to this many rows")
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 200])
+    parser.add_argument("--versions", type=int, nargs="+", default=[3, 2], help="two-stage table versions")
     parser.add_argument("--time-queries", type=int, default=200, help="queries timed (all are scored)")
     parser.add_argument("--pwa", type=int, nargs="*", default=[], help="synthetic sizes timed in Chromium")
     parser.add_argument("--libraries", action="store_true", help="FAISS and USearch rows (the [bench] extra)")
@@ -273,21 +275,24 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
     row["numpy"] = timed_search(queries, exact, args.time_queries, lambda q: search_topk(int8, q, K)[0])
     row["native"] = native_row(exact_dir, int8_entry, queries, exact, None)
     results.append(row)
-    entry = write_twostage_table(twostage_dir, matrix)
-    (twostage_dir / "table.json").write_text(json.dumps(entry.to_dict()))
-    two = read_table(twostage_dir, entry)
-    for candidates in args.candidates:
-        row = {"set": name, "rows": len(matrix), "method": f"two-stage, C={candidates}",
-               "bytes_per_row": two.bytes_per_row}
-        row["numpy"] = timed_search(queries, exact, args.time_queries,
-                                    lambda q, c=candidates: _twostage(two, q, c))
-        row["native"] = native_row(twostage_dir, entry, queries, exact, candidates)
-        row["prefilter_recall_at_10"] = prefilter_recall(two, queries, exact, candidates)
-        results.append(row)
+    folders = [(exact_dir, None)]
+    for version in args.versions:
+        version_dir = twostage_dir.with_name(f"{twostage_dir.name}_v{version}")
+        entry = write_twostage_table(version_dir, matrix, version=version)
+        (version_dir / "table.json").write_text(json.dumps(entry.to_dict()))
+        two = read_table(version_dir, entry)
+        for candidates in args.candidates:
+            row = {"set": name, "rows": len(matrix), "method": f"two-stage v{version}, C={candidates}",
+                   "bytes_per_row": two.bytes_per_row}
+            row["numpy"] = timed_search(queries, exact, args.time_queries,
+                                        lambda q, c=candidates: _twostage(two, q, c))
+            row["native"] = native_row(version_dir, entry, queries, exact, candidates)
+            row["prefilter_recall_at_10"] = prefilter_recall(two, queries, exact, candidates)
+            results.append(row)
+            folders.append((version_dir, candidates))
     if args.libraries:
         results += library_rows(name, matrix, queries, exact, args.time_queries, int8)
     if pwa:
-        folders = [(exact_dir, None)] + [(twostage_dir, c) for c in args.candidates]
         for row, timing in zip(results, pwa_rows(work, folders, queries[:args.time_queries],
                                                  exact[:args.time_queries])):
             row["pwa"] = timing
@@ -297,7 +302,7 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
                   f"R@1 {r['library']['recall_at_1']:.3f} R@10 {r['library']['recall_at_10']:.3f}", flush=True)
             continue
         native = r["native"] or {}
-        print(f"  {r['method']:<22} {r['bytes_per_row']:>4} B  numpy {r['numpy']['ms']:7.2f} ms "
+        print(f"  {r['method']:<25} {r['bytes_per_row']:>4} B  numpy {r['numpy']['ms']:7.2f} ms "
               f"R@1 {r['numpy']['recall_at_1']:.3f} R@10 {r['numpy']['recall_at_10']:.3f}  "
               f"native {native.get('ms', float('nan')):7.3f} ms R@10 {native.get('recall_at_10', float('nan')):.3f}"
               + (f"  pwa {r['pwa']['ms']:7.2f} ms R@10 {r['pwa']['recall_at_10']:.3f}" if "pwa" in r else "")

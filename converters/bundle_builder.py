@@ -75,8 +75,8 @@ class ConvertOptions:
         targets: Targets to export, in manifest order.
         quantize: "none" or "int8" (see the module doc for the variants written).
         table_dtype: "int8" (per-row scales) or "float16" (table "exact").
-        table_format: "exact" (table version 1) or "twostage" (version 2, edge/twostage.py).
-        candidates: Rows the two-stage prefilter keeps (table version 2).
+        table_format: "exact" (table version 1) or "twostage" (version 3, edge/twostage.py).
+        candidates: Rows the two-stage prefilter keeps (two-stage tables).
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.

@@ -15,7 +15,7 @@ the whole file to count positions; the canonical reader keeps the ids seen, to r
 
 `finalize` streams the shards in order into edge's `TableWriter` (int8 with per-row scales, or
 float16; `table_format="twostage"`: a first pass computes the centre, then edge's
-`TwoStageWriter` writes sign codes and 7-bit rows, table version 2) and edge's `write_catalog`
+`TwoStageWriter` writes sign codes and 8-bit rows, table version 3) and edge's `write_catalog`
 (row i of the catalog is row i of the table) in one pass over `recipes.jsonl`, checking every id.
 `table_quality` reports recall@1 / recall@10 of the quantized table against exact float32 search
 over the shards, with the table version and bytes a recipe.
@@ -295,7 +295,7 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
         out_dir: Where the table files and the catalog go (e.g. a bundle staging folder).
         table_dtype: "int8" (per-row scales) or "float16" (table_format "exact" only).
         table_format: "exact" (table version 1, `table_dtype` rows) or "twostage" (table version
-            2: sign-bit prefilter + 7-bit rescoring, edge/twostage.py).
+            3: sign-bit prefilter + 8-bit rescoring of unit-length rows, edge/twostage.py).
         candidates: Rows the two-stage prefilter keeps (written into the manifest).
         catalog_file: Catalog file name inside `out_dir`.
 

@@ -177,8 +177,8 @@ def summarize_table(bundle_dir: Path, manifest: Any, k: int = 10) -> TableSummar
     query /= np.linalg.norm(query)
     timing = time_ms(lambda: search_topk(table, query, min(k, entry.rows)), repeats=20, warmup=2)
     quality = manifest.provenance.get("table_quality") or {}
-    kind = (f"two-stage (table v2: sign bits + {entry.dtype} rows, {entry.candidates} candidates rescored)"
-            if entry.version == 2 else f"exact ({entry.dtype} rows, table v1)")
+    kind = (f"two-stage (table v{entry.version}: sign bits + {entry.dtype} rows, {entry.candidates} candidates "
+            "rescored)" if entry.version in (2, 3) else f"exact ({entry.dtype} rows, table v1)")
     queries = f"{quality['n_queries']} {quality.get('queries', 'queries')}" if "n_queries" in quality else "n/a"
     return TableSummary(kind, int(entry.rows), table_bytes_per_row(entry), quality.get("recall_at_1"),
                         quality.get("recall_at_10"), queries, timing["median_ms"])

@@ -81,7 +81,7 @@ def synthetic_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
 
 def synthetic_twostage_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
                              chunk_rows: int = DEFAULT_CHUNK_ROWS) -> TwoStageTable:
-    """A random two-stage table (table version 2) of unit rows, written in chunks, memmapped.
+    """A random two-stage table (the current two-stage version) of unit rows, written in chunks, memmapped.
 
     Its search cost does not depend on the values: every code is XOR-ed and counted, and the
     manifest's candidate count (1,000) is rescored whatever the rows.
@@ -152,7 +152,7 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
         backends: Targets to include (default: every encoder whose runtime loads here).
         threads: Thread counts (default: 1 and all cores).
         synthetic_rows: Extra random tables to search (at the bundle's dim, in its table format:
-            int8 for table version 1, two-stage for version 2).
+            int8 for table version 1, two-stage for versions 2 and 3).
         repeats: Timed runs per measurement.
         k: Top-k.
 
@@ -183,7 +183,7 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
     result["search"].append({"table": "bundle", **bench_search(open_bundle_table(bundle), k), **recall})
     for rows in synthetic_rows:
         with tempfile.TemporaryDirectory(prefix="malm_bench_") as scratch:
-            make = synthetic_twostage_table if bundle.manifest.table.version == 2 else synthetic_table
+            make = synthetic_twostage_table if bundle.manifest.table.version in (2, 3) else synthetic_table
             table = make(Path(scratch), rows, bundle.manifest.embedding_dim)
             result["search"].append({"table": f"synthetic_{rows}", **bench_search(table, k, 5),
                                      "recall_at_1": None, "recall_at_10": None})

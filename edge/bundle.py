@@ -57,7 +57,7 @@ MANIFEST_FILE = "manifest.json"
 TARGETS = ("executorch", "onnx", "coreml")
 PIXEL_INPUTS = ("normalized", "rgb_0_255")
 TABLE_DTYPES = {"int8": 1, "float16": 2, "float32": 4}  # dtype -> bytes per element (table v1)
-TABLE_VERSIONS = (1, 2)  # 1: exact int8/float16/float32 rows; 2: sign codes + 4-bit rows
+TABLE_VERSIONS = (1, 2, 3)  # 1: exact int8/float16/float32 rows; 2: sign codes + 7-bit rows; 3: + 8-bit rows
 TABLE_V2_FIELDS = ("version", "codes_file", "codes_sha256", "centre", "candidates")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -205,7 +205,9 @@ class TableEntry:
     Table version 1 (edge/table.py): `file` is [rows, dim] int8 (+ float32 scales), float16 or
     float32, searched exactly. Table version 2 (edge/twostage.py): `file` holds the 7-bit rows
     magnitudes (dtype "int7"), plus per-row scales, the sign codes (`codes_file`), the `centre` row and the
-    prefilter's `candidates`. The v2 fields are absent from a v1 entry.
+    prefilter's `candidates`. The v2 fields are absent from a v1 entry. Table version 3: `file` holds
+    the 8-bit rows' magnitudes (dtype "int8n"), no scales file, and `centre` is D integers in
+    -127..127 that `centre_scale` multiplies (absent from v1 and v2 entries).
     """
 
     file: str
@@ -220,22 +222,29 @@ class TableEntry:
     codes_sha256: str | None = None
     centre: list[float] | None = None
     candidates: int | None = None
+    centre_scale: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; a v1 entry is written exactly as before table version 2 existed."""
+        """JSON-ready dict; v1 and v2 entries are written exactly as before the later versions existed."""
         raw = asdict(self)
         if self.version == 1:
             for key in TABLE_V2_FIELDS:
                 raw.pop(key)
+        if self.version < 3:
+            raw.pop("centre_scale")
+        else:
+            raw.pop("scales_file"), raw.pop("scales_sha256")
         return raw
 
 
 def table_file_bytes(table: TableEntry) -> dict[str, int]:
     """Expected size in bytes of each file of a table entry, by role."""
-    if table.version == 2:
+    if table.version in (2, 3):
         magnitudes = (table.dim + 1) // 2 + (table.dim + 3) // 4  # nibble + crumb planes
-        return {"table": table.rows * magnitudes, "table scales": table.rows * 4,
-                "table codes": table.rows * 8 * ((table.dim + 63) // 64)}
+        codes = table.rows * 8 * ((table.dim + 63) // 64)
+        if table.version == 3:  # + the bit-6 plane, no scales
+            return {"table": table.rows * (magnitudes + (table.dim + 7) // 8), "table codes": codes}
+        return {"table": table.rows * magnitudes, "table scales": table.rows * 4, "table codes": codes}
     sizes = {"table": table.rows * table.dim * TABLE_DTYPES[table.dtype]}
     if table.scales_file:
         sizes["table scales"] = table.rows * 4
@@ -479,7 +488,7 @@ def _check_types(obj: Any, spec: dict[str, Any], where: str, src: Path) -> None:
     for key, kind in spec.items():
         value = getattr(obj, key)
         if value is None and key in {"scales_file", "scales_sha256", "verification", "resize_size",
-                                     "codes_file", "codes_sha256", "centre", "candidates"}:
+                                     "codes_file", "codes_sha256", "centre", "candidates", "centre_scale"}:
             continue
         _require({key: value}, key, kind, where, src)
 
@@ -544,6 +553,8 @@ def _parse_table(raw: Any, src: Path) -> TableEntry:
                           f"(this reader supports table versions {list(TABLE_VERSIONS)})")
     if table.version == 2:
         return _parse_table_v2(table, src)
+    if table.version == 3:
+        return _parse_table_v3(table, src)
     if table.dtype not in TABLE_DTYPES:
         raise BundleError(f"{src}: table.dtype = {table.dtype!r}, expected one of {list(TABLE_DTYPES)}")
     if table.dtype == "int8" and not (table.scales_file and table.scales_sha256):
@@ -567,6 +578,27 @@ def _parse_table_v2(table: TableEntry, src: Path) -> TableEntry:
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.centre)
     if len(table.centre) != table.dim or not numbers or not all(math.isfinite(v) for v in table.centre):
         raise BundleError(f"{src}: table.centre must be {table.dim} finite numbers (table.dim)")
+    return table
+
+
+def _parse_table_v3(table: TableEntry, src: Path) -> TableEntry:
+    needed = ("codes_file", "codes_sha256", "centre", "centre_scale", "candidates")
+    missing = [key for key in needed if getattr(table, key) is None]
+    if missing:
+        raise BundleError(f"{src}: table version 3 needs " + ", ".join(f"table.{k}" for k in missing))
+    _check_types(table, {"codes_file": str, "codes_sha256": str, "centre": list, "candidates": int,
+                         "centre_scale": (int, float)}, "table.", src)
+    if table.dtype != "int8n":
+        raise BundleError(f"{src}: table.dtype = {table.dtype!r}, expected 'int8n' for table version 3")
+    if table.scales_file is not None or table.scales_sha256 is not None:
+        raise BundleError(f"{src}: table version 3 has no scales file (its row scales are implied)")
+    if table.rows < 0 or table.dim <= 0 or table.candidates < 1:
+        raise BundleError(f"{src}: table.rows must be >= 0, table.dim > 0 and table.candidates >= 1")
+    integers = all(isinstance(v, int) and not isinstance(v, bool) and -127 <= v <= 127 for v in table.centre)
+    if len(table.centre) != table.dim or not integers:
+        raise BundleError(f"{src}: table.centre must be {table.dim} integers in -127..127 (table.dim)")
+    if isinstance(table.centre_scale, bool) or not (math.isfinite(table.centre_scale) and table.centre_scale > 0):
+        raise BundleError(f"{src}: table.centre_scale must be a finite number > 0")
     return table
 
 
@@ -629,7 +661,7 @@ def _referenced_files(manifest: Manifest) -> list[tuple[str, str, str]]:
     files.append(("table", manifest.table.file, manifest.table.sha256))
     if manifest.table.scales_file:
         files.append(("table scales", manifest.table.scales_file, manifest.table.scales_sha256 or ""))
-    if manifest.table.version == 2:
+    if manifest.table.version in (2, 3):
         files.append(("table codes", manifest.table.codes_file or "", manifest.table.codes_sha256 or ""))
     files.append(("catalog", manifest.catalog.file, manifest.catalog.sha256))
     files += [(f"extra file {x.file!r}", x.file, x.sha256) for x in manifest.extra_files]

@@ -4,7 +4,7 @@ Standard library only (http.server). Serves exactly:
 
 - every regular file of the app folder (`/` is `index.html`);
 - `/bundle/manifest.json` and the bundle files the manifest names (ONNX encoders, table, scales,
-  sign codes of a table version 2, catalog); nothing else of the bundle folder, and a query string
+  sign codes of a two-stage table, catalog); nothing else of the bundle folder, and a query string
   (`?v=<sha256>`, the app's cache key) is ignored.
 
 Every response carries the headers that make the page cross-origin isolated (COOP same-origin,
@@ -185,7 +185,7 @@ def _bundle_routes(bundle: Bundle) -> dict[str, tuple[Path, str | None]]:
     files += [(manifest.table.file, manifest.table.sha256), (manifest.catalog.file, manifest.catalog.sha256)]
     if manifest.table.scales_file:
         files.append((manifest.table.scales_file, manifest.table.scales_sha256))
-    if manifest.table.codes_file:  # table version 2: the sign codes (mobile_demo/app/js/twostage.js)
+    if manifest.table.codes_file:  # table versions 2 and 3: the sign codes (mobile_demo/app/js/twostage.js)
         files.append((manifest.table.codes_file, manifest.table.codes_sha256))
     routes: dict[str, tuple[Path, str | None]] = {f"/bundle/{MANIFEST_FILE}": (bundle.root / MANIFEST_FILE, None)}
     if (bundle.root / SIGNATURE_FILE).is_file():

@@ -15,9 +15,9 @@ accumulation, the int8 -> float32 cast done in small internal buffers), so extra
 Q * chunk_rows * 4 bytes for scores for any N, and the table is memory-mapped, never copied.
 Ties break towards the lower row index.
 
-That is table format version 1. Version 2 (edge/twostage.py: sign-bit prefilter, then 4-bit
-rescoring, 84 bytes a 128-d recipe) is read by the same `read_table` and searched by the same
-`search_topk`, which dispatch on the entry's version and the table's type.
+That is table format version 1. Versions 2 and 3 (edge/twostage.py: sign-bit prefilter, then 7-bit
+or 8-bit rescoring, 116 or 128 bytes a 128-d recipe) are read by the same `read_table` and searched
+by the same `search_topk`, which dispatch on the entry's version and the table's type.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def write_table(out_dir: str | os.PathLike, matrix: np.ndarray, dtype: str = "in
 def read_table(root: str | os.PathLike, entry: TableEntry) -> EmbeddingTable | TwoStageTable:
     """Memory-map a table described by `entry` under folder `root` (no copy, read-only)."""
     root = Path(root)
-    if entry.version == 2:
+    if entry.version in (2, 3):
         return read_twostage_table(root, entry)
     path = root / entry.file
     expected = entry.rows * entry.dim * _NUMPY_DTYPES[entry.dtype].itemsize

@@ -1,22 +1,29 @@
-"""The two-stage recipe table (table format v2): a sign-bit prefilter, then 7-bit rescoring.
+"""The two-stage recipe table: a sign-bit prefilter, then rescoring of the candidates.
 
-Files (little-endian, row-major, no header; encodings in edge/table_codes.py):
+Table format v3 (written by `TwoStageWriter`; encodings in edge/table_codes.py), little-endian,
+row-major, no header:
 
-- `table.sign.u64`    uint64  [N, W]  W = ceil(D / 64) words of sign bits of r = x - centre
-- `table.i7`          uint8   [N, ceil(D / 2) + ceil(D / 4)]  the 6-bit magnitudes |v| of the
-                      7-bit rescoring values v in -63..63 (their signs are the sign bits)
-- `table.scales.f32`  float32 [N]     v_r * scale_r ~= x_r - centre
+- `table.sign.u64`  uint64 [N, W]  W = ceil(D / 64) words of sign bits of r = x - c
+- `table.i8n`       uint8  [N, ceil(D / 2) + ceil(D / 4) + ceil(D / 8)]  the 7-bit magnitudes |v|
+                    of the 8-bit rescoring values v in -127..127 (their signs are the sign bits)
 
-and in the manifest's table entry: `version` 2, `dtype` "int7", `centre` (D floats), `candidates`
-(how many rows the prefilter keeps). For D = 128: 16 + 96 + 4 = 116 bytes a recipe.
+and in the manifest's table entry: `version` 3, `dtype` "int8n", `centre` (D integers c8 in
+-127..127), `centre_scale` (c = centre_scale * c8) and `candidates` (how many rows the prefilter
+keeps). No per-row scale is stored: each row's is implied by its unit length. For D = 128:
+16 + 112 = 128 bytes a recipe.
+
+Table format v2 (still read, and written with `version=2`): `table.i7` holds 6-bit magnitudes (7-bit
+values, 96 bytes for D = 128), `table.scales.f32` a float32 scale per row, and `centre` D floats:
+116 bytes a recipe.
 
 Search, one query q (the same steps in edge/native and mobile_demo):
-1. Hamming distance of every row's code to the code of (q - centre) (popcount of XOR).
+1. Hamming distance of every row's code to the code of (q - c) (popcount of XOR).
 2. Candidates: the C = min(N, max(k, candidates)) rows of smallest distance; at the boundary
    distance, the lower rows (a counting rule, so every implementation keeps the same set).
-3. Rescoring: key_r = float32(v_r . q8) * scale_r with the int8-quantised query (exact integers,
-   see edge/table_codes.py); top-k by key, ties to the lower row.
-4. Reported score: key_r * s_q + centre . q, the approximate cosine (float32; implementations
+3. Rescoring, with the int8-quantised query q8 (exact integers, see edge/table_codes.py): v3
+   key_r = float64(v_r . q8) * s_r (s_r implied); v2 key_r = float32(v_r . q8) * scale_r; top-k by
+   key, ties to the lower row.
+4. Reported score: key_r * s_q + c . q, the approximate cosine (float32; implementations
    may differ in its last bits, never in the rows or their order).
 """
 
@@ -32,38 +39,53 @@ from malm_edge.edge.bundle import BundleError, TableEntry, sha256_path
 from malm_edge.edge.staged_files import StagedFiles
 from malm_edge.edge.table_codes import (
     code_words,
+    implied_scales,
+    magnitude8_bytes,
     magnitude_bytes,
+    quantize_centre,
     quantize_query_int8,
     quantize_rows_int7,
+    quantize_rows_int8n,
     sign_codes,
     unpack_int7,
+    unpack_int8n,
 )
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
+TWOSTAGE_VERSIONS = (2, 3)
+DTYPES = {2: "int7", 3: "int8n"}
 CODES_FILE = "table.sign.u64"
 INT7_FILE = "table.i7"
+INT8N_FILE = "table.i8n"
 SCALES_FILE = "table.scales.f32"
 DEFAULT_CANDIDATES = 1000
 PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
+UNIT_TOLERANCE = 1e-3  # how far from length 1 a version 3 row may be
 
 
 @dataclass
 class TwoStageTable:
-    """A memory-mapped two-stage table.
+    """A memory-mapped two-stage table (version 2 or 3).
 
     Attributes:
         codes: (N, W) uint64 sign codes.
-        values: (N, ceil(D / 2) + ceil(D / 4)) uint8 magnitude planes of the 7-bit rows.
-        scales: (N,) float32 per-row scales.
-        centre: (D,) float32 mean row.
+        values: (N, B) uint8 magnitude planes (B = magnitude8_bytes(D) in v3, magnitude_bytes(D) in v2).
+        scales: (N,) float32 per-row scales (v2), None (v3: implied).
+        centre: (D,) float32 centre row.
         candidates: Rows kept by the prefilter (at least k are always kept).
+        version: Table format version, 2 or 3.
+        centre8: (D,) int64 quantised centre (v3), None (v2).
+        centre_scale: centre = centre_scale * centre8 (v3), None (v2).
     """
 
     codes: np.ndarray
     values: np.ndarray
-    scales: np.ndarray
+    scales: np.ndarray | None
     centre: np.ndarray
     candidates: int = DEFAULT_CANDIDATES
+    version: int = TABLE_VERSION
+    centre8: np.ndarray | None = None
+    centre_scale: float | None = None
 
     @property
     def rows(self) -> int:
@@ -75,17 +97,26 @@ class TwoStageTable:
 
     @property
     def dtype(self) -> str:
-        return "int7"
+        return DTYPES[self.version]
 
     @property
     def bytes_per_row(self) -> int:
-        return self.codes.shape[1] * 8 + self.values.shape[1] + 4
+        return self.codes.shape[1] * 8 + self.values.shape[1] + (4 if self.scales is not None else 0)
+
+    def decode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((C, D) integer values, (C,) float64 scales) of `rows`: residual ~= values * scales."""
+        if self.version == 2:
+            values = unpack_int7(self.values[rows], self.codes[rows], self.dim)  # (C, D) int8
+            return values, np.asarray(self.scales[rows], dtype=np.float64)
+        values = unpack_int8n(self.values[rows], self.codes[rows], self.dim)  # (C, D) int16
+        return values, implied_scales(values, self.centre8, self.centre_scale)
 
     def dequantize(self) -> np.ndarray:
         """The rescoring rows as float32 (N, D) (centre added back); small tables only."""
-        values = unpack_int7(self.values, self.codes, self.dim)  # (N, D)
-        residual = values.astype(np.float32) * self.scales[:, None]
-        return residual + self.centre[None, :]
+        values, scales = self.decode(np.arange(self.rows))
+        residual = values.astype(np.float64) * scales[:, None]
+        centre = self.centre8 * self.centre_scale if self.version == 3 else self.centre
+        return (residual + centre[None, :]).astype(np.float32)
 
 
 def table_centre(matrix: np.ndarray) -> np.ndarray:
@@ -102,41 +133,61 @@ class TwoStageWriter:
         out_dir: Folder to write into.
         centre: (D,) float32 centre, known before the first row (a first pass over the rows).
         candidates: The prefilter's default candidate count, written into the entry.
+        version: Table format version: 3 (unit-length rows, 8-bit values, implied scales) or 2.
     """
 
     def __init__(self, out_dir: str | os.PathLike, centre: np.ndarray,
-                 candidates: int = DEFAULT_CANDIDATES) -> None:
+                 candidates: int = DEFAULT_CANDIDATES, version: int = TABLE_VERSION) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        self.out_dir, self.rows, self.candidates = Path(out_dir), 0, int(candidates)
+        if version not in TWOSTAGE_VERSIONS:
+            raise ValueError(f"two-stage table version {version}, expected one of {TWOSTAGE_VERSIONS}")
+        self.out_dir, self.rows, self.candidates, self.version = Path(out_dir), 0, int(candidates), version
         self.centre = np.asarray(centre, dtype=np.float32)  # (D,)
+        if not np.isfinite(self.centre).all():
+            raise ValueError("the table centre holds NaN or infinity (a broken recipe tower output?)")
         self.dim = int(self.centre.shape[0])
-        self._files = StagedFiles(self.out_dir, [INT7_FILE, SCALES_FILE, CODES_FILE])
+        self.centre8, self.centre_scale = quantize_centre(self.centre) if version == 3 else (None, None)
+        self.values_file = INT8N_FILE if version == 3 else INT7_FILE
+        names = [self.values_file, CODES_FILE] + ([SCALES_FILE] if version == 2 else [])
+        self._files = StagedFiles(self.out_dir, names)
 
     def append(self, rows: np.ndarray) -> None:
-        """Append (C, D) float rows (centred, coded and quantized here)."""
+        """Append (C, D) float rows (centred, coded and quantized here; unit length for version 3)."""
         rows = np.asarray(rows, dtype=np.float32)  # (C, D)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"rows of shape {rows.shape}, expected (C, {self.dim})")
         if not np.isfinite(rows).all():
             raise ValueError("table rows hold NaN or infinity (a broken recipe tower output?)")
-        residuals = rows - self.centre[None, :]  # (C, D)
-        packed, scales = quantize_rows_int7(residuals)  # (C, B), (C,)
+        if self.version == 3:
+            lengths = np.linalg.norm(rows.astype(np.float64), axis=1)  # (C,)
+            worst = int(np.abs(lengths - 1.0).argmax()) if len(rows) else 0
+            if len(rows) and abs(lengths[worst] - 1.0) > UNIT_TOLERANCE:
+                raise ValueError(f"table version 3 needs unit-length rows (L2-normalised embeddings); row "
+                                 f"{self.rows + worst} has length {lengths[worst]:.4g}")
+            residuals = rows.astype(np.float64) - (self.centre8 * self.centre_scale)[None, :]  # (C, D)
+            packed, scales = quantize_rows_int8n(residuals), None
+        else:
+            residuals = rows - self.centre[None, :]  # (C, D)
+            packed, scales = quantize_rows_int7(residuals)  # (C, B), (C,)
         with self._files.guard():
             self._files.write(0, packed.tobytes())
-            self._files.write(1, scales.astype("<f4").tobytes())
-            self._files.write(2, sign_codes(residuals).astype("<u8").tobytes())
+            self._files.write(1, sign_codes(residuals).astype("<u8").tobytes())
+            if scales is not None:
+                self._files.write(2, scales.astype("<f4").tobytes())
         self.rows += len(rows)
 
     def close(self) -> TableEntry:
         """Flush, rename into place and return the manifest entry (with sha256s)."""
         self._files.publish()
-        return TableEntry(file=INT7_FILE, dtype="int7", rows=self.rows, dim=self.dim,
-                          sha256=sha256_path(self.out_dir / INT7_FILE), scales_file=SCALES_FILE,
-                          scales_sha256=sha256_path(self.out_dir / SCALES_FILE),
-                          version=TABLE_VERSION, codes_file=CODES_FILE,
-                          codes_sha256=sha256_path(self.out_dir / CODES_FILE),
-                          centre=[float(v) for v in self.centre], candidates=self.candidates)
+        common = dict(file=self.values_file, dtype=DTYPES[self.version], rows=self.rows, dim=self.dim,
+                      sha256=sha256_path(self.out_dir / self.values_file), version=self.version,
+                      codes_file=CODES_FILE, codes_sha256=sha256_path(self.out_dir / CODES_FILE),
+                      candidates=self.candidates)
+        if self.version == 3:
+            return TableEntry(**common, centre=[int(v) for v in self.centre8], centre_scale=self.centre_scale)
+        return TableEntry(**common, centre=[float(v) for v in self.centre], scales_file=SCALES_FILE,
+                          scales_sha256=sha256_path(self.out_dir / SCALES_FILE))
 
     def __enter__(self) -> "TwoStageWriter":
         return self
@@ -151,10 +202,10 @@ class TwoStageWriter:
 
 def write_twostage_table(out_dir: str | os.PathLike, matrix: np.ndarray,
                          candidates: int = DEFAULT_CANDIDATES,
-                         chunk_rows: int = PREFILTER_CHUNK_ROWS) -> TableEntry:
+                         chunk_rows: int = PREFILTER_CHUNK_ROWS, version: int = TABLE_VERSION) -> TableEntry:
     """Write a whole (N, D) float matrix as a two-stage table; returns its manifest entry."""
     matrix = np.asarray(matrix)
-    with TwoStageWriter(out_dir, table_centre(matrix), candidates) as writer:
+    with TwoStageWriter(out_dir, table_centre(matrix), candidates, version) as writer:
         for start in range(0, len(matrix), chunk_rows):
             writer.append(matrix[start:start + chunk_rows])
         return writer.close()
@@ -170,16 +221,22 @@ def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_twostage_table(root: str | os.PathLike, entry: TableEntry) -> TwoStageTable:
-    """Memory-map a v2 table described by `entry` under folder `root` (no copy, read-only)."""
+    """Memory-map a v2 or v3 table described by `entry` under folder `root` (no copy, read-only)."""
     root = Path(root)
-    if entry.version != TABLE_VERSION or not (entry.codes_file and entry.scales_file and entry.centre):
-        raise BundleError(f"{root / entry.file}: not a complete table version {TABLE_VERSION} entry")
-    return TwoStageTable(
-        codes=_memmap(root / entry.codes_file, "<u8", (entry.rows, code_words(entry.dim))),
-        values=_memmap(root / entry.file, "u1", (entry.rows, magnitude_bytes(entry.dim))),
-        scales=_memmap(root / entry.scales_file, "<f4", (entry.rows,)),
-        centre=np.asarray(entry.centre, dtype=np.float32),
-        candidates=int(entry.candidates or DEFAULT_CANDIDATES))
+    complete = entry.codes_file and entry.centre and (entry.scales_file if entry.version == 2 else entry.centre_scale)
+    if entry.version not in TWOSTAGE_VERSIONS or not complete:
+        raise BundleError(f"{root / entry.file}: not a complete two-stage table entry (version {entry.version})")
+    codes = _memmap(root / entry.codes_file, "<u8", (entry.rows, code_words(entry.dim)))
+    candidates = int(entry.candidates or DEFAULT_CANDIDATES)
+    if entry.version == 2:
+        values = _memmap(root / entry.file, "u1", (entry.rows, magnitude_bytes(entry.dim)))
+        return TwoStageTable(codes=codes, values=values, scales=_memmap(root / entry.scales_file, "<f4", (entry.rows,)),
+                             centre=np.asarray(entry.centre, dtype=np.float32), candidates=candidates, version=2)
+    centre8 = np.asarray(entry.centre, dtype=np.int64)  # (D,)
+    values = _memmap(root / entry.file, "u1", (entry.rows, magnitude8_bytes(entry.dim)))
+    centre = (centre8 * entry.centre_scale).astype(np.float32)  # (D,)
+    return TwoStageTable(codes=codes, values=values, scales=None, centre=centre, candidates=candidates, version=3,
+                         centre8=centre8, centre_scale=float(entry.centre_scale))
 
 
 def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
@@ -231,10 +288,13 @@ def prefilter(distances: np.ndarray, n_keep: int) -> np.ndarray:
 
 
 def rescore(table: TwoStageTable, rows: np.ndarray, query8: np.ndarray) -> np.ndarray:
-    """(C,) float32 keys float32(v_r . q8) * scale_r of candidate `rows` (exact integer dots)."""
-    values = unpack_int7(table.values[rows], table.codes[rows], table.dim)  # (C, D) int8
+    """(C,) keys of candidate `rows` (exact integer dots): v3 float64(v_r . q8) * s_r (implied),
+    v2 float32(v_r . q8) * scale_r."""
+    values, scales = table.decode(rows)  # (C, D), (C,)
     dots = values.astype(np.float64) @ query8  # (C,) integers, exact in float64 in any order
-    return dots.astype(np.float32) * np.asarray(table.scales[rows], dtype=np.float32)
+    if table.version == 2:
+        return dots.astype(np.float32) * scales.astype(np.float32)
+    return dots * scales
 
 
 def search_one(table: TwoStageTable, query: np.ndarray, k: int, candidates: int | None = None,
@@ -250,7 +310,7 @@ def search_one(table: TwoStageTable, query: np.ndarray, k: int, candidates: int 
     keys = rescore(table, rows, query8)  # (C,)
     order = np.lexsort((rows, -keys))[:k]  # key descending, then row ascending
     offset = np.float32(np.dot(table.centre, query))
-    return rows[order], (keys[order] * query_scale + offset).astype(np.float32)
+    return rows[order], (keys[order].astype(np.float32) * query_scale + offset).astype(np.float32)
 
 
 def search_twostage(table: TwoStageTable, query: np.ndarray, k: int = 5,

@@ -150,7 +150,7 @@ def build_bundle(out_dir: Path, *, targets: tuple[str, ...] = ("onnx", "executor
                  table_format: str = "exact") -> Path:
     """Write a complete, valid bundle into out_dir and return it.
 
-    table_format "twostage" writes a table version 2 (edge/twostage.py) whose rows hold exact
+    table_format "twostage" writes a table version 3 (edge/twostage.py) whose rows hold exact
     duplicates (rows 3 and 10 repeat rows 1 and 2), so top-k ties are exercised by every reader.
     """
     out_dir = Path(out_dir)

@@ -116,12 +116,14 @@ def test_coreml_packages_pass_the_structural_check(built):
 
 @pytest.mark.parametrize("backend", ["onnx", "executorch"])
 def test_round_trip_through_edge_retriever(built, backend):
+    from malm_edge.converters.executorch_runtime import register_executorch_backend
     from malm_edge.converters.verify import eager_embeddings
     from malm_edge.edge.retriever import Retriever
     from malm_edge.training.data.canonical import iter_records
     from malm_edge.training.data.transforms import EvalTransform, load_rgb
     from malm_edge.training.harness.student import load_student
 
+    register_executorch_backend()  # host tools register it (the edge runtime is torch-free); alone, so does this test
     photo = built["extra_photos"][0]
     student = load_student(built["student_run"])
     with Retriever(built["out"], backend=backend) as retriever:
@@ -170,7 +172,7 @@ def test_report_cli_lists_every_stage(built):
     read_bundle(built["out"])  # the report files do not disturb the checksums
 
 
-def test_convert_twostage_table_writes_table_version_2(built, tmp_path):
+def test_convert_twostage_table_writes_table_version_3(built, tmp_path):
     from malm_edge.edge.bundle import read_bundle
     from malm_edge.edge.retriever import Retriever
 
@@ -181,9 +183,9 @@ def test_convert_twostage_table_writes_table_version_2(built, tmp_path):
         "--n-verify", "16", "--batch-size", "16", "--no-report", "--json"])
     assert result.exit_code == 0, result.output
     table = read_bundle(out).manifest.table
-    assert (table.version, table.dtype, table.candidates, table.codes_file) == (2, "int7", 12, "table.sign.u64")
+    assert (table.version, table.dtype, table.candidates, table.codes_file) == (3, "int8n", 12, "table.sign.u64")
     summary = json.loads(result.stdout)["table"]
-    assert summary["table_version"] == 2 and summary["bytes_per_recipe"] < table.dim + 4
+    assert summary["table_version"] == 3 and summary["bytes_per_recipe"] <= table.dim
     with Retriever(out, backend="onnx") as retriever:
         hits = retriever.search(built["extra_photos"][0], k=3)
     assert len(hits) == 3

@@ -96,14 +96,15 @@ def test_finalize_streams_table_and_catalog_in_order(setup, dtype):
     entry, count = idx.finalize(full, data, out, table_dtype="int8" if dtype == "twostage" else dtype,
                                 table_format=table_format)
     assert entry.rows == count == 36 and entry.dim == 64
-    assert entry.dtype == ("int7" if dtype == "twostage" else dtype)
+    assert entry.dtype == ("int8n" if dtype == "twostage" else dtype)
     exact = np.concatenate(_shards(full))
     table = read_table(out, entry).dequantize()
-    atol = {"int8": 1 / 127, "float16": 1e-3, "twostage": 1 / 63}[dtype]
+    atol = {"int8": 1 / 127, "float16": 1e-3, "twostage": 1 / 127}[dtype]
     np.testing.assert_allclose(table, exact, atol=atol)
     if dtype == "twostage":  # the centre is the mean row, taken over the shards in a first pass
-        np.testing.assert_allclose(entry.centre, exact.mean(axis=0), atol=1e-6)
-        assert idx.table_bytes_per_row(entry) == 8 + 32 + 16 + 4
+        centre = np.asarray(entry.centre) * entry.centre_scale  # quantised to int8 codes
+        np.testing.assert_allclose(centre, exact.mean(axis=0), atol=entry.centre_scale / 2 + 1e-9)
+        assert idx.table_bytes_per_row(entry) == 8 + 32 + 16 + 8
     with Catalog(out / CATALOG_FILE, expected_count=36) as catalog:
         rows = catalog.lookup(range(36))
     assert [r["id"] for r in rows] == [r.id for r in iter_records(data)]
@@ -156,7 +157,7 @@ def test_index_cli_json(setup):
     two = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
                                    "--shard-size", "16", "--table", "twostage"])
     assert two.exit_code == 0, two.output
-    assert "int7 (60 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
+    assert "int8n (64 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
     few = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
                                    "--shard-size", "16", "--table", "twostage", "--candidates", "7", "--json"])
     assert few.exit_code == 0, few.output

@@ -1,4 +1,5 @@
-"""edge/twostage.py and edge/table_codes.py: table version 2 (sign-bit prefilter, 7-bit rescoring).
+"""edge/twostage.py and edge/table_codes.py: table versions 3 (sign-bit prefilter, 8-bit rescoring
+with implied scales) and 2 (7-bit rescoring, stored scales).
 
 Checked against naive references written with Python integers and loops, against exact float32
 search, and through the bundle reader (manifest round trip, tampering, old bundles).
@@ -7,21 +8,27 @@ search, and through the bundle reader (manifest round trip, tampering, old bundl
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edge_bundle_fixture import TWOSTAGE_CANDIDATES, get_bundle
+
 from malm_edge.edge.bundle import BundleError, TableEntry, read_bundle
 from malm_edge.edge.table import open_bundle_table, read_table, search_topk, write_table
 from malm_edge.edge.table_codes import (
+    implied_scales,
+    magnitude8_bytes,
     magnitude_bytes,
+    quantize_centre,
     quantize_query_int8,
     quantize_rows_int7,
+    quantize_rows_int8n,
     sign_codes,
     unpack_int7,
+    unpack_int8n,
 )
 from malm_edge.edge.twostage import (
     TwoStageTable,
@@ -41,13 +48,15 @@ def _clustered(n: int, d: int, seed: int, clusters: int = 50) -> np.ndarray:
 
 def _naive_search(table_dir: Path, entry: TableEntry, query: np.ndarray, k: int,
                   candidates: int) -> list[int]:
-    """Reference from the raw bytes: Python ints, bit by bit, full sorts."""
+    """Reference from the raw bytes: Python ints and floats, bit by bit, full sorts."""
     dim, rows = entry.dim, entry.rows
     words = (dim + 63) // 64
     codes = np.fromfile(table_dir / entry.codes_file, "<u8").reshape(rows, words)
     planes = np.fromfile(table_dir / entry.file, "u1").reshape(rows, -1)
-    scales = np.fromfile(table_dir / entry.scales_file, "<f4")
-    centre = np.asarray(entry.centre, np.float32)
+    if entry.version == 2:
+        centre = np.asarray(entry.centre, np.float32)
+    else:
+        centre = np.asarray([np.float32(c * entry.centre_scale) for c in entry.centre], np.float32)
     query = np.asarray(query, np.float32)
     positive = [bool((query[d] - centre[d]) > 0) for d in range(dim)]  # float32 subtraction
 
@@ -58,15 +67,27 @@ def _naive_search(table_dir: Path, entry: TableEntry, query: np.ndarray, k: int,
     kept = sorted(range(rows), key=lambda r: (distance[r], r))[:max(k, candidates)]
     scale = np.float32(np.float32(np.abs(query).max()) / np.float32(127))
     query8 = [round(float(np.float32(v / scale))) for v in query]  # Python round: half to even
-    half = (dim + 1) // 2
+    half, quarter = (dim + 1) // 2, (dim + 3) // 4
 
     def value(r: int, d: int) -> int:
         low = (int(planes[r, d // 2]) >> (4 * (d % 2))) & 15
         high = (int(planes[r, half + d // 4]) >> (2 * (d % 4))) & 3
-        return (low | high << 4) * (1 if bit(r, d) else -1)
+        top = (int(planes[r, half + quarter + d // 8]) >> (d % 8)) & 1 if entry.version == 3 else 0
+        return (low | high << 4 | top << 6) * (1 if bit(r, d) else -1)
 
-    keys = {r: np.float32(np.float32(sum(value(r, d) * query8[d] for d in range(dim))) * scales[r])
-            for r in kept}
+    def key(r: int) -> float:
+        values = [value(r, d) for d in range(dim)]
+        dot = sum(v * q for v, q in zip(values, query8))
+        if entry.version == 2:
+            scales = np.fromfile(table_dir / entry.scales_file, "<f4")
+            return float(np.float32(np.float32(dot) * scales[r]))
+        sc = entry.centre_scale
+        along, energy = sum(v * c for v, c in zip(values, entry.centre)), sum(v * v for v in values)
+        k3 = 1.0 - (sc * sc) * sum(c * c for c in entry.centre)
+        a = sc * along
+        return dot * ((math.sqrt(a * a + energy * k3) - a) / energy if energy else 0.0)
+
+    keys = {r: key(r) for r in kept}
     return sorted(kept, key=lambda r: (-keys[r], r))[:k]
 
 
@@ -94,6 +115,24 @@ def test_int7_rows_round_trip_with_signs_from_the_codes(dim: int) -> None:
     assert np.all(scales[peak > 0] <= peak[peak > 0] / 63 * 1.01)  # the refit never widens much
 
 
+@pytest.mark.parametrize("dim", [16, 13, 128])
+def test_int8n_rows_round_trip_onto_the_unit_sphere(dim: int) -> None:
+    rows = _clustered(50, dim, seed=dim)
+    centre8, centre_scale = quantize_centre(rows.mean(axis=0))
+    assert np.abs(centre8).max() == 127
+    residuals = rows.astype(np.float64) - centre8 * centre_scale
+    planes = quantize_rows_int8n(residuals)
+    assert planes.shape == (50, magnitude8_bytes(dim)) and magnitude8_bytes(128) == 112
+    values = unpack_int8n(planes, sign_codes(residuals), dim)  # (50, dim)
+    assert np.abs(values).max(axis=1).tolist() == [127] * 50  # max-abs scale: the peak is 127
+    scales = implied_scales(values, centre8, centre_scale)  # (50,)
+    rebuilt = centre8 * centre_scale + values * scales[:, None]
+    np.testing.assert_allclose(np.linalg.norm(rebuilt, axis=1), 1.0, atol=1e-12)  # on the sphere
+    step = np.abs(residuals).max(axis=1) / 127
+    assert np.all(np.abs(rebuilt - rows) <= step[:, None])  # within a step of the rows
+    assert implied_scales(np.zeros((1, dim)), centre8, centre_scale).tolist() == [0.0]
+
+
 def test_query_quantization_rounds_half_to_even() -> None:
     query8, scale = quantize_query_int8(np.array([1.27, -0.005, 0.015, 0.025], np.float32))
     assert scale == np.float32(np.float32(1.27) / np.float32(127))
@@ -109,11 +148,14 @@ def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
     assert prefilter(distances, 20).tolist() == list(range(8))
 
 
+@pytest.mark.parametrize("version", [3, 2])
 @pytest.mark.parametrize("dim,candidates", [(16, 40), (70, 25), (128, 300)])
-def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, candidates: int) -> None:
+def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, candidates: int,
+                                                          version: int) -> None:
     matrix = _clustered(400, dim, seed=dim)
     matrix[[5, 9, 300]] = matrix[7]  # exact ties: four identical rows
-    entry = write_twostage_table(tmp_path, matrix, candidates=candidates, chunk_rows=128)
+    entry = write_twostage_table(tmp_path, matrix, candidates=candidates, chunk_rows=128, version=version)
+    assert entry.version == version
     table = read_twostage_table(tmp_path, entry)
     queries = np.concatenate([matrix[[7, 0, 123]], _clustered(5, dim, seed=99)])
     found, scores = search_twostage(table, queries, k=12)
@@ -124,13 +166,14 @@ def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, ca
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
-def test_recall_against_exact_float32_on_clustered_rows(tmp_path) -> None:
+@pytest.mark.parametrize("version", [3, 2])
+def test_recall_against_exact_float32_on_clustered_rows(tmp_path, version: int) -> None:
     matrix = _clustered(20000, 64, seed=3)
     rng = np.random.default_rng(4)
     queries = matrix[rng.integers(0, len(matrix), 100)] + 0.03 * rng.standard_normal((100, 64))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = np.argsort(-(queries @ matrix.T), axis=1, kind="stable")[:, :10]  # (100, 10)
-    table = read_twostage_table(tmp_path, write_twostage_table(tmp_path, matrix, candidates=500))
+    table = read_twostage_table(tmp_path, write_twostage_table(tmp_path, matrix, candidates=500, version=version))
     found, scores = search_twostage(table, queries, k=10)
     recall10 = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
     assert np.mean(found[:, 0] == exact[:, 0]) >= 0.97 and recall10 >= 0.9
@@ -153,12 +196,14 @@ def test_search_edges(tmp_path) -> None:
     assert empty.rows == 0 and search_twostage(empty, matrix[0], k=3)[0].shape == (0,)
 
 
-def test_read_table_and_search_topk_dispatch_on_the_table_version(tmp_path) -> None:
+@pytest.mark.parametrize("version,dtype,row_bytes", [(3, "int8n", 8 + 8 + 4 + 2), (2, "int7", 8 + 12 + 4)])
+def test_read_table_and_search_topk_dispatch_on_the_table_version(tmp_path, version: int, dtype: str,
+                                                                  row_bytes: int) -> None:
     matrix = _clustered(100, 16, seed=6)
-    entry = write_twostage_table(tmp_path, matrix, candidates=20)
-    assert (entry.version, entry.dtype, entry.candidates) == (2, "int7", 20)
+    entry = write_twostage_table(tmp_path, matrix, candidates=20, version=version)
+    assert (entry.version, entry.dtype, entry.candidates) == (version, dtype, 20)
     table = read_table(tmp_path, entry)
-    assert isinstance(table, TwoStageTable) and table.bytes_per_row == 8 + 12 + 4
+    assert isinstance(table, TwoStageTable) and table.bytes_per_row == row_bytes
     np.testing.assert_array_equal(search_topk(table, matrix[:3], k=5)[0],
                                   search_twostage(table, matrix[:3], k=5)[0])
     np.testing.assert_allclose(table.dequantize(), matrix, atol=0.02)
@@ -169,6 +214,14 @@ def test_writer_refuses_non_finite_rows(tmp_path) -> None:
     matrix[4, 2] = np.inf
     with pytest.raises(ValueError, match="NaN or infinity"):
         write_twostage_table(tmp_path, matrix)
+
+
+def test_version3_writer_refuses_rows_off_the_unit_sphere(tmp_path) -> None:
+    matrix = _clustered(10, 16, seed=7)
+    matrix[6] *= 1.5
+    with pytest.raises(ValueError, match="unit-length rows .* row 6 has length 1.5"):
+        write_twostage_table(tmp_path, matrix)
+    assert write_twostage_table(tmp_path, matrix, version=2).rows == 10  # version 2 takes any rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,9 +247,10 @@ def test_twostage_bundle_reads_and_searches(twostage_bundle) -> None:
     bundle = read_bundle(twostage_bundle)
     table = bundle.manifest.table
     assert (table.version, table.dtype, table.codes_file, table.candidates) == (
-        2, "int7", "table.sign.u64", TWOSTAGE_CANDIDATES)
+        3, "int8n", "table.sign.u64", TWOSTAGE_CANDIDATES)
     raw = json.loads((twostage_bundle / "manifest.json").read_text())["table"]
-    assert raw["version"] == 2 and len(raw["centre"]) == table.dim
+    assert raw["version"] == 3 and len(raw["centre"]) == table.dim and raw["centre_scale"] > 0
+    assert "scales_file" not in raw and all(isinstance(c, int) for c in raw["centre"])
     found, _ = search_topk(open_bundle_table(bundle), np.ones(table.dim, np.float32), k=5)
     assert found.shape == (5,)
 
@@ -208,11 +262,16 @@ def test_v1_table_entries_are_written_as_before(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda m: m["table"].update(version=3), "unknown table format version 3"),
-    (lambda m: m["table"].update(dtype="int8"), "expected 'int7' for table version 2"),
-    (lambda m: m["table"].update(centre=[0.0] * 3), r"table.centre must be 16 finite numbers"),
+    (lambda m: m["table"].update(version=4), "unknown table format version 4"),
+    (lambda m: m["table"].update(dtype="int7"), "expected 'int8n' for table version 3"),
+    (lambda m: m["table"].update(centre=[0] * 3), r"table.centre must be 16 integers in -127..127"),
+    (lambda m: m["table"].update(centre=[0.5] * 16), r"table.centre must be 16 integers in -127..127"),
+    (lambda m: m["table"].update(centre=[128] * 16), r"table.centre must be 16 integers in -127..127"),
+    (lambda m: m["table"].update(centre_scale=0), r"table.centre_scale must be a finite number > 0"),
+    (lambda m: m["table"].pop("centre_scale"), r"table version 3 needs table.centre_scale"),
+    (lambda m: m["table"].update(scales_file="table.scales.f32", scales_sha256="0" * 64), "has no scales file"),
     (lambda m: m["table"].update(candidates=0), r"table.candidates >= 1"),
-    (lambda m: m["table"].pop("codes_file"), r"table version 2 needs table.codes_file"),
+    (lambda m: m["table"].pop("codes_file"), r"table version 3 needs table.codes_file"),
     (lambda m: m["table"].update(centre="0"), r"field 'table.centre' has type str"),
     (lambda m: m["table"].update(codes_sha256="0" * 64), "sha256 mismatch for table codes"),
 ])
@@ -234,6 +293,6 @@ def test_bench_reports_bytes_per_recipe_of_a_twostage_bundle(twostage_bundle) ->
 
     report = run_bench(twostage_bundle, threads=[1], synthetic_rows=(3000,), repeats=2)
     bundle_row, synthetic_row = report["search"]
-    assert bundle_row["dtype"] == synthetic_row["dtype"] == "int7"  # synthetic tables follow the bundle
-    assert bundle_row["bytes_per_recipe"] == synthetic_row["bytes_per_recipe"] == 8 + 12 + 4
+    assert bundle_row["dtype"] == synthetic_row["dtype"] == "int8n"  # synthetic tables follow the bundle
+    assert bundle_row["bytes_per_recipe"] == synthetic_row["bytes_per_recipe"] == 8 + 8 + 4 + 2
     assert report["files"]["table.sign.u64"] == 200 * 8

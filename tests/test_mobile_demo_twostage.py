@@ -1,13 +1,16 @@
-"""The PWA (mobile_demo/app/js/twostage.js) on table version 2, in headless Chromium, against edge/.
+"""The PWA (mobile_demo/app/js/twostage.js) on table versions 3 and 2, in headless Chromium, against edge/.
 
-On the shared two-stage test table (tests/edge_bundle_fixture.py: rows 3 and 10 repeat rows 1 and
-2, a 40-row prefilter over 200 rows) the page's JavaScript returns the same rows in the same order
-as edge/twostage.py for table rows (ties), blends and random queries, scores within 1e-5; and a
-photo searched through the page ranks as `malm-edge search` does on that bundle.
+On the shared two-stage test table (tests/edge_bundle_fixture.py, table version 3: rows 3 and 10
+repeat rows 1 and 2, a 40-row prefilter over 200 rows) the page's JavaScript returns the same rows
+in the same order as edge/twostage.py for table rows (ties), blends and random queries, scores
+within 1e-5; a photo searched through the page ranks as `malm-edge search` does on that bundle;
+and a copy of the bundle whose table is rewritten as version 2 is still read and searched alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +28,10 @@ from test_mobile_demo import (  # noqa: F401 - `browser` is a fixture
 )
 from test_native_twostage import K, parity_queries
 
-from malm_edge.edge.bundle import read_bundle
+from malm_edge.edge.bundle import read_bundle, write_manifest
 from malm_edge.edge.demo_server import make_server
 from malm_edge.edge.table import open_bundle_table, search_topk
+from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +40,8 @@ BROWSER_SEARCH = """async ([queries, k]) => {
   const manifest = await (await fetch('bundle/manifest.json')).json();
   const get = async (file) => (await (await fetch('bundle/' + file)).arrayBuffer());
   const t = manifest.table;
-  const table = makeTable(t, await get(t.file), await get(t.scales_file), await get(t.codes_file));
+  const scales = t.scales_file ? await get(t.scales_file) : null;
+  const table = makeTable(t, await get(t.file), scales, await get(t.codes_file));
   return queries.map((q) => searchTopK(table, Float32Array.from(q), k));
 }"""
 
@@ -46,9 +51,8 @@ def bundle_dir(tmp_path_factory) -> Path:
     return get_bundle(tmp_path_factory, targets=("onnx",), table_format="twostage")
 
 
-@pytest.fixture(scope="module")
-def server_url(bundle_dir: Path) -> Iterator[str]:
-    server = make_server(bundle_dir, "127.0.0.1", 0)
+def _serve(bundle: Path) -> Iterator[str]:
+    server = make_server(bundle, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.url
@@ -56,12 +60,37 @@ def server_url(bundle_dir: Path) -> Iterator[str]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def server_url(bundle_dir: Path) -> Iterator[str]:
+    yield from _serve(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def v2_bundle_dir(bundle_dir: Path, tmp_path_factory) -> Path:
+    """A copy of the shared bundle whose table is rewritten as table version 2 (same rows, ties kept)."""
+    manifest = read_bundle(bundle_dir).manifest
+    rows = open_bundle_table(read_bundle(bundle_dir)).dequantize()  # (N, D): rows 3, 10 still repeat 1, 2
+    out = tmp_path_factory.mktemp("edge_bundle_v2") / "bundle"
+    shutil.copytree(bundle_dir, out)
+    for name in (manifest.table.file, manifest.table.codes_file):
+        (out / name).unlink()
+    entry = write_twostage_table(out, rows, candidates=manifest.table.candidates, version=2)
+    write_manifest(out, dataclasses.replace(manifest, table=entry))
+    return out
+
+
+@pytest.fixture(scope="module")
+def v2_server_url(v2_bundle_dir: Path) -> Iterator[str]:
+    yield from _serve(v2_bundle_dir)
+
+
 def test_page_two_stage_search_returns_edge_rows_ties_included(browser, server_url, bundle_dir) -> None:
     queries = parity_queries(bundle_dir)
     expected_rows, expected_scores = search_topk(open_bundle_table(read_bundle(bundle_dir)), queries, k=K)
     context = browser.new_context()
     page = context.new_page()
-    open_ready(page, server_url)  # the whole page loads a version 2 bundle
+    assert read_bundle(bundle_dir).manifest.table.version == 3
+    open_ready(page, server_url)  # the whole page loads a version 3 bundle
     found = page.evaluate(BROWSER_SEARCH, [queries.tolist(), K])
     context.close()
     for q, hits in enumerate(found):
@@ -76,3 +105,18 @@ def test_photo_search_in_the_page_matches_edge(browser, server_url, bundle_dir) 
     for photo in _shared_photos()[:3]:
         assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle_dir, "tiny_fp32_onnx"))
     context.close()
+
+
+def test_page_still_searches_a_version_2_table_like_edge(browser, v2_server_url, v2_bundle_dir) -> None:
+    entry = read_bundle(v2_bundle_dir).manifest.table
+    assert (entry.version, entry.dtype, entry.scales_file) == (2, "int7", "table.scales.f32")
+    queries = parity_queries(v2_bundle_dir)
+    expected_rows, expected_scores = search_twostage(read_twostage_table(v2_bundle_dir, entry), queries, k=K)
+    context = browser.new_context()
+    page = context.new_page()
+    open_ready(page, v2_server_url)  # the whole page loads the version 2 bundle
+    found = page.evaluate(BROWSER_SEARCH, [queries.tolist(), K])
+    context.close()
+    for q, hits in enumerate(found):
+        assert hits["rows"] == expected_rows[q].tolist(), f"query {q}"
+        np.testing.assert_allclose(hits["scores"], expected_scores[q], atol=1e-5)

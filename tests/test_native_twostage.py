@@ -1,9 +1,10 @@
-"""The native core on table version 2 (edge/native/src/twostage.cc) against edge/twostage.py.
+"""The native core on table versions 3 and 2 (edge/native/src/twostage.cc) against edge/twostage.py.
 
 On the shared two-stage test table (tests/edge_bundle_fixture.py: 200 rows of 16 dims, a
 prefilter of 40 candidates, rows 3 and 10 exact copies of rows 1 and 2) the native search returns
 the same rows in the same order as edge/ (ties included) for table rows, blends of rows and random
-queries, with scores within 1e-5; tampered v2 manifests are refused with edge/'s messages.
+queries, with scores within 1e-5; tampered v3 manifests are refused with edge/'s messages; the
+table-search command matches edge/ on version 3 and version 2 tables, with and without SIMD.
 """
 
 from __future__ import annotations
@@ -94,10 +95,16 @@ def _edit(bundle: Path, change) -> None:  # noqa: ANN001 - change(dict) -> None
 
 
 TAMPERINGS = {
-    "version": lambda d: d["table"].update(version=3),
-    "dtype": lambda d: d["table"].update(dtype="int8"),
-    "centre-length": lambda d: d["table"].update(centre=[0.5] * 3),
+    "version": lambda d: d["table"].update(version=4),
+    "dtype": lambda d: d["table"].update(dtype="int7"),
+    "centre-length": lambda d: d["table"].update(centre=[0] * 3),
+    "centre-float": lambda d: d["table"].update(centre=[0.5] * EMBED_DIM),
+    "centre-range": lambda d: d["table"].update(centre=[-128] * EMBED_DIM),
     "centre-type": lambda d: d["table"].update(centre="0"),
+    "centre-scale": lambda d: d["table"].update(centre_scale=-1.0),
+    "centre-scale-type": lambda d: d["table"].update(centre_scale="1"),
+    "no-centre-scale": lambda d: d["table"].pop("centre_scale"),
+    "scales-file": lambda d: d["table"].update(scales_file="table.scales.f32", scales_sha256="0" * 64),
     "candidates": lambda d: d["table"].update(candidates=0),
     "no-codes": lambda d: d["table"].pop("codes_file"),
     "codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
@@ -105,7 +112,7 @@ TAMPERINGS = {
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERINGS) + ["truncated-codes"])
-def test_tampered_v2_tables_rejected_like_edge(build, bundle_dir, tmp_path, case) -> None:
+def test_tampered_v3_tables_rejected_like_edge(build, bundle_dir, tmp_path, case) -> None:
     bundle = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     if case == "truncated-codes":
         codes = bundle / "table.sign.u64"
@@ -119,9 +126,10 @@ def test_tampered_v2_tables_rejected_like_edge(build, bundle_dir, tmp_path, case
     assert done.stderr.strip().removeprefix("error: ") == str(caught.value)
 
 
-@pytest.mark.parametrize("dim", [128, 200])
-def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int) -> None:
-    """`malm-edge-native table-search` on 128-d (two code words, the unrolled loop) and 200-d tables."""
+@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("dim", [64, 128, 200])
+def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int, version: int) -> None:
+    """`malm-edge-native table-search` on 64-d and 128-d (the vector kernels) and 200-d tables."""
     from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
 
     rng = np.random.default_rng(dim)
@@ -129,7 +137,7 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     rows = centres[rng.integers(0, 8, 1003)] + 0.5 * rng.standard_normal((1003, dim))
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     rows[[10, 500, 1002]] = rows[7]  # ties
-    entry = write_twostage_table(tmp_path, rows, candidates=60)
+    entry = write_twostage_table(tmp_path, rows, candidates=60, version=version)
     (tmp_path / "table.json").write_text(json.dumps(entry.to_dict()))
     queries = np.concatenate([rows[[7, 3, 999]], rng.standard_normal((12, dim))]).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -142,7 +150,7 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     assert expected[0, :4].tolist() == [7, 10, 500, 1002]
 
 
-def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000) -> tuple[object, np.ndarray]:
+def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000, version: int = 3) -> tuple[object, np.ndarray]:
     """A table past the native sampled-limit size (16,384 rows, 64 x kept rows): a third of its rows
     one row (heavy distance and key ties), clustered rows elsewhere; (entry, queries)."""
     from malm_edge.edge.twostage import write_twostage_table
@@ -152,7 +160,7 @@ def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000) -> tuple[obje
     rows = centres[rng.integers(0, 8, n_rows)] + 0.5 * rng.standard_normal((n_rows, dim))
     rows[::3] = rows[1]
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-    entry = write_twostage_table(folder, rows, candidates=60)
+    entry = write_twostage_table(folder, rows, candidates=60, version=version)
     (folder / "table.json").write_text(json.dumps(entry.to_dict()))
     queries = np.concatenate([rows[[1, 2, 5, 19_999]], rows[[4, 8]] + rows[[7, 11]],
                               rng.standard_normal((6, dim))]).astype(np.float32)
@@ -173,14 +181,16 @@ def check_table_search(build: Path, folder: Path, entry: object, queries: np.nda
     assert json.loads(done.stdout)["rows"] == expected.tolist()
 
 
+@pytest.mark.parametrize("version", [3, 2])
 @pytest.mark.parametrize("simd", ["", "1"], ids=["simd", "portable"])
-def test_table_search_matches_edge_on_large_tied_tables(build, tmp_path, monkeypatch, simd: str) -> None:
+def test_table_search_matches_edge_on_large_tied_tables(build, tmp_path, monkeypatch, simd: str,
+                                                        version: int) -> None:
     """The sampled limit, the vector kernels (or, with MALM_EDGE_DISABLE_SIMD, the portable ones),
     k > candidates and k == rows, against edge/ on 20,000 rows where a third tie."""
     monkeypatch.setenv("MALM_EDGE_DISABLE_SIMD", simd)
     for dim in (128, 200):
         folder = tmp_path / f"d{dim}"
-        entry, queries = tied_table(folder, dim)
+        entry, queries = tied_table(folder, dim, version=version)
         check_table_search(build, folder, entry, queries, K)
         check_table_search(build, folder, entry, queries, 300)  # k > candidates: 300 rows kept
         check_table_search(build, folder, entry, queries, K, candidates=250)

@@ -67,8 +67,8 @@ def convert(
         "Default: the --recipes dataset's train split.")] = None,
     table_dtype: Annotated[TableDtype, typer.Option(help="Recipe table storage (--table exact).")] = TableDtype.int8,
     table_format: Annotated[TableFormat, typer.Option(
-        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 7-bit "
-        "rescoring, 116 bytes a 128-d recipe (table v2).")] = TableFormat.exact,
+        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
+        "rescoring, 128 bytes a 128-d recipe (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
                                             "(BENCHMARKS.md: about 4000 for a 1M-recipe catalog).")] = 1000,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,

@@ -75,8 +75,8 @@ def index(
     batch_size: Annotated[int, typer.Option(min=1, help="Recipes per forward pass.")] = 128,
     table_dtype: Annotated[TableDtype, typer.Option(help="Finalized table storage (--table exact).")] = TableDtype.int8,
     table_format: Annotated[TableFormat, typer.Option(
-        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 7-bit "
-        "rescoring (table v2).")] = TableFormat.exact,
+        "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
+        "rescoring (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps.")] = 1000,
     finalize: Annotated[bool, typer.Option(help="Write table + catalog into OUT/table when done.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,

@@ -240,6 +240,43 @@ TableEntry parse_table_v2(const Ctx& c, const json& raw, TableEntry t) {
   return t;
 }
 
+// Table version 3 (edge/bundle.py _parse_table_v3): the same checks in the same order.
+TableEntry parse_table_v3(const Ctx& c, const json& raw, TableEntry t) {
+  const std::string where = "table.";
+  std::string missing;
+  for (const char* key : {"codes_file", "codes_sha256", "centre", "centre_scale", "candidates"}) {
+    if (!raw.contains(key) || raw.at(key).is_null()) missing += (missing.empty() ? "table." : ", table.") + std::string(key);
+  }
+  if (!missing.empty()) bundle_error(c.src + ": table version 3 needs " + missing);
+  t.codes_file = require(c, raw, "codes_file", Kind::Str, where).get<std::string>();
+  t.codes_sha256 = require(c, raw, "codes_sha256", Kind::Str, where).get<std::string>();
+  const json& centre = require(c, raw, "centre", Kind::List, where);
+  t.candidates = require(c, raw, "candidates", Kind::Int, where).get<int64_t>();
+  const double centre_scale = require(c, raw, "centre_scale", Kind::Number, where).get<double>();
+  if (t.dtype != "int8n") {
+    bundle_error(c.src + ": table.dtype = " + py_repr(t.dtype) + ", expected 'int8n' for table version 3");
+  }
+  if (!t.scales_file.empty() || !t.scales_sha256.empty()) {
+    bundle_error(c.src + ": table version 3 has no scales file (its row scales are implied)");
+  }
+  if (t.rows < 0 || t.dim <= 0 || t.candidates < 1) {
+    bundle_error(c.src + ": table.rows must be >= 0, table.dim > 0 and table.candidates >= 1");
+  }
+  bool integers = int64_t(centre.size()) == t.dim;
+  for (const auto& v : centre) integers = integers && is_int(v) && v.get<int64_t>() >= -127 && v.get<int64_t>() <= 127;
+  if (!integers) {
+    bundle_error(c.src + ": table.centre must be " + std::to_string(t.dim) + " integers in -127..127 (table.dim)");
+  }
+  if (!(std::isfinite(centre_scale) && centre_scale > 0)) bundle_error(c.src + ": table.centre_scale must be a finite number > 0");
+  t.centre_scale = centre_scale;
+  for (const auto& v : centre) {
+    t.centre8.push_back(int32_t(v.get<int64_t>()));
+    t.centre.push_back(float(double(t.centre8.back()) * centre_scale));  // as numpy's float32 cast
+  }
+  if (t.dim > 65535) bundle_error(c.src + ": table.dim above 65535 is not supported for table version 3");
+  return t;
+}
+
 TableEntry parse_table(const Ctx& c, const json& raw) {
   const std::string where = "table.";
   require_object(c, raw, where, {"file", "dtype", "rows", "dim", "sha256"});
@@ -252,11 +289,12 @@ TableEntry parse_table(const Ctx& c, const json& raw) {
   if (optional_field(c, raw, "scales_file", Kind::Str, where)) t.scales_file = raw["scales_file"];
   if (optional_field(c, raw, "scales_sha256", Kind::Str, where)) t.scales_sha256 = raw["scales_sha256"];
   if (raw.contains("version")) t.version = require(c, raw, "version", Kind::Int, where).get<int64_t>();
-  if (t.version != 1 && t.version != 2) {
+  if (t.version < 1 || t.version > 3) {
     bundle_error(c.src + ": unknown table format version " + std::to_string(t.version) +
-                 " (this reader supports table versions [1, 2])");
+                 " (this reader supports table versions [1, 2, 3])");
   }
   if (t.version == 2) return parse_table_v2(c, raw, t);
+  if (t.version == 3) return parse_table_v3(c, raw, t);
   if (t.dtype != "int8" && t.dtype != "float16" && t.dtype != "float32") {
     bundle_error(c.src + ": table.dtype = " + py_repr(t.dtype) +
                  ", expected one of ['int8', 'float16', 'float32']");
@@ -392,7 +430,7 @@ std::vector<FileRef> referenced_files(const Manifest& m) {
   for (const auto& e : m.encoders) files.push_back({"encoder '" + e.name + "'", e.file, e.sha256});
   files.push_back({"table", m.table.file, m.table.sha256});
   if (!m.table.scales_file.empty()) files.push_back({"table scales", m.table.scales_file, m.table.scales_sha256});
-  if (m.table.version == 2) files.push_back({"table codes", m.table.codes_file, m.table.codes_sha256});
+  if (m.table.version >= 2) files.push_back({"table codes", m.table.codes_file, m.table.codes_sha256});
   files.push_back({"catalog", m.catalog.file, m.catalog.sha256});
   for (const auto& x : m.extra_files) files.push_back({"extra file " + py_repr(x.file), x.file, x.sha256});
   return files;
@@ -505,7 +543,8 @@ void check_sizes(const Manifest& m, const std::string& root) {
   std::string path = join_path(root, t.file);
   // rows * dim overflow would need > 2^63 bytes; dim <= 65536 and rows < 2^40 keep it exact.
   if (t.rows > (int64_t(1) << 40)) bundle_error(path + ": table.rows " + std::to_string(t.rows) + " is too large");
-  const int64_t row_bytes = t.version == 2 ? (t.dim + 1) / 2 + (t.dim + 3) / 4 : t.dim * dtype_bytes(t.dtype);
+  const int64_t planes = (t.dim + 1) / 2 + (t.dim + 3) / 4;  // nibble + crumb planes (v2), + bit-6 plane (v3)
+  const int64_t row_bytes = t.version == 3 ? planes + (t.dim + 7) / 8 : t.version == 2 ? planes : t.dim * dtype_bytes(t.dtype);
   int64_t expected = t.rows * row_bytes, actual = file_size(path);
   if (actual != expected) {
     bundle_error(path + ": " + std::to_string(actual) + " bytes, expected " + std::to_string(expected) +
@@ -519,7 +558,7 @@ void check_sizes(const Manifest& m, const std::string& root) {
                    " for " + std::to_string(t.rows) + " float32 scales");
     }
   }
-  if (t.version == 2) {
+  if (t.version >= 2) {
     const int64_t words = (t.dim + 63) / 64;
     std::string codes = join_path(root, t.codes_file);
     actual = file_size(codes);

@@ -35,10 +35,12 @@ struct EncoderEntry {
 struct TableEntry {
   std::string file, dtype, sha256, scales_file, scales_sha256;  // "" = absent
   int64_t rows = 0, dim = 0;
-  int64_t version = 1;  // 1: exact rows (table.h); 2: sign codes + 7-bit rows (twostage.h)
-  std::string codes_file, codes_sha256;  // version 2
-  std::vector<float> centre;             // version 2: dim values
-  int64_t candidates = 0;                // version 2: rows the prefilter keeps
+  int64_t version = 1;  // 1: exact rows (table.h); 2, 3: sign codes + 7-bit or 8-bit rows (twostage.h)
+  std::string codes_file, codes_sha256;  // versions 2 and 3
+  std::vector<float> centre;             // versions 2 and 3: dim values (v3: float32(centre8 x centre_scale))
+  int64_t candidates = 0;                // versions 2 and 3: rows the prefilter keeps
+  std::vector<int32_t> centre8;          // version 3: the manifest's `centre`, dim integers in -127..127
+  double centre_scale = 0;               // version 3
 };
 
 struct CatalogEntry {

@@ -312,6 +312,41 @@ int32_t dot_avx512(const uint8_t* nibbles, const uint8_t* crumbs, const uint64_t
   return _mm512_reduce_add_epi32(total);
 }
 
+// Version 3 rows, dim a multiple of 64 (AVX-512BW): per 64 dims the magnitudes are rebuilt in dim
+// order (32 nibble bytes widened to 16-bit lanes, 16 crumb bytes to 32-bit lanes, the bit-6 plane
+// as a byte mask), the sign bits negate the query and centre bytes, and three unsigned x signed
+// byte dots (|pair| <= 2 x 127 x 127) give v . q8, v . centre8 and v . v in int32.
+__attribute__((target("avx512f,avx512bw")))
+void dots8_avx512(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* top, const uint64_t* signs,
+                  const int8_t* query8, const int8_t* centre8, size_t dim, int32_t* out) {
+  const __m512i zero = _mm512_setzero_si512(), ones = _mm512_set1_epi16(1), bit6 = _mm512_set1_epi8(64);
+  const __m512i low_nibble = _mm512_set1_epi16(0x000F), high_nibble = _mm512_set1_epi16(0x0F00);
+  __m512i dots = zero, along = zero, energy = zero;  // (16,) int32 each
+  for (size_t b = 0; b < dim / 64; ++b) {
+    const __m512i nib = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nibbles + 32 * b)));
+    __m512i m = _mm512_or_si512(_mm512_and_si512(nib, low_nibble),
+                                _mm512_and_si512(_mm512_slli_epi16(nib, 4), high_nibble));  // dims 2j, 2j + 1
+    const __m512i crumb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(crumbs + 16 * b)));
+    for (int i = 0; i < 4; ++i) {  // bits 2i, 2i + 1 of crumb byte j -> bits 4, 5 of dim 4j + i's byte
+      const __m512i part = _mm512_and_si512(crumb, _mm512_set1_epi32(3 << (2 * i)));
+      m = _mm512_or_si512(m, _mm512_sllv_epi32(part, _mm512_set1_epi32(6 * i + 4)));
+    }
+    uint64_t top_bits;
+    std::memcpy(&top_bits, top + 8 * b, 8);
+    m = _mm512_mask_add_epi8(m, top_bits, m, bit6);  // (64,) magnitudes 0..127
+    const uint64_t negative = ~signs[b];
+    const __m512i q = _mm512_loadu_si512(query8 + 64 * b), c = _mm512_loadu_si512(centre8 + 64 * b);
+    const __m512i signed_q = _mm512_mask_sub_epi8(q, negative, zero, q);
+    const __m512i signed_c = _mm512_mask_sub_epi8(c, negative, zero, c);
+    dots = _mm512_add_epi32(dots, _mm512_madd_epi16(_mm512_maddubs_epi16(m, signed_q), ones));
+    along = _mm512_add_epi32(along, _mm512_madd_epi16(_mm512_maddubs_epi16(m, signed_c), ones));
+    energy = _mm512_add_epi32(energy, _mm512_madd_epi16(_mm512_maddubs_epi16(m, m), ones));
+  }
+  out[0] = _mm512_reduce_add_epi32(dots);
+  out[1] = _mm512_reduce_add_epi32(along);
+  out[2] = _mm512_reduce_add_epi32(energy);
+}
+
 bool has_avx512() {
   const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable kernels on this CPU (tests)
   if (off && *off && std::strcmp(off, "0") != 0) return false;
@@ -347,6 +382,21 @@ struct SignMasks {
 };
 const SignMasks kSignMasks;
 
+// Version 3 rows, any dim: v . q8, v . centre8 and v . v of one row, value by value.
+void dots8_portable(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* top, const uint8_t* signs,
+                    const int8_t* query8, const int8_t* centre8, size_t dim, int32_t* out) {
+  int32_t dots = 0, along = 0, energy = 0;
+  for (size_t d = 0; d < dim; ++d) {
+    const int m = ((nibbles[d >> 1] >> ((d & 1) << 2)) & 15) | (((crumbs[d >> 2] >> ((d & 3) << 1)) & 3) << 4) |
+                  (((top[d >> 3] >> (d & 7)) & 1) << 6);
+    const int v = (signs[d >> 3] >> (d & 7)) & 1 ? m : -m;  // little-endian code words, read as bytes
+    dots += v * query8[d];
+    along += v * centre8[d];
+    energy += m * m;
+  }
+  out[0] = dots, out[1] = along, out[2] = energy;
+}
+
 // Best key first, ties to the lower row; a NaN key ranks after every number (as numpy's sort).
 bool better(const Hit& a, const Hit& b) {
   const bool a_nan = std::isnan(a.score), b_nan = std::isnan(b.score);
@@ -359,25 +409,35 @@ bool better(const Hit& a, const Hit& b) {
 
 TwoStageTable::TwoStageTable(const std::string& values_file, const std::string& scales_file,
                              const std::string& codes_file, std::vector<float> centre, int64_t rows,
-                             int64_t candidates)
+                             int64_t candidates, CentreCodes implied)
     : rows_(rows), candidates_(candidates), centre_(std::move(centre)) {
-  const size_t dim = centre_.size();
-  words_ = (dim + 63) / 64;
-  nibble_bytes_ = (dim + 1) / 2;
-  value_bytes_ = nibble_bytes_ + (dim + 3) / 4;
+  set_layout(std::move(implied));
   values_ = static_cast<const uint8_t*>(maps_[0].map(values_file, size_t(rows) * value_bytes_));
-  scales_ = static_cast<const float*>(maps_[1].map(scales_file, size_t(rows) * 4));
+  if (version_ == 2) scales_ = static_cast<const float*>(maps_[1].map(scales_file, size_t(rows) * 4));
   codes_ = static_cast<const uint64_t*>(maps_[2].map(codes_file, size_t(rows) * words_ * 8));
 }
 
 TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const float* scales,
-                             std::vector<float> centre, int64_t rows, int64_t candidates)
+                             std::vector<float> centre, int64_t rows, int64_t candidates, CentreCodes implied)
     : rows_(rows), candidates_(candidates), centre_(std::move(centre)), codes_(codes), values_(values),
       scales_(scales) {
+  set_layout(std::move(implied));
+}
+
+void TwoStageTable::set_layout(CentreCodes implied) {
   const size_t dim = centre_.size();
   words_ = (dim + 63) / 64;
   nibble_bytes_ = (dim + 1) / 2;
-  value_bytes_ = nibble_bytes_ + (dim + 3) / 4;
+  crumb_bytes_ = (dim + 3) / 4;
+  version_ = implied.codes.empty() ? 2 : 3;
+  value_bytes_ = nibble_bytes_ + crumb_bytes_ + (version_ == 3 ? (dim + 7) / 8 : 0);
+  if (version_ == 2) return;
+  if (implied.codes.size() != dim) fail(MALM_ERR_INVALID_ARGUMENT, "the centre codes do not match the table dim");
+  centre8_ = std::move(implied.codes);
+  centre_scale_ = implied.scale;
+  int64_t energy = 0;
+  for (int32_t c : centre8_) energy += int64_t(c) * c;
+  sphere_k_ = 1.0 - (centre_scale_ * centre_scale_) * double(energy);  // the order edge/table_codes.py uses
 }
 
 TwoStageTable::~TwoStageTable() = default;
@@ -453,6 +513,35 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
   static_assert(kValueMax * 127 < (1 << 15), "a product fits; dim <= 65536 keeps the sum in int32");
   const int64_t n_keep = std::min<int64_t>(rows_, std::max<int64_t>(keep, candidates));
   const std::vector<int64_t> rows = prefilter(query_code.data(), n_keep);
+  if (version_ == 2) {
+    std::vector<Hit> hits = rescore_v2(rows, query8);
+    std::partial_sort(hits.begin(), hits.begin() + keep, hits.end(), better);
+    hits.resize(size_t(keep));
+    for (Hit& h : hits) h.score = h.score * query_scale + float(offset);
+    return hits;
+  }
+  const std::vector<double> keys = rescore_v3(rows, query8);
+  std::vector<size_t> order(rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](size_t a, size_t b) {
+    return keys[a] > keys[b] || (keys[a] == keys[b] && rows[a] < rows[b]);  // keys are finite
+  });
+  std::vector<Hit> hits(static_cast<size_t>(keep));
+  for (size_t i = 0; i < hits.size(); ++i) hits[i] = {rows[order[i]], float(keys[order[i]]) * query_scale + float(offset)};
+  return hits;
+}
+
+// Rows are scattered: fetch ahead what rescoring row `r` reads.
+#define MALM_PREFETCH_ROW(r)                                                                       \
+  do {                                                                                             \
+    const char* ahead = reinterpret_cast<const char*>(values_ + size_t(r) * value_bytes_);        \
+    for (size_t at = 0; at < value_bytes_; at += 64) __builtin_prefetch(ahead + at);               \
+    __builtin_prefetch(ahead + value_bytes_ - 1);                                                  \
+    __builtin_prefetch(codes_ + size_t(r) * words_);                                               \
+  } while (0)
+
+std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const {
+  const size_t dim = centre_.size();
   // The dot kernel this CPU and width get, and the int8 query in its layout.
 #if MALM_X86_KERNELS
   const bool vector_dot = kAvx512 && dim % 128 == 0;
@@ -479,27 +568,58 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
   };
   std::vector<Hit> hits(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
-    if (i + kRescorePrefetchRows < rows.size()) {  // rows are scattered: fetch ahead what the dot reads
-      const int64_t next = rows[i + kRescorePrefetchRows];
-      const char* values = reinterpret_cast<const char*>(values_ + size_t(next) * value_bytes_);
-      for (size_t at = 0; at < value_bytes_; at += 64) __builtin_prefetch(values + at);
-      __builtin_prefetch(values + value_bytes_ - 1);
-      __builtin_prefetch(codes_ + size_t(next) * words_);
-      __builtin_prefetch(scales_ + next);
+    if (i + kRescorePrefetchRows < rows.size()) {
+      MALM_PREFETCH_ROW(rows[i + kRescorePrefetchRows]);
+      __builtin_prefetch(scales_ + rows[i + kRescorePrefetchRows]);
     }
     const int64_t r = rows[i];
     hits[i] = {r, float(dot(r)) * scales_[r]};
   }
-  std::partial_sort(hits.begin(), hits.begin() + keep, hits.end(), better);
-  hits.resize(size_t(keep));
-  for (Hit& h : hits) h.score = h.score * query_scale + float(offset);
   return hits;
 }
+
+std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
+                                              const std::vector<int16_t>& query8) const {
+  const size_t dim = centre_.size();
+  const std::vector<int8_t> q8(query8.begin(), query8.end()), c8(centre8_.begin(), centre8_.end());  // |.| <= 127
+#if MALM_X86_KERNELS
+  const bool vector_dot = kAvx512 && dim % 64 == 0;
+#endif
+  std::vector<double> keys(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i + kRescorePrefetchRows < rows.size()) MALM_PREFETCH_ROW(rows[i + kRescorePrefetchRows]);
+    const int64_t r = rows[i];
+    const uint8_t* nibbles = values_ + size_t(r) * value_bytes_;
+    const uint8_t* crumbs = nibbles + nibble_bytes_;
+    const uint8_t* top = crumbs + crumb_bytes_;
+    int32_t dots[3];  // v . q8, v . centre8 (A), v . v (B): exact integers
+#if MALM_X86_KERNELS
+    if (vector_dot) {
+      dots8_avx512(nibbles, crumbs, top, codes_ + size_t(r) * words_, q8.data(), c8.data(), dim, dots);
+    } else
+#endif
+    {
+      dots8_portable(nibbles, crumbs, top, reinterpret_cast<const uint8_t*>(codes_ + size_t(r) * words_), q8.data(),
+                     c8.data(), dim, dots);
+    }
+    // The scale that puts centre + s v on the unit sphere; each step one float64 operation, in the
+    // order of edge/table_codes.py implied_scales (table.cc's -ffp-contract=off applies here too).
+    const double a = centre_scale_ * double(dots[1]), energy = double(dots[2]);
+    const double scale = dots[2] > 0 ? (std::sqrt(a * a + energy * sphere_k_) - a) / energy : 0.0;
+    keys[i] = double(dots[0]) * scale;
+  }
+  return keys;
+}
+#undef MALM_PREFETCH_ROW
 
 std::unique_ptr<SearchTable> open_search_table(const std::string& root, const TableEntry& t) {
   if (t.version == 2) {
     return std::make_unique<TwoStageTable>(join_path(root, t.file), join_path(root, t.scales_file),
                                            join_path(root, t.codes_file), t.centre, t.rows, t.candidates);
+  }
+  if (t.version == 3) {
+    return std::make_unique<TwoStageTable>(join_path(root, t.file), "", join_path(root, t.codes_file), t.centre,
+                                           t.rows, t.candidates, CentreCodes{t.centre8, t.centre_scale});
   }
   return std::make_unique<Table>(join_path(root, t.file), t.scales_file.empty() ? "" : join_path(root, t.scales_file),
                                  t.dtype, t.rows, t.dim);

@@ -1,12 +1,16 @@
-// The two-stage recipe table, table format version 2 (edge/twostage.py, edge/table_codes.py):
-// sign bits of (x - centre) as little-endian uint64 words [rows, ceil(dim / 64)], the 6-bit
-// magnitudes of 7-bit rescoring values [rows, ceil(dim / 2) + ceil(dim / 4)] (a nibble plane then
-// a 2-bit plane; the signs are the sign bits) and float32 per-row scales [rows].
+// The two-stage recipe table, table format versions 3 and 2 (edge/twostage.py, edge/table_codes.py):
+// sign bits of (x - centre) as little-endian uint64 words [rows, ceil(dim / 64)] and the
+// magnitudes of the rescoring values (their signs are the sign bits), per row a nibble plane
+// (bits 0-3) and a 2-bit plane (bits 4-5), then in version 3 a bit-6 plane:
+// - version 3: 8-bit values, no stored scale: the row's scale puts centre + s_r v_r on the unit
+//   sphere (exact integers A = v . centre8, B = v . v; float64, no fused multiply-add);
+// - version 2: 7-bit values and float32 per-row scales [rows].
 //
 // Search: Hamming distance (popcount of XOR) to the code of (query - centre); keep the
 // max(k, candidates) rows of smallest distance, the lower rows at the boundary distance; rescore
-// them with the int8-quantised query as exact integer dots, key = float(v . q8) * scale_r; top-k by
-// key, ties to the lower row. The same rows, in the same order, as edge/ and the PWA.
+// them with the int8-quantised query as exact integer dots, key = double(v . q8) * s_r (v3) or
+// float(v . q8) * scale_r (v2); top-k by key, ties to the lower row. The same rows, in the same
+// order, as edge/ and the PWA.
 #pragma once
 
 #include <cstdint>
@@ -20,39 +24,52 @@
 
 namespace malm {
 
+// Version 3's quantised centre: centre = scale x codes, codes in -127..127.
+struct CentreCodes {
+  std::vector<int32_t> codes;  // (dim,); empty for version 2
+  double scale = 0;
+};
+
 class TwoStageTable : public SearchTable {
  public:
-  // Map the three files; sizes must match rows x dim (checked again here).
+  // Map the files; sizes must match rows x dim (checked again here). Version 3 when
+  // `implied.codes` is given (no scales file: `scales_file` empty), else version 2.
   TwoStageTable(const std::string& values_file, const std::string& scales_file, const std::string& codes_file,
-                std::vector<float> centre, int64_t rows, int64_t candidates);
-  // A table over caller-owned memory (benchmarks, tests).
+                std::vector<float> centre, int64_t rows, int64_t candidates, CentreCodes implied = {});
+  // A table over caller-owned memory (benchmarks, tests); `scales` null for version 3.
   TwoStageTable(const uint64_t* codes, const uint8_t* values, const float* scales, std::vector<float> centre,
-                int64_t rows, int64_t candidates);
+                int64_t rows, int64_t candidates, CentreCodes implied = {});
   ~TwoStageTable() override;
   TwoStageTable(const TwoStageTable&) = delete;
   TwoStageTable& operator=(const TwoStageTable&) = delete;
 
   int64_t rows() const override { return rows_; }
   int64_t dim() const override { return int64_t(centre_.size()); }
-  size_t bytes_per_row() const override { return words_ * 8 + value_bytes_ + 4; }
+  size_t bytes_per_row() const override { return words_ * 8 + value_bytes_ + (version_ == 2 ? 4 : 0); }
   std::vector<Hit> search(const float* query, size_t dim, int k) const override;
   // The same with another candidate count (benchmarks).
   std::vector<Hit> search(const float* query, size_t dim, int k, int64_t candidates) const;
 
  private:
+  void set_layout(CentreCodes implied);
   std::vector<int64_t> prefilter(const uint64_t* query_code, int64_t keep) const;
   int32_t dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const;
+  std::vector<Hit> rescore_v2(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
+  std::vector<double> rescore_v3(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
 
   int64_t rows_ = 0, candidates_ = 1000;
-  size_t words_ = 1, nibble_bytes_ = 0, value_bytes_ = 0;
+  int version_ = 2;
+  size_t words_ = 1, nibble_bytes_ = 0, crumb_bytes_ = 0, value_bytes_ = 0;
   std::vector<float> centre_;
+  std::vector<int32_t> centre8_;  // version 3
+  double centre_scale_ = 0, sphere_k_ = 0;  // version 3: K = 1 - centre_scale^2 x (centre8 . centre8)
   const uint64_t* codes_ = nullptr;
   const uint8_t* values_ = nullptr;
   const float* scales_ = nullptr;
   MappedFile maps_[3];
 };
 
-// The table of a parsed entry, files under `root`: version 1 -> Table, version 2 -> TwoStageTable.
+// The table of a parsed entry, files under `root`: version 1 -> Table, versions 2 and 3 -> TwoStageTable.
 std::unique_ptr<SearchTable> open_search_table(const std::string& root, const TableEntry& t);
 
 }  // namespace malm

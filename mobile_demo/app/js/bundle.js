@@ -19,15 +19,45 @@ export function chooseEncoder(manifest, wanted = null) {
   return entry;
 }
 
+/** Table format versions the page reads: 1 exact rows (js/topk.js); 2 and 3 sign codes + 7- / 8-bit rows (js/twostage.js). */
+const TABLE_VERSIONS = [1, 2, 3];
+
+/**
+ * The manifest checks of edge/bundle.py `_parse_table_v3` that decide which files the page downloads
+ * (the same messages); the centre and the file sizes are checked by js/twostage.js.
+ * @param {object} table the manifest's `table` entry.
+ */
+function checkTableEntry(table) {
+  const version = table.version ?? 1;
+  if (!TABLE_VERSIONS.includes(version)) {
+    throw new Error(`${MANIFEST_URL}: unknown table format version ${version} (this reader supports table versions [${TABLE_VERSIONS.join(", ")}])`);
+  }
+  if (version !== 3) return;
+  const missing = ["codes_file", "codes_sha256", "centre", "centre_scale", "candidates"].filter((key) => table[key] == null);
+  if (missing.length) throw new Error(`${MANIFEST_URL}: table version 3 needs ${missing.map((key) => `table.${key}`).join(", ")}`);
+  if (table.dtype !== "int8n") throw new Error(`${MANIFEST_URL}: table.dtype = '${table.dtype}', expected 'int8n' for table version 3`);
+  if (table.scales_file != null || table.scales_sha256 != null) {
+    throw new Error(`${MANIFEST_URL}: table version 3 has no scales file (its row scales are implied)`);
+  }
+}
+
+/** Bytes a row takes in the table file: dim values (v1), nibble + crumb planes (v2), + the bit-6 plane (v3). */
+function tableRowBytes(table) {
+  const { dim } = table;
+  const version = table.version ?? 1;
+  if (version === 1) return dim * { int8: 1, float16: 2, float32: 4 }[table.dtype];
+  const planes = Math.ceil(dim / 2) + Math.ceil(dim / 4);
+  return version === 3 ? planes + Math.ceil(dim / 8) : planes;
+}
+
 /** (what, file, sha256, expected size or null) of every file the page downloads. */
 export function bundleFiles(manifest, encoder) {
   const { table, catalog } = manifest;
-  const twoStage = (table.version ?? 1) === 2; // sign codes + 7-bit rows (js/twostage.js)
-  const rowBytes = twoStage ? Math.ceil(table.dim / 2) + Math.ceil(table.dim / 4)
-    : table.dim * { int8: 1, float16: 2, float32: 4 }[table.dtype];
+  checkTableEntry(table);
+  const twoStage = (table.version ?? 1) !== 1; // sign codes + 7- or 8-bit rows (js/twostage.js)
   const files = [
     { key: "encoder", file: encoder.file, sha256: encoder.sha256, size: encoder.size_bytes },
-    { key: "table", file: table.file, sha256: table.sha256, size: table.rows * rowBytes },
+    { key: "table", file: table.file, sha256: table.sha256, size: table.rows * tableRowBytes(table) },
   ];
   if (table.scales_file) files.push({ key: "scales", file: table.scales_file, sha256: table.scales_sha256, size: table.rows * 4 });
   if (twoStage) {

@@ -1,9 +1,9 @@
 // Exact top-k over the bundle's embedding table with typed arrays (edge/table.py search_topk).
 // int8 rows: score_r = (q_r . query) * scale_r; float16 rows: q_r . query. Best first, ties broken
 // towards the lower row (rows are scanned in order and an equal score never displaces a kept one).
-// A table version 2 (sign-bit prefilter + 7-bit rescoring) is made and searched by js/twostage.js.
+// A table version 2 or 3 (sign-bit prefilter + 7- or 8-bit rescoring) is made and searched by js/twostage.js.
 
-import { makeTwoStageTable, searchTwoStage } from "./twostage.js";
+import { TWOSTAGE_VERSIONS, makeTwoStageTable, searchTwoStage } from "./twostage.js";
 
 let float16Lookup = null;
 
@@ -23,12 +23,12 @@ function float16Table() {
 /**
  * The table as typed views over the downloaded bytes.
  * @param {object} entry the manifest's `table` entry.
- * @param {ArrayBuffer} values table.i8 / table.f16 / table.f32 bytes.
+ * @param {ArrayBuffer} values table.i8 / table.f16 / table.f32 bytes (v1), table.i7 (v2), table.i8n (v3).
  * @param {ArrayBuffer|null} scales table.scales.f32 bytes (int8 and version 2).
- * @param {ArrayBuffer|null} codes table.sign.u64 bytes (version 2 only).
+ * @param {ArrayBuffer|null} codes table.sign.u64 bytes (versions 2 and 3 only).
  */
 export function makeTable(entry, values, scales, codes = null) {
-  if ((entry.version ?? 1) === 2) return makeTwoStageTable(entry, values, scales, codes);
+  if (TWOSTAGE_VERSIONS.includes(entry.version ?? 1)) return makeTwoStageTable(entry, values, scales, codes);
   const { rows, dim, dtype } = entry;
   const views = { int8: Int8Array, float16: Uint16Array, float32: Float32Array };
   if (!views[dtype]) throw new Error(`table.dtype ${dtype} is not supported`);

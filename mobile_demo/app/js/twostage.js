@@ -1,13 +1,16 @@
-// Two-stage search over table format version 2 (edge/twostage.py, edge/table_codes.py), with
-// typed arrays: the same rows, in the same order, as edge/ and the native core.
+// Two-stage search over table format versions 3 and 2 (edge/twostage.py, edge/table_codes.py),
+// with typed arrays: the same rows, in the same order, as edge/ and the native core.
 //
 // 1. Hamming distance (popcount of XOR) of every row's sign code to the code of (query - centre).
 // 2. Keep the max(k, candidates) rows of smallest distance, the lower rows at the boundary.
-// 3. Rescore them: key = float32(v . q8) * scale_r, v the 7-bit values (sign bit + 6-bit
-//    magnitude), q8 the int8-quantised query: exact integer dots, so no summation-order drift.
+// 3. Rescore them with q8, the int8-quantised query, and the row's values v (sign bit + magnitude):
+//    version 3, 8-bit values (7-bit magnitude), key = float64(v . q8) * s_r with s_r the implied
+//    scale that puts c + s_r v on the unit sphere; version 2, 7-bit values (6-bit magnitude),
+//    key = float32(v . q8) * scale_r. Exact integer dots, so no summation-order drift.
 // 4. Top-k by key, ties to the lower row; reported score key * s_q + centre . query.
 
-const VALUE_MAX_BITS = 6;
+/** Table versions this module reads. */
+export const TWOSTAGE_VERSIONS = [2, 3];
 
 /** Bits set in a 32-bit integer. */
 function popcount32(x) {
@@ -24,24 +27,59 @@ function roundHalfEven(x) {
 }
 
 /**
- * A version 2 table as typed views over the downloaded bytes.
- * @param {object} entry the manifest's `table` entry (version 2).
- * @param {ArrayBuffer} values table.i7 bytes (magnitude planes).
- * @param {ArrayBuffer} scales table.scales.f32 bytes.
+ * Bytes of one row's magnitude planes: nibble + crumb planes (version 2), then the bit-6 plane (version 3).
+ * @param {number} version 2 or 3.
+ * @param {number} dim
+ */
+export function magnitudeBytes(version, dim) {
+  const planes = Math.ceil(dim / 2) + Math.ceil(dim / 4);
+  return version === 3 ? planes + Math.ceil(dim / 8) : planes;
+}
+
+/**
+ * The version 3 centre: integer codes c8, their float32 centre c = fround(c8 * centre_scale) and the
+ * per-table constant K = 1 - centre_scale^2 * (c8 . c8) of the implied scales.
+ * @param {object} entry the manifest's `table` entry (version 3).
+ * @returns {{centre8: Int32Array, centreScale: number, centre: Float32Array, radial: number}}
+ */
+function centreV3(entry) {
+  const { dim, centre_scale: centreScale } = entry;
+  const codes = entry.centre;
+  if (!Array.isArray(codes) || codes.length !== dim || !codes.every((c) => Number.isInteger(c) && c >= -127 && c <= 127)) {
+    throw new Error(`table.centre must be ${dim} integers in -127..127 (table.dim)`);
+  }
+  if (typeof centreScale !== "number" || !Number.isFinite(centreScale) || !(centreScale > 0)) {
+    throw new Error("table.centre_scale must be a finite number > 0");
+  }
+  const centre8 = Int32Array.from(codes);
+  let squares = 0; // c8 . c8, an exact integer
+  for (const c of centre8) squares += c * c;
+  const centre = Float32Array.from(centre8, (c) => Math.fround(c * centreScale));
+  return { centre8, centreScale, centre, radial: 1.0 - (centreScale * centreScale) * squares };
+}
+
+/**
+ * A version 2 or 3 table as typed views over the downloaded bytes.
+ * @param {object} entry the manifest's `table` entry (version 2 or 3).
+ * @param {ArrayBuffer} values table.i7 (v2) / table.i8n (v3) bytes (magnitude planes).
+ * @param {ArrayBuffer|null} scales table.scales.f32 bytes (version 2; unused in version 3, whose scales are implied).
  * @param {ArrayBuffer} codes table.sign.u64 bytes.
  */
 export function makeTwoStageTable(entry, values, scales, codes) {
-  const { rows, dim, candidates } = entry;
+  const { rows, dim, candidates, version } = entry;
+  if (!TWOSTAGE_VERSIONS.includes(version)) throw new Error(`table version ${version} is not a two-stage table`);
   const words = Math.ceil(dim / 64), nibbleBytes = Math.ceil(dim / 2);
-  const valueBytes = nibbleBytes + Math.ceil(dim / 4);
+  const topBytesAt = nibbleBytes + Math.ceil(dim / 4), valueBytes = magnitudeBytes(version, dim);
   const table = {
-    kind: "twostage", rows, dim, candidates, words, nibbleBytes, valueBytes,
-    values: new Uint8Array(values), scales: new Float32Array(scales), codes: new Uint32Array(codes),
-    centre: Float32Array.from(entry.centre),
+    kind: "twostage", version, rows, dim, candidates, words, nibbleBytes, topBytesAt, valueBytes,
+    values: new Uint8Array(values), codes: new Uint32Array(codes),
   };
   if (table.values.length !== rows * valueBytes) throw new Error(`${entry.file}: ${table.values.length} bytes, expected ${rows * valueBytes}`);
-  if (table.scales.length !== rows) throw new Error(`${entry.scales_file}: ${table.scales.length} scales, expected ${rows}`);
   if (table.codes.length !== rows * words * 2) throw new Error(`${entry.codes_file}: ${table.codes.length * 4} bytes, expected ${rows * words * 8}`);
+  if (version === 3) return Object.assign(table, centreV3(entry));
+  table.scales = new Float32Array(scales);
+  table.centre = Float32Array.from(entry.centre);
+  if (table.scales.length !== rows) throw new Error(`${entry.scales_file}: ${table.scales.length} scales, expected ${rows}`);
   if (table.centre.length !== dim) throw new Error(`table.centre: ${table.centre.length} values, expected ${dim}`);
   return table;
 }
@@ -68,19 +106,48 @@ function prefilter(table, queryCode, keep) {
   return kept;
 }
 
-/** v_r . query8 as an exact integer (7-bit values: sign from the code, magnitude from two planes). */
-function dotRow(table, r, query8) {
-  const { dim, values, codes, nibbleBytes, valueBytes, words } = table;
+/**
+ * Row r's signed integer values into `out` (dim,): the magnitude from the nibble plane (bits 0-3),
+ * the crumb plane (bits 4-5) and, in version 3, the top plane (bit 6); the sign from the code
+ * (1: v >= 0, 0: v <= 0).
+ */
+function decodeRow(table, r, out) {
+  const { dim, values, codes, nibbleBytes, topBytesAt, valueBytes, words, version } = table;
   const base = r * valueBytes, codeBase = r * words * 2;
-  let total = 0;
   for (let d = 0; d < dim; d++) {
     const low = (values[base + (d >> 1)] >> ((d & 1) << 2)) & 15;
     const high = (values[base + nibbleBytes + (d >> 2)] >> ((d & 3) << 1)) & 3;
-    const magnitude = low | (high << (VALUE_MAX_BITS - 2));
+    const top = version === 3 ? (values[base + topBytesAt + (d >> 3)] >> (d & 7)) & 1 : 0;
+    const magnitude = low | (high << 4) | (top << 6);
     const positive = (codes[codeBase + (d >> 5)] >>> (d & 31)) & 1;
-    total += (positive ? magnitude : -magnitude) * query8[d];
+    out[d] = positive ? magnitude : -magnitude;
   }
-  return total;
+  return out;
+}
+
+/** Version 2 key of decoded values v: float32(v . q8) * scale_r (one float32 multiply). */
+function keyV2(table, r, v, query8) {
+  let dot = 0;
+  for (let d = 0; d < table.dim; d++) dot += v[d] * query8[d];
+  return Math.fround(Math.fround(dot) * table.scales[r]);
+}
+
+/**
+ * Version 3 key of decoded values v: float64(v . q8) * s_r, with the exact integers A = v . c8 and
+ * B = v . v, a = centre_scale * A and s_r = (sqrt(a * a + B * K) - a) / B (0 when B = 0): each step
+ * one float64 operation in this order, as edge/table_codes.py `implied_scales`.
+ */
+function keyV3(table, r, v, query8) {
+  const { dim, centre8, centreScale, radial } = table;
+  let dot = 0, along = 0, energy = 0;
+  for (let d = 0; d < dim; d++) {
+    dot += v[d] * query8[d];
+    along += v[d] * centre8[d];
+    energy += v[d] * v[d];
+  }
+  if (energy === 0) return dot * 0;
+  const a = centreScale * along;
+  return dot * ((Math.sqrt(a * a + energy * radial) - a) / energy);
 }
 
 /**
@@ -92,7 +159,7 @@ function dotRow(table, r, query8) {
  * @returns {{rows: number[], scores: number[]}} best first, ties to the lower row.
  */
 export function searchTwoStage(table, query, k = 5, candidates = table.candidates) {
-  const { rows, dim, centre, scales } = table;
+  const { rows, dim, centre } = table;
   if (query.length !== dim) throw new Error(`query dim ${query.length} != table dim ${dim}`);
   if (!query.every(Number.isFinite)) throw new Error("query embedding holds NaN or infinity");
   k = Math.max(0, Math.min(k, rows));
@@ -107,12 +174,13 @@ export function searchTwoStage(table, query, k = 5, candidates = table.candidate
   const scale = peak > 0 ? Math.fround(peak / 127) : 1;
   const query8 = Int32Array.from(query, (v) => roundHalfEven(Math.fround(v / scale)));
   const kept = prefilter(table, queryCode, Math.min(rows, Math.max(k, candidates)));
-  const hits = Array.from(kept, (r) => ({ row: r, key: Math.fround(Math.fround(dotRow(table, r, query8)) * scales[r]) }));
+  const key = table.version === 3 ? keyV3 : keyV2, values = new Int32Array(dim);
+  const hits = Array.from(kept, (r) => ({ row: r, key: key(table, r, decodeRow(table, r, values), query8) }));
   hits.sort((a, b) => {
     if (Number.isNaN(a.key) || Number.isNaN(b.key)) return Number.isNaN(a.key) - Number.isNaN(b.key) || a.row - b.row;
     return b.key - a.key || a.row - b.row;
   });
   const best = hits.slice(0, k);
   const shift = Math.fround(offset);
-  return { rows: best.map((h) => h.row), scores: best.map((h) => Math.fround(Math.fround(h.key * scale) + shift)) };
+  return { rows: best.map((h) => h.row), scores: best.map((h) => Math.fround(Math.fround(Math.fround(h.key) * scale) + shift)) };
 }
