@@ -597,8 +597,10 @@ def _parse_table_v3(table: TableEntry, src: Path) -> TableEntry:
     integers = all(isinstance(v, int) and not isinstance(v, bool) and -127 <= v <= 127 for v in table.centre)
     if len(table.centre) != table.dim or not integers:
         raise BundleError(f"{src}: table.centre must be {table.dim} integers in -127..127 (table.dim)")
-    if isinstance(table.centre_scale, bool) or not (math.isfinite(table.centre_scale) and table.centre_scale > 0):
+    if not 0 < table.centre_scale < math.inf:  # NaN fails both; exact for ints of any size
         raise BundleError(f"{src}: table.centre_scale must be a finite number > 0")
+    if table.centre_scale * table.centre_scale * sum(c * c for c in table.centre) >= 1:
+        raise BundleError(f"{src}: table.centre x table.centre_scale must be shorter than 1 (the mean of unit rows)")
     return table
 
 

@@ -152,12 +152,25 @@ def quantize_query_int8(query: np.ndarray) -> tuple[np.ndarray, np.float32]:
     return np.rint(query / scale).astype(np.float64), scale  # (D,), ()
 
 
+CENTRE_MAX_NORM2 = 1 - 1e-3  # |c|^2 of the quantised centre stays below 1: K > 0, no NaN scale
+
+
 def quantize_centre(centre: np.ndarray) -> tuple[np.ndarray, float]:
-    """(D,) float centre -> ((D,) int64 codes c8 in -127..127, float64 scale), centre ~= c8 * scale."""
+    """(D,) float centre -> ((D,) int64 codes c8 in -127..127, float64 scale), centre ~= c8 * scale.
+
+    The quantised centre is kept strictly inside the unit sphere (|c|^2 <= CENTRE_MAX_NORM2), so
+    K = 1 - |c|^2 > 0 and every implied scale is a number: the mean of unit rows has length <= 1,
+    and rounding (or a table of one repeated row) could otherwise push it past 1. Any centre inside
+    the sphere is correct; this one only moves by at most a few thousandths.
+    """
     centre = np.asarray(centre, dtype=np.float64)  # (D,)
-    peak = float(np.abs(centre).max()) if centre.size else 0.0
-    scale = peak / VALUE8_MAX if peak > 0 else 1.0
-    return np.rint(centre / scale).astype(np.int64), scale
+    while True:
+        peak = float(np.abs(centre).max()) if centre.size else 0.0
+        scale = peak / VALUE8_MAX if peak > 0 else 1.0
+        codes = np.rint(centre / scale).astype(np.int64)
+        if (scale * scale) * float(np.dot(codes, codes)) <= CENTRE_MAX_NORM2:
+            return codes, scale
+        centre = centre * 0.99  # shrink towards 0 until the rounded centre is inside
 
 
 def quantize_rows_int8n(residuals: np.ndarray) -> np.ndarray:

@@ -191,3 +191,22 @@ def get_bundle(tmp_path_factory, **kwargs) -> Path:
     if key not in _CACHE:
         _CACHE[key] = build_bundle(tmp_path_factory.mktemp("edge_bundle"), **kwargs)
     return _CACHE[key]
+
+
+def rewrite_as_table_v2(bundle_dir: Path, out: Path) -> Path:
+    """A copy of a two-stage bundle at `out` whose table is rewritten as table version 2 (the same
+    decoded rows, so their ties are kept), with its manifest rewritten to match."""
+    import dataclasses
+    import shutil
+
+    from malm_edge.edge.bundle import read_bundle, write_manifest
+    from malm_edge.edge.table import open_bundle_table
+
+    bundle = read_bundle(bundle_dir)
+    rows = open_bundle_table(bundle).dequantize()  # (N, D)
+    shutil.copytree(bundle_dir, out)
+    for name in (bundle.manifest.table.file, bundle.manifest.table.codes_file):
+        (out / name).unlink()
+    entry = write_twostage_table(out, rows, candidates=bundle.manifest.table.candidates, version=2)
+    write_manifest(out, dataclasses.replace(bundle.manifest, table=entry))
+    return out

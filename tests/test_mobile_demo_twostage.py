@@ -9,15 +9,13 @@ and a copy of the bundle whose table is rewritten as version 2 is still read and
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_bundle_fixture import get_bundle
+from edge_bundle_fixture import get_bundle, rewrite_as_table_v2
 from test_mobile_demo import (  # noqa: F401 - `browser` is a fixture
     _shared_photos,
     assert_same_ranking,
@@ -28,10 +26,10 @@ from test_mobile_demo import (  # noqa: F401 - `browser` is a fixture
 )
 from test_native_twostage import K, parity_queries
 
-from malm_edge.edge.bundle import read_bundle, write_manifest
+from malm_edge.edge.bundle import read_bundle
 from malm_edge.edge.demo_server import make_server
 from malm_edge.edge.table import open_bundle_table, search_topk
-from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
+from malm_edge.edge.twostage import read_twostage_table, search_twostage
 
 pytestmark = pytest.mark.browser
 
@@ -68,15 +66,7 @@ def server_url(bundle_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def v2_bundle_dir(bundle_dir: Path, tmp_path_factory) -> Path:
     """A copy of the shared bundle whose table is rewritten as table version 2 (same rows, ties kept)."""
-    manifest = read_bundle(bundle_dir).manifest
-    rows = open_bundle_table(read_bundle(bundle_dir)).dequantize()  # (N, D): rows 3, 10 still repeat 1, 2
-    out = tmp_path_factory.mktemp("edge_bundle_v2") / "bundle"
-    shutil.copytree(bundle_dir, out)
-    for name in (manifest.table.file, manifest.table.codes_file):
-        (out / name).unlink()
-    entry = write_twostage_table(out, rows, candidates=manifest.table.candidates, version=2)
-    write_manifest(out, dataclasses.replace(manifest, table=entry))
-    return out
+    return rewrite_as_table_v2(bundle_dir, tmp_path_factory.mktemp("edge_bundle_v2") / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_bundle_fixture import EMBED_DIM, get_bundle
+from edge_bundle_fixture import EMBED_DIM, get_bundle, rewrite_as_table_v2
 from native_build import NativeLib, OpenOptions, native_dir, run_cli
 
 from malm_edge.edge.bundle import MANIFEST_FILE, BundleError, read_bundle
@@ -33,6 +33,11 @@ def build() -> Path:
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     return get_bundle(tmp_path_factory, targets=("onnx",), table_format="twostage")
+
+
+@pytest.fixture(scope="module")
+def v2_bundle_dir(bundle_dir, tmp_path_factory) -> Path:
+    return rewrite_as_table_v2(bundle_dir, tmp_path_factory.mktemp("native_v2") / "bundle")
 
 
 def parity_queries(bundle_dir: Path) -> np.ndarray:
@@ -75,9 +80,13 @@ def native_search(build: Path, bundle_dir: Path, queries: np.ndarray, k: int) ->
     return found
 
 
-def test_native_two_stage_search_returns_edge_rows_ties_included(build, bundle_dir) -> None:
+@pytest.mark.parametrize("version", [3, 2])
+def test_native_two_stage_search_returns_edge_rows_ties_included(build, bundle_dir, v2_bundle_dir,
+                                                                 version: int) -> None:
+    bundle_dir = bundle_dir if version == 3 else v2_bundle_dir
     queries = parity_queries(bundle_dir)
     table = open_bundle_table(read_bundle(bundle_dir))
+    assert table.version == version
     assert table.candidates < table.rows  # the prefilter really drops rows here
     expected_rows, expected_scores = search_topk(table, queries, k=K)  # (Q, K)
     native = native_search(build, bundle_dir, queries, K)
@@ -108,17 +117,26 @@ TAMPERINGS = {
     "candidates": lambda d: d["table"].update(candidates=0),
     "no-codes": lambda d: d["table"].pop("codes_file"),
     "codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
+    "empty-scales-file": lambda d: d["table"].update(scales_file=""),
+    "centre-too-long": lambda d: d["table"].update(centre=[127] * EMBED_DIM, centre_scale=0.1),
+}
+V2_TAMPERINGS = {  # the older format keeps its own checks
+    "v2-dtype": lambda d: d["table"].update(dtype="int8n"),
+    "v2-centre-length": lambda d: d["table"].update(centre=[0.5] * 3),
+    "v2-no-scales": lambda d: d["table"].pop("scales_file"),
+    "v2-codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
 }
 
 
-@pytest.mark.parametrize("case", sorted(TAMPERINGS) + ["truncated-codes"])
-def test_tampered_v3_tables_rejected_like_edge(build, bundle_dir, tmp_path, case) -> None:
-    bundle = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+@pytest.mark.parametrize("case", sorted(TAMPERINGS) + sorted(V2_TAMPERINGS) + ["truncated-codes"])
+def test_tampered_two_stage_tables_rejected_like_edge(build, bundle_dir, v2_bundle_dir, tmp_path, case) -> None:
+    source = v2_bundle_dir if case.startswith("v2-") else bundle_dir
+    bundle = Path(shutil.copytree(source, tmp_path / "bundle"))
     if case == "truncated-codes":
         codes = bundle / "table.sign.u64"
         codes.write_bytes(codes.read_bytes()[:-8])
     else:
-        _edit(bundle, TAMPERINGS[case])
+        _edit(bundle, {**TAMPERINGS, **V2_TAMPERINGS}[case])
     with pytest.raises(BundleError) as caught:
         read_bundle(bundle)
     done = run_cli(build, "verify", "--bundle", str(bundle))
@@ -195,3 +213,23 @@ def test_table_search_matches_edge_on_large_tied_tables(build, tmp_path, monkeyp
         check_table_search(build, folder, entry, queries, 300)  # k > candidates: 300 rows kept
         check_table_search(build, folder, entry, queries, K, candidates=250)
     check_table_search(build, folder, entry, queries[:2], entry.rows)  # every row, in order
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 40])
+def test_tables_of_one_repeated_row_rank_alike(build, tmp_path, n_rows: int) -> None:
+    """A table of one row repeated: its mean is a unit row, which rounding could push past length 1
+    (then the implied scales would be NaN); the writer keeps the centre inside the sphere, and
+    edge/ and the native core return every row in order."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
+
+    for seed in range(20):
+        row = np.random.default_rng(seed).standard_normal(128)
+        rows = np.repeat((row / np.linalg.norm(row))[None].astype(np.float32), n_rows, axis=0)
+        folder = tmp_path / f"s{seed}"
+        entry = write_twostage_table(folder, rows, candidates=2)
+        assert entry.centre_scale ** 2 * sum(c * c for c in entry.centre) < 1
+        (folder / "table.json").write_text(json.dumps(entry.to_dict()))
+        queries = np.concatenate([rows[:1], -rows[:1]])
+        rows_found, scores = search_twostage(read_twostage_table(folder, entry), queries, k=n_rows)
+        assert rows_found.tolist() == [list(range(n_rows))] * 2 and np.isfinite(scores).all()
+        check_table_search(build, folder, entry, queries, n_rows)

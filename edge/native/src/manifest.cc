@@ -256,7 +256,8 @@ TableEntry parse_table_v3(const Ctx& c, const json& raw, TableEntry t) {
   if (t.dtype != "int8n") {
     bundle_error(c.src + ": table.dtype = " + py_repr(t.dtype) + ", expected 'int8n' for table version 3");
   }
-  if (!t.scales_file.empty() || !t.scales_sha256.empty()) {
+  const auto present = [&](const char* key) { return raw.contains(key) && !raw.at(key).is_null(); };
+  if (present("scales_file") || present("scales_sha256")) {
     bundle_error(c.src + ": table version 3 has no scales file (its row scales are implied)");
   }
   if (t.rows < 0 || t.dim <= 0 || t.candidates < 1) {
@@ -268,6 +269,11 @@ TableEntry parse_table_v3(const Ctx& c, const json& raw, TableEntry t) {
     bundle_error(c.src + ": table.centre must be " + std::to_string(t.dim) + " integers in -127..127 (table.dim)");
   }
   if (!(std::isfinite(centre_scale) && centre_scale > 0)) bundle_error(c.src + ": table.centre_scale must be a finite number > 0");
+  int64_t squares = 0;
+  for (const auto& v : centre) squares += v.get<int64_t>() * v.get<int64_t>();
+  if (centre_scale * centre_scale * double(squares) >= 1) {
+    bundle_error(c.src + ": table.centre x table.centre_scale must be shorter than 1 (the mean of unit rows)");
+  }
   t.centre_scale = centre_scale;
   for (const auto& v : centre) {
     t.centre8.push_back(int32_t(v.get<int64_t>()));

@@ -398,12 +398,14 @@ void dots8_portable(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t
 }
 
 // Best key first, ties to the lower row; a NaN key ranks after every number (as numpy's sort).
-bool better(const Hit& a, const Hit& b) {
-  const bool a_nan = std::isnan(a.score), b_nan = std::isnan(b.score);
+template <typename Key>
+bool ranks_before(const Hit& a, const Hit& b, Key a_key, Key b_key) {
+  const bool a_nan = std::isnan(a_key), b_nan = std::isnan(b_key);
   if (a_nan != b_nan) return b_nan;
   if (a_nan) return a.row < b.row;
-  return a.score > b.score || (a.score == b.score && a.row < b.row);
+  return a_key > b_key || (a_key == b_key && a.row < b.row);
 }
+bool better(const Hit& a, const Hit& b) { return ranks_before(a, b, a.score, b.score); }
 
 }  // namespace
 
@@ -524,7 +526,7 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](size_t a, size_t b) {
-    return keys[a] > keys[b] || (keys[a] == keys[b] && rows[a] < rows[b]);  // keys are finite
+    return ranks_before(Hit{rows[a], 0}, Hit{rows[b], 0}, keys[a], keys[b]);
   });
   std::vector<Hit> hits(static_cast<size_t>(keep));
   for (size_t i = 0; i < hits.size(); ++i) hits[i] = {rows[order[i]], float(keys[order[i]]) * query_scale + float(offset)};

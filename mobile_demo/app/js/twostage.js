@@ -54,6 +54,9 @@ function centreV3(entry) {
   const centre8 = Int32Array.from(codes);
   let squares = 0; // c8 . c8, an exact integer
   for (const c of centre8) squares += c * c;
+  if (centreScale * centreScale * squares >= 1) {
+    throw new Error("table.centre x table.centre_scale must be shorter than 1 (the mean of unit rows)");
+  }
   const centre = Float32Array.from(centre8, (c) => Math.fround(c * centreScale));
   return { centre8, centreScale, centre, radial: 1.0 - (centreScale * centreScale) * squares };
 }
