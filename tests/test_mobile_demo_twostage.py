@@ -29,7 +29,6 @@ from test_native_twostage import K, parity_queries
 from malm_edge.edge.bundle import read_bundle
 from malm_edge.edge.demo_server import make_server
 from malm_edge.edge.table import open_bundle_table, search_topk
-from malm_edge.edge.twostage import read_twostage_table, search_twostage
 
 pytestmark = pytest.mark.browser
 
@@ -74,18 +73,29 @@ def v2_server_url(v2_bundle_dir: Path) -> Iterator[str]:
     yield from _serve(v2_bundle_dir)
 
 
-def test_page_two_stage_search_returns_edge_rows_ties_included(browser, server_url, bundle_dir) -> None:
+def assert_page_ranks_like_edge(browser, server_url: str, bundle_dir: Path, version: int) -> None:  # noqa: ANN001
+    """The whole page, loaded from `server_url`, returns edge's rows (ties included) and scores."""
+    table = open_bundle_table(read_bundle(bundle_dir))
+    assert table.version == version
     queries = parity_queries(bundle_dir)
-    expected_rows, expected_scores = search_topk(open_bundle_table(read_bundle(bundle_dir)), queries, k=K)
+    expected_rows, expected_scores = search_topk(table, queries, k=K)
     context = browser.new_context()
     page = context.new_page()
-    assert read_bundle(bundle_dir).manifest.table.version == 3
-    open_ready(page, server_url)  # the whole page loads a version 3 bundle
+    open_ready(page, server_url)
     found = page.evaluate(BROWSER_SEARCH, [queries.tolist(), K])
     context.close()
     for q, hits in enumerate(found):
         assert hits["rows"] == expected_rows[q].tolist(), f"query {q}"
         np.testing.assert_allclose(hits["scores"], expected_scores[q], atol=1e-5)
+
+
+def test_page_two_stage_search_returns_edge_rows_ties_included(browser, server_url, bundle_dir) -> None:
+    assert_page_ranks_like_edge(browser, server_url, bundle_dir, version=3)
+
+
+def test_page_still_searches_a_version_2_table_like_edge(browser, v2_server_url, v2_bundle_dir) -> None:
+    assert read_bundle(v2_bundle_dir).manifest.table.scales_file == "table.scales.f32"
+    assert_page_ranks_like_edge(browser, v2_server_url, v2_bundle_dir, version=2)
 
 
 def test_photo_search_in_the_page_matches_edge(browser, server_url, bundle_dir) -> None:
@@ -95,18 +105,3 @@ def test_photo_search_in_the_page_matches_edge(browser, server_url, bundle_dir) 
     for photo in _shared_photos()[:3]:
         assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle_dir, "tiny_fp32_onnx"))
     context.close()
-
-
-def test_page_still_searches_a_version_2_table_like_edge(browser, v2_server_url, v2_bundle_dir) -> None:
-    entry = read_bundle(v2_bundle_dir).manifest.table
-    assert (entry.version, entry.dtype, entry.scales_file) == (2, "int7", "table.scales.f32")
-    queries = parity_queries(v2_bundle_dir)
-    expected_rows, expected_scores = search_twostage(read_twostage_table(v2_bundle_dir, entry), queries, k=K)
-    context = browser.new_context()
-    page = context.new_page()
-    open_ready(page, v2_server_url)  # the whole page loads the version 2 bundle
-    found = page.evaluate(BROWSER_SEARCH, [queries.tolist(), K])
-    context.close()
-    for q, hits in enumerate(found):
-        assert hits["rows"] == expected_rows[q].tolist(), f"query {q}"
-        np.testing.assert_allclose(hits["scores"], expected_scores[q], atol=1e-5)

@@ -70,7 +70,7 @@ def convert(
         "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
         "rescoring, 128 bytes a 128-d recipe (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
-                                            "(BENCHMARKS.md: about 4000 for a 1M-recipe catalog).")] = 1000,
+                                            "(BENCHMARKS.md: 1000 holds recall@10 >= 0.95 at 1M recipes).")] = 1000,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
