@@ -233,7 +233,7 @@ class TableEntry:
         if self.version < 3:
             raw.pop("centre_scale")
         else:
-            raw.pop("scales_file"), raw.pop("scales_sha256")
+            del raw["scales_file"], raw["scales_sha256"]
         return raw
 
 

@@ -124,18 +124,22 @@ def pack_magnitudes(magnitude: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([nibbles, crumbs], axis=1))  # (N, B4 + B2)
 
 
-def unpack_int7(planes: np.ndarray, codes: np.ndarray, dim: int) -> np.ndarray:
-    """(C, B4 + B2) magnitude planes and (C, W) sign codes -> (C, dim) int8 values in -63..63."""
-    planes = np.asarray(planes, dtype=np.uint8)  # (C, B4 + B2)
-    n, b4 = len(planes), packed_bytes(dim)
+def unpack_magnitudes(planes: np.ndarray, dim: int) -> np.ndarray:
+    """(C, >= B4 + B2) planes -> (C, dim) uint8 magnitudes 0..63 of the nibble and crumb planes."""
+    planes = np.asarray(planes, dtype=np.uint8)  # (C, B4 + B2 [+ B1])
+    n, b4, b2 = len(planes), packed_bytes(dim), crumb_bytes(dim)
     magnitude = np.empty((n, b4 * 2), np.uint8)  # (C, 2 B4)
     magnitude[:, 0::2] = planes[:, :b4] & 0x0F
     magnitude[:, 1::2] = planes[:, :b4] >> 4
-    crumbs = planes[:, b4:]  # (C, B2)
+    crumbs = planes[:, b4:b4 + b2]  # (C, B2)
     high = np.stack([(crumbs >> shift) & 0x03 for shift in (0, 2, 4, 6)], axis=2)  # (C, B2, 4)
-    magnitude = magnitude[:, :dim] | (high.reshape(n, -1)[:, :dim] << 4)  # (C, D)
-    positive = sign_bits(codes, dim)  # (C, D) bool
-    return np.where(positive, magnitude.astype(np.int8), -magnitude.astype(np.int8))
+    return magnitude[:, :dim] | (high.reshape(n, -1)[:, :dim] << 4)  # (C, D)
+
+
+def unpack_int7(planes: np.ndarray, codes: np.ndarray, dim: int) -> np.ndarray:
+    """(C, B4 + B2) magnitude planes and (C, W) sign codes -> (C, dim) int8 values in -63..63."""
+    magnitude = unpack_magnitudes(planes, dim).astype(np.int8)  # (C, D)
+    return np.where(sign_bits(codes, dim), magnitude, -magnitude)
 
 
 def sign_bits(codes: np.ndarray, dim: int) -> np.ndarray:
@@ -195,9 +199,8 @@ def pack_magnitudes8(magnitude: np.ndarray) -> np.ndarray:
 def unpack_int8n(planes: np.ndarray, codes: np.ndarray, dim: int) -> np.ndarray:
     """(C, magnitude8_bytes(dim)) planes and (C, W) sign codes -> (C, dim) int16 values in -127..127."""
     planes = np.asarray(planes, dtype=np.uint8)
-    low = unpack_int7(planes[:, :magnitude_bytes(dim)], np.full_like(codes, ~np.uint64(0)), dim)  # (C, D) 0..63
     top = np.unpackbits(planes[:, magnitude_bytes(dim):], axis=1, bitorder="little")[:, :dim]  # (C, D)
-    magnitude = low.astype(np.int16) | (top.astype(np.int16) << 6)
+    magnitude = unpack_magnitudes(planes, dim).astype(np.int16) | (top.astype(np.int16) << 6)
     return np.where(sign_bits(codes, dim), magnitude, -magnitude)
 
 

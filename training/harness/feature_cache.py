@@ -78,7 +78,8 @@ class AugmentationCache:
         written or read to its file, atomically."""
         if self.slot_paths is None:
             return
-        for slot in range(min(len(self.saved), len(self.saved) if slots is None else slots)):
+        last = len(self.saved) if slots is None else min(slots, len(self.saved))
+        for slot in range(last):
             if self.saved[slot] or not self.filled[:, slot].any():
                 continue
             path = self.slot_paths(slot)

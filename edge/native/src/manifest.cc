@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -211,14 +212,19 @@ EncoderEntry parse_encoder(const Ctx& c, const json& raw, size_t index) {
   return e;
 }
 
+// "table version N needs table.a, table.b" for every key absent or null, as edge/bundle.py.
+void require_table_fields(const Ctx& c, const json& raw, int version, std::initializer_list<const char*> keys) {
+  std::string missing;
+  for (const char* key : keys) {
+    if (!raw.contains(key) || raw.at(key).is_null()) missing += (missing.empty() ? "table." : ", table.") + std::string(key);
+  }
+  if (!missing.empty()) bundle_error(c.src + ": table version " + std::to_string(version) + " needs " + missing);
+}
+
 // Table version 2 (edge/bundle.py _parse_table_v2): the same checks in the same order.
 TableEntry parse_table_v2(const Ctx& c, const json& raw, TableEntry t) {
   const std::string where = "table.";
-  std::string missing;
-  for (const char* key : {"codes_file", "codes_sha256", "centre", "candidates", "scales_file", "scales_sha256"}) {
-    if (!raw.contains(key) || raw.at(key).is_null()) missing += (missing.empty() ? "table." : ", table.") + std::string(key);
-  }
-  if (!missing.empty()) bundle_error(c.src + ": table version 2 needs " + missing);
+  require_table_fields(c, raw, 2, {"codes_file", "codes_sha256", "centre", "candidates", "scales_file", "scales_sha256"});
   t.codes_file = require(c, raw, "codes_file", Kind::Str, where).get<std::string>();
   t.codes_sha256 = require(c, raw, "codes_sha256", Kind::Str, where).get<std::string>();
   const json& centre = require(c, raw, "centre", Kind::List, where);
@@ -243,11 +249,7 @@ TableEntry parse_table_v2(const Ctx& c, const json& raw, TableEntry t) {
 // Table version 3 (edge/bundle.py _parse_table_v3): the same checks in the same order.
 TableEntry parse_table_v3(const Ctx& c, const json& raw, TableEntry t) {
   const std::string where = "table.";
-  std::string missing;
-  for (const char* key : {"codes_file", "codes_sha256", "centre", "centre_scale", "candidates"}) {
-    if (!raw.contains(key) || raw.at(key).is_null()) missing += (missing.empty() ? "table." : ", table.") + std::string(key);
-  }
-  if (!missing.empty()) bundle_error(c.src + ": table version 3 needs " + missing);
+  require_table_fields(c, raw, 3, {"codes_file", "codes_sha256", "centre", "centre_scale", "candidates"});
   t.codes_file = require(c, raw, "codes_file", Kind::Str, where).get<std::string>();
   t.codes_sha256 = require(c, raw, "codes_sha256", Kind::Str, where).get<std::string>();
   const json& centre = require(c, raw, "centre", Kind::List, where);

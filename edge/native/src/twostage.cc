@@ -435,10 +435,10 @@ void TwoStageTable::set_layout(CentreCodes implied) {
   value_bytes_ = nibble_bytes_ + crumb_bytes_ + (version_ == 3 ? (dim + 7) / 8 : 0);
   if (version_ == 2) return;
   if (implied.codes.size() != dim) fail(MALM_ERR_INVALID_ARGUMENT, "the centre codes do not match the table dim");
-  centre8_ = std::move(implied.codes);
+  centre8_.assign(implied.codes.begin(), implied.codes.end());  // |c| <= 127 (manifest.cc)
   centre_scale_ = implied.scale;
   int64_t energy = 0;
-  for (int32_t c : centre8_) energy += int64_t(c) * c;
+  for (int32_t c : implied.codes) energy += int64_t(c) * c;
   sphere_k_ = 1.0 - (centre_scale_ * centre_scale_) * double(energy);  // the order edge/table_codes.py uses
 }
 
@@ -534,13 +534,13 @@ std::vector<Hit> TwoStageTable::search(const float* query, size_t dim, int k, in
 }
 
 // Rows are scattered: fetch ahead what rescoring row `r` reads.
-#define MALM_PREFETCH_ROW(r)                                                                       \
-  do {                                                                                             \
-    const char* ahead = reinterpret_cast<const char*>(values_ + size_t(r) * value_bytes_);        \
-    for (size_t at = 0; at < value_bytes_; at += 64) __builtin_prefetch(ahead + at);               \
-    __builtin_prefetch(ahead + value_bytes_ - 1);                                                  \
-    __builtin_prefetch(codes_ + size_t(r) * words_);                                               \
-  } while (0)
+void TwoStageTable::prefetch_row(int64_t r) const {
+  const char* ahead = reinterpret_cast<const char*>(values_ + size_t(r) * value_bytes_);
+  for (size_t at = 0; at < value_bytes_; at += 64) __builtin_prefetch(ahead + at);
+  __builtin_prefetch(ahead + value_bytes_ - 1);
+  __builtin_prefetch(codes_ + size_t(r) * words_);
+  if (scales_) __builtin_prefetch(scales_ + r);
+}
 
 std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const {
   const size_t dim = centre_.size();
@@ -570,10 +570,7 @@ std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, con
   };
   std::vector<Hit> hits(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
-    if (i + kRescorePrefetchRows < rows.size()) {
-      MALM_PREFETCH_ROW(rows[i + kRescorePrefetchRows]);
-      __builtin_prefetch(scales_ + rows[i + kRescorePrefetchRows]);
-    }
+    if (i + kRescorePrefetchRows < rows.size()) prefetch_row(rows[i + kRescorePrefetchRows]);
     const int64_t r = rows[i];
     hits[i] = {r, float(dot(r)) * scales_[r]};
   }
@@ -583,13 +580,13 @@ std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, con
 std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
                                               const std::vector<int16_t>& query8) const {
   const size_t dim = centre_.size();
-  const std::vector<int8_t> q8(query8.begin(), query8.end()), c8(centre8_.begin(), centre8_.end());  // |.| <= 127
+  const std::vector<int8_t> q8(query8.begin(), query8.end());  // |q8| <= 127
 #if MALM_X86_KERNELS
   const bool vector_dot = kAvx512 && dim % 64 == 0;
 #endif
   std::vector<double> keys(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) {
-    if (i + kRescorePrefetchRows < rows.size()) MALM_PREFETCH_ROW(rows[i + kRescorePrefetchRows]);
+    if (i + kRescorePrefetchRows < rows.size()) prefetch_row(rows[i + kRescorePrefetchRows]);
     const int64_t r = rows[i];
     const uint8_t* nibbles = values_ + size_t(r) * value_bytes_;
     const uint8_t* crumbs = nibbles + nibble_bytes_;
@@ -597,12 +594,12 @@ std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
     int32_t dots[3];  // v . q8, v . centre8 (A), v . v (B): exact integers
 #if MALM_X86_KERNELS
     if (vector_dot) {
-      dots8_avx512(nibbles, crumbs, top, codes_ + size_t(r) * words_, q8.data(), c8.data(), dim, dots);
+      dots8_avx512(nibbles, crumbs, top, codes_ + size_t(r) * words_, q8.data(), centre8_.data(), dim, dots);
     } else
 #endif
     {
       dots8_portable(nibbles, crumbs, top, reinterpret_cast<const uint8_t*>(codes_ + size_t(r) * words_), q8.data(),
-                     c8.data(), dim, dots);
+                     centre8_.data(), dim, dots);
     }
     // The scale that puts centre + s v on the unit sphere; each step one float64 operation, in the
     // order of edge/table_codes.py implied_scales (table.cc's -ffp-contract=off applies here too).
@@ -612,7 +609,6 @@ std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
   }
   return keys;
 }
-#undef MALM_PREFETCH_ROW
 
 std::unique_ptr<SearchTable> open_search_table(const std::string& root, const TableEntry& t) {
   if (t.version == 2) {

@@ -54,6 +54,7 @@ class TwoStageTable : public SearchTable {
   void set_layout(CentreCodes implied);
   std::vector<int64_t> prefilter(const uint64_t* query_code, int64_t keep) const;
   int32_t dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const;
+  void prefetch_row(int64_t r) const;
   std::vector<Hit> rescore_v2(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
   std::vector<double> rescore_v3(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
 
@@ -61,7 +62,7 @@ class TwoStageTable : public SearchTable {
   int version_ = 2;
   size_t words_ = 1, nibble_bytes_ = 0, crumb_bytes_ = 0, value_bytes_ = 0;
   std::vector<float> centre_;
-  std::vector<int32_t> centre8_;  // version 3
+  std::vector<int8_t> centre8_;  // version 3: the centre codes, -127..127
   double centre_scale_ = 0, sphere_k_ = 0;  // version 3: K = 1 - centre_scale^2 x (centre8 . centre8)
   const uint64_t* codes_ = nullptr;
   const uint8_t* values_ = nullptr;
