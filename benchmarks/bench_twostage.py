@@ -4,9 +4,10 @@ For each data set, against exact float32 top-10 (numpy matmul over the float row
 
 - `exact int8`: edge/table.py `search_topk` over int8 rows + float32 scales (table version 1), and
   the native core's exact scan of the same files;
-- `two-stage vV C=...`: edge/twostage.py `search_topk` (sign-bit Hamming prefilter keeping C rows,
-  then integer rescoring: 8-bit rows with implied scales in v3, 7-bit rows with stored scales in
-  v2), and the native core's (`malm-edge-native table-search`); `--versions` picks which;
+- `two-stage vV [P=p] C=...`: edge/twostage.py `search_topk` (sign-bit prefilter keeping C rows:
+  Hamming, or with version 3's query_bits P >= 2 weighted by the query's P-bit magnitudes; then
+  integer rescoring: 8-bit rows with implied scales in v3, 7-bit rows with stored scales in v2),
+  and the native core's (`malm-edge-native table-search`); `--versions` and `--query-bits` pick which;
 
 with bytes per recipe (every table file), milliseconds per query (one query at a time, median over
 the queries), recall@1 (top-1 equal to the exact top-1) and recall@10 (|top-10 ∩ exact top-10| / 10).
@@ -37,6 +38,7 @@ Data sets:
 
     OMP_NUM_THREADS=1 python benchmarks/bench_twostage.py [--rows 1029720] [--minilm]
         [--teacher RUN --recipes DATA] [--tile 1029720] [--candidates 1000 200] [--pwa 100000]
+        [--versions 3 2] [--query-bits 4 1]
         [--libraries] [--json OUT]
 """
 
@@ -76,6 +78,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=0, help="also tile the real sets to this many rows")
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 200])
     parser.add_argument("--versions", type=int, nargs="+", default=[3, 2], help="two-stage table versions")
+    parser.add_argument("--query-bits", type=int, nargs="+", default=[4, 1],
+                        help="prefilter query weight bits of the version 3 tables (1: Hamming)")
     parser.add_argument("--time-queries", type=int, default=200, help="queries timed (all are scored)")
     parser.add_argument("--pwa", type=int, nargs="*", default=[], help="synthetic sizes timed in Chromium")
     parser.add_argument("--libraries", action="store_true", help="FAISS and USearch rows (the [bench] extra)")
@@ -276,13 +280,15 @@ def bench_set(name: str, matrix: np.ndarray, queries: np.ndarray, args: argparse
     row["native"] = native_row(exact_dir, int8_entry, queries, exact, None)
     results.append(row)
     folders = [(exact_dir, None)]
-    for version in args.versions:
-        version_dir = twostage_dir.with_name(f"{twostage_dir.name}_v{version}")
-        entry = write_twostage_table(version_dir, matrix, version=version)
+    variants = [(v, bits) for v in args.versions for bits in (args.query_bits if v == 3 else [1])]
+    for version, bits in variants:
+        label = f"v{version}" + (f" P={bits}" if version == 3 else "")
+        version_dir = twostage_dir.with_name(f"{twostage_dir.name}_v{version}_p{bits}")
+        entry = write_twostage_table(version_dir, matrix, version=version, query_bits=bits)
         (version_dir / "table.json").write_text(json.dumps(entry.to_dict()))
         two = read_table(version_dir, entry)
         for candidates in args.candidates:
-            row = {"set": name, "rows": len(matrix), "method": f"two-stage v{version}, C={candidates}",
+            row = {"set": name, "rows": len(matrix), "method": f"two-stage {label}, C={candidates}",
                    "bytes_per_row": two.bytes_per_row}
             row["numpy"] = timed_search(queries, exact, args.time_queries,
                                         lambda q, c=candidates: _twostage(two, q, c))
@@ -371,13 +377,12 @@ def library_rows(name: str, matrix: np.ndarray, queries: np.ndarray, exact: np.n
 
 def prefilter_recall(table: object, queries: np.ndarray, exact: np.ndarray, candidates: int) -> float:
     """Mean share of the exact top-10 inside the prefilter's candidates (the first stage's recall)."""
-    from malm_edge.edge.table_codes import sign_codes
-    from malm_edge.edge.twostage import hamming_distances, prefilter
+    from malm_edge.edge.twostage import prefilter, prefilter_distances, query_prefilter
 
     inside = []
     for query, best in zip(queries, exact):
-        code = sign_codes((query - table.centre)[None, :])[0]  # (W,)
-        kept = prefilter(hamming_distances(table.codes, code), min(table.rows, candidates))
+        code, planes = query_prefilter(table, query)  # (W,), (P, W) or None
+        kept = prefilter(prefilter_distances(table.codes, code, planes), min(table.rows, candidates))
         inside.append(np.isin(best, kept).mean())
     return float(np.mean(inside))
 

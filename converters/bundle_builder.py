@@ -51,6 +51,7 @@ from malm_edge.converters.verify import (
 from malm_edge.edge import bundle as eb
 from malm_edge.edge.catalog import CATALOG_FILE
 from malm_edge.edge.table import read_table
+from malm_edge.edge.twostage import DEFAULT_QUERY_BITS
 from malm_edge.edge.write_errors import guard_writes, write_failure_cause
 from malm_edge.training.configs import config_hash
 from malm_edge.training.harness.student import load_student
@@ -77,6 +78,7 @@ class ConvertOptions:
         table_dtype: "int8" (per-row scales) or "float16" (table "exact").
         table_format: "exact" (table version 1) or "twostage" (version 3, edge/twostage.py).
         candidates: Rows the two-stage prefilter keeps (two-stage tables).
+        query_bits: Bits of the two-stage prefilter's query weights (1: plain Hamming).
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.
@@ -97,6 +99,7 @@ class ConvertOptions:
     table_dtype: str = "int8"
     table_format: str = "exact"
     candidates: int = 1000
+    query_bits: int = DEFAULT_QUERY_BITS
     calibration: Path | None = None
     n_calibration: int = 64
     n_verify: int = 64
@@ -331,7 +334,8 @@ def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
     build_index(teacher, recipes_dir, index_dir, shard_size=options.shard_size,
                 batch_size=options.batch_size, progress=options.progress)
     table, count = finalize(index_dir, recipes_dir, staging, table_dtype=options.table_dtype,
-                            table_format=options.table_format, candidates=options.candidates)
+                            table_format=options.table_format, candidates=options.candidates,
+                            query_bits=options.query_bits)
     queries = teacher_image_queries(teacher, recipes_dir)
     source = "teacher val image embeddings"
     if queries is None:

@@ -48,6 +48,7 @@ from typing import Any
 
 from malm_edge.edge.errors import EdgeError
 from malm_edge.edge.safe_json import JsonFileError, loads
+from malm_edge.edge.table_codes import check_query_bits
 from malm_edge.edge.write_errors import OutputWriteError, guard_writes
 
 FORMAT_NAME = "malm-edge-bundle"
@@ -207,7 +208,8 @@ class TableEntry:
     magnitudes (dtype "int7"), plus per-row scales, the sign codes (`codes_file`), the `centre` row and the
     prefilter's `candidates`. The v2 fields are absent from a v1 entry. Table version 3: `file` holds
     the 8-bit rows' magnitudes (dtype "int8n"), no scales file, and `centre` is D integers in
-    -127..127 that `centre_scale` multiplies (absent from v1 and v2 entries).
+    -127..127 that `centre_scale` multiplies (absent from v1 and v2 entries), and the optional
+    `query_bits` (1..4, absent: 1) says how the prefilter weighs the query (edge/twostage.py).
     """
 
     file: str
@@ -223,6 +225,7 @@ class TableEntry:
     centre: list[float] | None = None
     candidates: int | None = None
     centre_scale: float | None = None
+    query_bits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; v1 and v2 entries are written exactly as before the later versions existed."""
@@ -232,6 +235,8 @@ class TableEntry:
                 raw.pop(key)
         if self.version < 3:
             raw.pop("centre_scale")
+        if self.query_bits is None:
+            raw.pop("query_bits")
         else:
             del raw["scales_file"], raw["scales_sha256"]
         return raw
@@ -488,7 +493,8 @@ def _check_types(obj: Any, spec: dict[str, Any], where: str, src: Path) -> None:
     for key, kind in spec.items():
         value = getattr(obj, key)
         if value is None and key in {"scales_file", "scales_sha256", "verification", "resize_size",
-                                     "codes_file", "codes_sha256", "centre", "candidates", "centre_scale"}:
+                                     "codes_file", "codes_sha256", "centre", "candidates", "centre_scale",
+                                     "query_bits"}:
             continue
         _require({key: value}, key, kind, where, src)
 
@@ -551,6 +557,8 @@ def _parse_table(raw: Any, src: Path) -> TableEntry:
     if table.version not in TABLE_VERSIONS:
         raise BundleError(f"{src}: unknown table format version {table.version} "
                           f"(this reader supports table versions {list(TABLE_VERSIONS)})")
+    if table.query_bits is not None and table.version != 3:
+        raise BundleError(f"{src}: table.query_bits needs table version 3 (this table is version {table.version})")
     if table.version == 2:
         return _parse_table_v2(table, src)
     if table.version == 3:
@@ -601,6 +609,12 @@ def _parse_table_v3(table: TableEntry, src: Path) -> TableEntry:
         raise BundleError(f"{src}: table.centre_scale must be a finite number > 0")
     if table.centre_scale * table.centre_scale * sum(c * c for c in table.centre) >= 1:
         raise BundleError(f"{src}: table.centre x table.centre_scale must be shorter than 1 (the mean of unit rows)")
+    if table.query_bits is not None:
+        _check_types(table, {"query_bits": int}, "table.", src)
+        try:
+            check_query_bits(table.query_bits, table.dim)
+        except ValueError as err:
+            raise BundleError(f"{src}: table.{err}") from err
     return table
 
 

@@ -27,6 +27,15 @@ manifest): r = x - c. Ranking by x . q is ranking by r . q, since c . q is the s
   multiply-add). Writer side, v = rint(r / s) with s = max|r| / 127. Putting the row back on the
   sphere removes the radial part of its rounding error, which is what near neighbours' scores
   differ by: recall@10 at 1M rows rose from 0.945 (stored per-row scale) to 0.963 (BENCHMARKS.md).
+- **Weighted prefilter** (table version 3 with `query_bits` P >= 2): the query's sign code is weighed
+  dim by dim. With x = q - c (float32), P-bit weights w_d = min(M, rint(|x_d| / s_x)) (half to even),
+  M = 2^P - 1, s_x = float32(max|x| / M) (1 when x = 0), and the distance of row r is
+  sum_d w_d [bit_d(r) != bit_d(x)] = sum_k 2^k popcount((code_r ^ code_x) & plane_k), plane_k holding
+  bit k of every w_d in the code's word layout. Maximising sum_d sign(r_d) sign(x_d) w_d, it is the
+  sign-code dot product with the query kept at P bits (an asymmetric distance); P = 1 is the plain
+  Hamming distance (every w_d = 1). It matters for queries far from every row (a photo against a
+  recipe table): the trained teacher's first stage kept 0.76 of the true top-10 with Hamming and
+  0.94 with float weights at 1,000 candidates (BENCHMARKS.md).
 - **Query**: quantised symmetric int8, q8 = rint(q / s_q) (half to even) with s_q = max|q| / 127,
   both in float32. Then v_r . q8 is an exact integer (int32 in C++, float64 in numpy and JS), so
   numpy, C++ and JavaScript rank identically, ties included: key_r = float32(v_r . q8) * scale_r
@@ -154,6 +163,38 @@ def quantize_query_int8(query: np.ndarray) -> tuple[np.ndarray, np.float32]:
     peak = np.float32(np.abs(query).max()) if query.size else np.float32(0)
     scale = np.float32(peak / np.float32(INT8_MAX)) if peak > 0 else np.float32(1)
     return np.rint(query / scale).astype(np.float64), scale  # (D,), ()
+
+
+QUERY_BITS = (1, 2, 3, 4)  # weight bits of the weighted prefilter; 1: plain Hamming
+MAX_DISTANCE = 65535  # (2^P - 1) * D must fit: the native core counts distances in uint16
+
+
+def check_query_bits(bits: object, dim: int) -> int:
+    """`bits` if it is a valid query_bits for a `dim`-wide table, else ValueError saying why."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in QUERY_BITS:
+        raise ValueError(f"query_bits must be one of {QUERY_BITS}, got {bits!r}")
+    if ((1 << bits) - 1) * dim > MAX_DISTANCE:
+        raise ValueError(f"query_bits {bits} is too wide for a {dim}-d table: distances must stay <= {MAX_DISTANCE}")
+    return bits
+
+
+def query_weights(residual: np.ndarray, bits: int) -> np.ndarray:
+    """(D,) float32 x = q - c -> (D,) int64 prefilter weights in 0..2^bits - 1 (all 1 for bits = 1)."""
+    residual = np.asarray(residual, dtype=np.float32)  # (D,)
+    if bits == 1:
+        return np.ones(residual.shape, np.int64)
+    most = np.float32((1 << bits) - 1)
+    magnitude = np.abs(residual)  # (D,)
+    peak = np.float32(magnitude.max()) if magnitude.size else np.float32(0)
+    scale = np.float32(peak / most) if peak > 0 else np.float32(1)
+    return np.minimum(np.rint(magnitude / scale), most).astype(np.int64)
+
+
+def weight_planes(weights: np.ndarray, bits: int) -> np.ndarray:
+    """(D,) weights -> (bits, W) uint64 planes: bit k of w_d at word d // 64, bit d % 64 of plane k."""
+    weights = np.asarray(weights, dtype=np.int64)  # (D,)
+    stacked = np.stack([(weights >> k) & 1 for k in range(bits)]).astype(np.float32)  # (P, D), 0 or 1
+    return sign_codes(stacked - 0.5)  # (P, W): bit set where the plane's bit is 1
 
 
 CENTRE_MAX_NORM2 = 1 - 1e-3  # |c|^2 of the quantised centre stays below 1: K > 0, no NaN scale

@@ -8,16 +8,19 @@ row-major, no header:
                     of the 8-bit rescoring values v in -127..127 (their signs are the sign bits)
 
 and in the manifest's table entry: `version` 3, `dtype` "int8n", `centre` (D integers c8 in
--127..127), `centre_scale` (c = centre_scale * c8) and `candidates` (how many rows the prefilter
-keeps). No per-row scale is stored: each row's is implied by its unit length. For D = 128:
-16 + 112 = 128 bytes a recipe.
+-127..127), `centre_scale` (c = centre_scale * c8), `candidates` (how many rows the prefilter
+keeps) and `query_bits` (the prefilter's query weights, 1..4; absent: 1, plain Hamming). No
+per-row scale is stored: each row's is implied by its unit length. For D = 128: 16 + 112 = 128
+bytes a recipe.
 
 Table format v2 (still read, and written with `version=2`): `table.i7` holds 6-bit magnitudes (7-bit
 values, 96 bytes for D = 128), `table.scales.f32` a float32 scale per row, and `centre` D floats:
 116 bytes a recipe.
 
 Search, one query q (the same steps in edge/native and mobile_demo):
-1. Hamming distance of every row's code to the code of (q - c) (popcount of XOR).
+1. Distance of every row's code to the code of x = q - c: with query_bits P = 1 the Hamming
+   distance (popcount of XOR); with P >= 2 the XOR weighed by x's P-bit magnitudes,
+   sum_k 2^k popcount((code_r ^ code_x) & plane_k) (edge/table_codes.py, "Weighted prefilter").
 2. Candidates: the C = min(N, max(k, candidates)) rows of smallest distance; at the boundary
    distance, the lower rows (a counting rule, so every implementation keeps the same set).
 3. Rescoring, with the int8-quantised query q8 (exact integers, see edge/table_codes.py): v3
@@ -30,6 +33,7 @@ Search, one query q (the same steps in edge/native and mobile_demo):
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,7 @@ import numpy as np
 from malm_edge.edge.bundle import BundleError, TableEntry, sha256_path
 from malm_edge.edge.staged_files import StagedFiles
 from malm_edge.edge.table_codes import (
+    check_query_bits,
     code_words,
     implied_scales,
     magnitude8_bytes,
@@ -46,9 +51,11 @@ from malm_edge.edge.table_codes import (
     quantize_query_int8,
     quantize_rows_int7,
     quantize_rows_int8n,
+    query_weights,
     sign_codes,
     unpack_int7,
     unpack_int8n,
+    weight_planes,
 )
 
 TABLE_VERSION = 3
@@ -59,6 +66,7 @@ INT7_FILE = "table.i7"
 INT8N_FILE = "table.i8n"
 SCALES_FILE = "table.scales.f32"
 DEFAULT_CANDIDATES = 1000
+DEFAULT_QUERY_BITS = 4  # the writer's weighted prefilter (BENCHMARKS.md, "Weighted prefilter")
 PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
 UNIT_TOLERANCE = 1e-3  # how far from length 1 a version 3 row may be
 
@@ -76,6 +84,7 @@ class TwoStageTable:
         version: Table format version, 2 or 3.
         centre8: (D,) int64 quantised centre (v3), None (v2).
         centre_scale: centre = centre_scale * centre8 (v3), None (v2).
+        query_bits: Bits of the prefilter's query weights: 1 plain Hamming, 2..4 weighted (v3).
     """
 
     codes: np.ndarray
@@ -86,6 +95,7 @@ class TwoStageTable:
     version: int = TABLE_VERSION
     centre8: np.ndarray | None = None
     centre_scale: float | None = None
+    query_bits: int = 1
 
     @property
     def rows(self) -> int:
@@ -134,10 +144,12 @@ class TwoStageWriter:
         centre: (D,) float32 centre, known before the first row (a first pass over the rows).
         candidates: The prefilter's default candidate count, written into the entry.
         version: Table format version: 3 (unit-length rows, 8-bit values, implied scales) or 2.
+        query_bits: The prefilter's query weight bits written into a version 3 entry (1: Hamming).
     """
 
     def __init__(self, out_dir: str | os.PathLike, centre: np.ndarray,
-                 candidates: int = DEFAULT_CANDIDATES, version: int = TABLE_VERSION) -> None:
+                 candidates: int = DEFAULT_CANDIDATES, version: int = TABLE_VERSION,
+                 query_bits: int = DEFAULT_QUERY_BITS) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         if version not in TWOSTAGE_VERSIONS:
@@ -147,6 +159,7 @@ class TwoStageWriter:
         if not np.isfinite(self.centre).all():
             raise ValueError("the table centre holds NaN or infinity (a broken recipe tower output?)")
         self.dim = int(self.centre.shape[0])
+        self.query_bits = check_query_bits(query_bits, self.dim) if version == 3 else 1
         self.centre8, self.centre_scale = quantize_centre(self.centre) if version == 3 else (None, None)
         self.values_file = INT8N_FILE if version == 3 else INT7_FILE
         names = [self.values_file, CODES_FILE] + ([SCALES_FILE] if version == 2 else [])
@@ -185,7 +198,8 @@ class TwoStageWriter:
                       codes_file=CODES_FILE, codes_sha256=sha256_path(self.out_dir / CODES_FILE),
                       candidates=self.candidates)
         if self.version == 3:
-            return TableEntry(**common, centre=[int(v) for v in self.centre8], centre_scale=self.centre_scale)
+            return TableEntry(**common, centre=[int(v) for v in self.centre8], centre_scale=self.centre_scale,
+                              query_bits=self.query_bits)
         return TableEntry(**common, centre=[float(v) for v in self.centre], scales_file=SCALES_FILE,
                           scales_sha256=sha256_path(self.out_dir / SCALES_FILE))
 
@@ -202,10 +216,11 @@ class TwoStageWriter:
 
 def write_twostage_table(out_dir: str | os.PathLike, matrix: np.ndarray,
                          candidates: int = DEFAULT_CANDIDATES,
-                         chunk_rows: int = PREFILTER_CHUNK_ROWS, version: int = TABLE_VERSION) -> TableEntry:
+                         chunk_rows: int = PREFILTER_CHUNK_ROWS, version: int = TABLE_VERSION,
+                         query_bits: int = DEFAULT_QUERY_BITS) -> TableEntry:
     """Write a whole (N, D) float matrix as a two-stage table; returns its manifest entry."""
     matrix = np.asarray(matrix)
-    with TwoStageWriter(out_dir, table_centre(matrix), candidates, version) as writer:
+    with TwoStageWriter(out_dir, table_centre(matrix), candidates, version, query_bits) as writer:
         for start in range(0, len(matrix), chunk_rows):
             writer.append(matrix[start:start + chunk_rows])
         return writer.close()
@@ -236,35 +251,97 @@ def read_twostage_table(root: str | os.PathLike, entry: TableEntry) -> TwoStageT
     values = _memmap(root / entry.file, "u1", (entry.rows, magnitude8_bytes(entry.dim)))
     centre = (centre8 * entry.centre_scale).astype(np.float32)  # (D,)
     return TwoStageTable(codes=codes, values=values, scales=None, centre=centre, candidates=candidates, version=3,
-                         centre8=centre8, centre_scale=float(entry.centre_scale))
+                         centre8=centre8, centre_scale=float(entry.centre_scale),
+                         query_bits=int(entry.query_bits or 1))
 
 
-def hamming_distances(codes: np.ndarray, query_code: np.ndarray,
-                      chunk_rows: int = PREFILTER_CHUNK_ROWS) -> np.ndarray:
-    """(N,) popcount(codes[r] ^ query_code) of (N, W) codes and a (W,) code, chunked.
+def prefilter_distances(codes: np.ndarray, query_code: np.ndarray, planes: np.ndarray | None = None,
+                        chunk_rows: int = PREFILTER_CHUNK_ROWS) -> np.ndarray:
+    """(N,) distances of (N, W) codes to a (W,) query code, chunked.
 
-    uint8 distances for W <= 3 (at most 192 bits), uint16 below 65,536 bits, uint32 above.
+    Hamming, popcount(codes[r] ^ query_code), without `planes`; with (P, W) weight planes
+    (edge/table_codes.py `weight_planes`) the weighted distance
+    sum_k 2^k popcount((codes[r] ^ query_code) & planes[k]). uint8 distances up to 255, uint16 up to
+    65,535, uint32 above.
 
     The query code is tiled to the chunk's shape: a contiguous XOR runs 2-3x faster in numpy than
     one broadcast over a length-W inner axis.
     """
     rows, words = codes.shape
+    if planes is not None and words == 2 and sys.byteorder == "little":
+        return _weighted_distances_128(codes, query_code, planes, chunk_rows)
     chunk_rows = max(1, min(chunk_rows, rows))
     flat = np.asarray(codes).reshape(-1)  # (N W,), a view of the memmap
     tiled = np.tile(np.asarray(query_code, dtype=codes.dtype), chunk_rows)  # (C W,)
+    planes = [] if planes is None else [np.tile(np.asarray(p, dtype=codes.dtype), chunk_rows) for p in planes]
+    most = words * 64 * ((1 << len(planes)) - 1 if planes else 1)
+    dtype = np.uint8 if most <= 255 else np.uint16 if most <= 65535 else np.uint32
     xored = np.empty(chunk_rows * words, codes.dtype)  # (C W,)
+    masked = np.empty_like(xored) if planes else xored  # (C W,)
     counts = np.empty(chunk_rows * words, np.uint8)  # (C W,)
-    dtype = np.uint8 if words <= 3 else np.uint16 if words < 1024 else np.uint32
+    plane_sum = np.empty(chunk_rows, dtype)  # (C,)
     distances = np.empty(rows, dtype)  # (N,)
     for start in range(0, rows, chunk_rows):
         n = min(chunk_rows, rows - start) * words
-        np.bitwise_xor(flat[start * words:start * words + n], tiled[:n], out=xored[:n])
-        np.bitwise_count(xored[:n], out=counts[:n])
         out = distances[start:start + n // words]
-        np.copyto(out, counts[0:n:words])
-        for word in range(1, words):
-            np.add(out, counts[word:n:words], out=out, casting="unsafe")
+        np.bitwise_xor(flat[start * words:start * words + n], tiled[:n], out=xored[:n])
+        for weight, plane in enumerate(planes or [None]):
+            if plane is not None:
+                np.bitwise_and(xored[:n], plane[:n], out=masked[:n])
+            np.bitwise_count(masked[:n], out=counts[:n])
+            total = out if weight == 0 else plane_sum[:len(out)]  # this plane's count per row
+            np.copyto(total, counts[0:n:words], casting="unsafe")
+            for word in range(1, words):
+                np.add(total, counts[word:n:words], out=total, casting="unsafe")
+            if weight:  # plane k counts 2^k
+                np.left_shift(total, weight, out=total)
+                np.add(out, total, out=out)
     return distances
+
+
+def _weighted_distances_128(codes: np.ndarray, query_code: np.ndarray, planes: np.ndarray,
+                            chunk_rows: int) -> np.ndarray:
+    """`prefilter_distances` of 2-word codes (65..128 dims, the phone's case) with weight planes.
+
+    Every pass is contiguous: the P masked copies of a chunk are counted in one call, and each
+    row's two word counts of plane k, read as one uint16, are added as its low and high byte.
+    """
+    rows, bits = codes.shape[0], len(planes)
+    chunk_rows = max(1, min(chunk_rows, rows))
+    flat = np.asarray(codes).reshape(-1)  # (2 N,)
+    tiled = np.tile(np.asarray(query_code, np.uint64), chunk_rows)  # (2 C,)
+    tiled_planes = [np.tile(np.asarray(p, np.uint64), chunk_rows) for p in planes]  # P x (2 C,)
+    xored = np.empty(2 * chunk_rows, np.uint64)  # (2 C,)
+    masked = np.empty((bits, 2 * chunk_rows), np.uint64)  # (P, 2 C)
+    counts = np.empty((bits, 2 * chunk_rows), np.uint8)  # (P, 2 C)
+    plane_sums = np.empty((bits, chunk_rows), np.uint16)  # (P, C)
+    high = np.empty((bits, chunk_rows), np.uint16)  # (P, C)
+    distances = np.empty(rows, np.uint16)  # (N,)
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start)
+        np.bitwise_xor(flat[2 * start:2 * (start + n)], tiled[:2 * n], out=xored[:2 * n])
+        for k in range(bits):
+            np.bitwise_and(xored[:2 * n], tiled_planes[k][:2 * n], out=masked[k, :2 * n])
+        np.bitwise_count(masked[:, :2 * n], out=counts[:, :2 * n])
+        pairs = counts.view(np.uint16)[:, :n]  # (P, n): word 0's count + 256 x word 1's
+        np.right_shift(pairs, 8, out=high[:, :n])
+        np.bitwise_and(pairs, 0xFF, out=plane_sums[:, :n])
+        np.add(plane_sums[:, :n], high[:, :n], out=plane_sums[:, :n])  # (P, n) plane counts
+        out = distances[start:start + n]
+        np.copyto(out, plane_sums[0, :n])
+        for k in range(1, bits):  # plane k counts 2^k
+            np.left_shift(plane_sums[k, :n], k, out=plane_sums[k, :n])
+            np.add(out, plane_sums[k, :n], out=out)
+    return distances
+
+
+def query_prefilter(table: TwoStageTable, query: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (W,) sign code of x = query - centre and, for query_bits >= 2, its (P, W) weight planes."""
+    residual = (np.asarray(query, dtype=np.float32) - table.centre)  # (D,) float32
+    code = sign_codes(residual[None, :])[0]  # (W,)
+    if table.query_bits == 1:
+        return code, None
+    return code, weight_planes(query_weights(residual, table.query_bits), table.query_bits)
 
 
 def prefilter(distances: np.ndarray, n_keep: int) -> np.ndarray:
@@ -304,8 +381,8 @@ def search_one(table: TwoStageTable, query: np.ndarray, k: int, candidates: int 
     if k == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
     n_keep = min(table.rows, max(k, int(candidates or table.candidates)))
-    query_code = sign_codes((query - table.centre)[None, :])[0]  # (W,)
-    rows = prefilter(hamming_distances(table.codes, query_code, chunk_rows), n_keep)  # (C,)
+    query_code, planes = query_prefilter(table, query)  # (W,), (P, W) or None
+    rows = prefilter(prefilter_distances(table.codes, query_code, planes, chunk_rows), n_keep)  # (C,)
     query8, query_scale = quantize_query_int8(query)  # (D,) float64 integers, ()
     keys = rescore(table, rows, query8)  # (C,)
     order = np.lexsort((rows, -keys))[:k]  # key descending, then row ascending

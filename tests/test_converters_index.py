@@ -159,9 +159,13 @@ def test_index_cli_json(setup):
     assert two.exit_code == 0, two.output
     assert "int8n (64 bytes a recipe)" in two.output and (out / "table" / "table.sign.u64").is_file()
     few = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
-                                   "--shard-size", "16", "--table", "twostage", "--candidates", "7", "--json"])
+                                   "--shard-size", "16", "--table", "twostage", "--candidates", "7",
+                                   "--query-bits", "2", "--json"])
     assert few.exit_code == 0, few.output
-    assert json.loads(few.stdout)["table"]["candidates"] == 7
+    assert json.loads(few.stdout)["table"]["candidates"] == 7 and json.loads(few.stdout)["table"]["query_bits"] == 2
+    wide = CliRunner().invoke(app, ["index", "--teacher", str(run), "--recipes", str(data), "--out", str(out),
+                                    "--table", "twostage", "--query-bits", "5"])
+    assert wide.exit_code == 2 and "query-bits" in wide.output
 
 
 @pytest.mark.slow

@@ -26,13 +26,18 @@ from malm_edge.edge.table_codes import (
     quantize_query_int8,
     quantize_rows_int7,
     quantize_rows_int8n,
+    query_weights,
+    sign_bits,
     sign_codes,
     unpack_int7,
     unpack_int8n,
+    weight_planes,
 )
 from malm_edge.edge.twostage import (
     TwoStageTable,
     prefilter,
+    prefilter_distances,
+    query_prefilter,
     read_twostage_table,
     search_twostage,
     write_twostage_table,
@@ -58,12 +63,19 @@ def _naive_search(table_dir: Path, entry: TableEntry, query: np.ndarray, k: int,
     else:
         centre = np.asarray([np.float32(c * entry.centre_scale) for c in entry.centre], np.float32)
     query = np.asarray(query, np.float32)
-    positive = [bool((query[d] - centre[d]) > 0) for d in range(dim)]  # float32 subtraction
+    residual = [np.float32(query[d] - centre[d]) for d in range(dim)]  # float32 subtraction
+    positive = [bool(x > 0) for x in residual]
+    bits = entry.query_bits or 1
+    weights = [1] * dim
+    if bits > 1:  # P-bit magnitudes of the residual, float32 steps, Python's half-to-even round
+        most = np.float32(2 ** bits - 1)
+        step = np.float32(max(abs(x) for x in residual) / most)
+        weights = [min(int(most), round(float(np.float32(abs(x) / step)))) for x in residual]
 
     def bit(r: int, d: int) -> int:
         return (int(codes[r, d // 64]) >> (d % 64)) & 1
 
-    distance = [sum(bit(r, d) != positive[d] for d in range(dim)) for r in range(rows)]
+    distance = [sum(w for d, w in enumerate(weights) if bit(r, d) != positive[d]) for r in range(rows)]
     kept = sorted(range(rows), key=lambda r: (distance[r], r))[:max(k, candidates)]
     scale = np.float32(np.float32(np.abs(query).max()) / np.float32(127))
     query8 = [round(float(np.float32(v / scale))) for v in query]  # Python round: half to even
@@ -141,6 +153,47 @@ def test_query_quantization_rounds_half_to_even() -> None:
                                float(round(float(np.float32(np.float32(0.025) / scale))))]
 
 
+def test_query_weights_round_half_to_even_into_bit_planes() -> None:
+    residual = np.float32([0.3, -0.1, 0.05, 0.0, -0.15] + [0.0] * 65)  # (70,): 2 code words
+    assert query_weights(residual, 1).tolist() == [1] * 70  # plain Hamming
+    # s = 0.3 / 3 = 0.1: 0.05 / 0.1 = 0.5 and 0.15 / 0.1 = 1.5 round half to even
+    assert query_weights(residual, 2)[:5].tolist() == [3, 1, 0, 0, 2]
+    assert query_weights(residual, 4)[:5].tolist() == [15, 5, round(float(np.float32(0.05) / np.float32(0.02))), 0,
+                                                       round(float(np.float32(0.15) / np.float32(0.02)))]
+    assert query_weights(np.zeros(3, np.float32), 4).tolist() == [0, 0, 0]
+    planes = weight_planes(np.array([3, 1, 0, 2] + [1] * 66), 2)  # (2, 2) uint64
+    assert planes.shape == (2, 2) and planes.dtype == np.uint64
+    assert int(planes[0, 0]) & 0xF == 0b0011 and int(planes[1, 0]) & 0xF == 0b1001
+    assert int(planes[0, 1]) == (1 << 6) - 1 and int(planes[1, 1]) == 0  # dims 64..69
+
+
+def test_weighted_distances_are_sign_dots_with_the_quantised_residual(tmp_path) -> None:
+    matrix = _clustered(300, 70, seed=11)
+    table = read_twostage_table(tmp_path, write_twostage_table(tmp_path, matrix, query_bits=3))
+    query = _clustered(1, 70, seed=12)[0]
+    code, planes = query_prefilter(table, query)  # (2,), (3, 2)
+    residual = query - table.centre
+    weights = query_weights(residual, 3)  # (70,)
+    signs = np.where(sign_bits(table.codes, 70), 1, -1)  # (300, 70)
+    agreement = signs @ (np.where(residual > 0, 1, -1) * weights)  # sum_d sign_r sign_x w_d
+    distances = prefilter_distances(table.codes, code, planes, chunk_rows=64)
+    assert distances.dtype == np.uint16  # up to 7 x 70
+    np.testing.assert_array_equal(2 * distances.astype(np.int64), weights.sum() - agreement)
+
+
+def test_v3_tables_without_query_bits_keep_the_hamming_prefilter(tmp_path) -> None:
+    matrix = _clustered(500, 32, seed=13)
+    entry = write_twostage_table(tmp_path, matrix, candidates=20, query_bits=4)
+    old = TableEntry(**{**entry.__dict__, "query_bits": None})  # a bundle written before query_bits
+    assert "query_bits" not in old.to_dict() and read_twostage_table(tmp_path, old).query_bits == 1
+    queries = _clustered(6, 32, seed=14)
+    for query in queries:
+        assert search_twostage(read_twostage_table(tmp_path, old), query, 5)[0].tolist() == \
+            _naive_search(tmp_path, old, query, 5, 20)
+    with pytest.raises(ValueError, match=r"query_bits must be one of \(1, 2, 3, 4\), got 5"):
+        write_twostage_table(tmp_path / "bad", matrix, query_bits=5)
+
+
 def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
     distances = np.array([5, 1, 3, 3, 0, 3, 9, 3], np.uint16)
     assert prefilter(distances, 4).tolist() == [1, 2, 3, 4]  # 0, 1, then the first two 3s
@@ -148,14 +201,15 @@ def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
     assert prefilter(distances, 20).tolist() == list(range(8))
 
 
-@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 2), (3, 1), (2, 1)])
 @pytest.mark.parametrize("dim,candidates", [(16, 40), (70, 25), (128, 300)])
 def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, candidates: int,
-                                                          version: int) -> None:
+                                                          version: int, query_bits: int) -> None:
     matrix = _clustered(400, dim, seed=dim)
     matrix[[5, 9, 300]] = matrix[7]  # exact ties: four identical rows
-    entry = write_twostage_table(tmp_path, matrix, candidates=candidates, chunk_rows=128, version=version)
-    assert entry.version == version
+    entry = write_twostage_table(tmp_path, matrix, candidates=candidates, chunk_rows=128, version=version,
+                                 query_bits=query_bits)
+    assert entry.version == version and (entry.query_bits or 1) == query_bits
     table = read_twostage_table(tmp_path, entry)
     queries = np.concatenate([matrix[[7, 0, 123]], _clustered(5, dim, seed=99)])
     found, scores = search_twostage(table, queries, k=12)
@@ -274,6 +328,12 @@ def test_v1_table_entries_are_written_as_before(tmp_path) -> None:
     (lambda m: m["table"].pop("codes_file"), r"table version 3 needs table.codes_file"),
     (lambda m: m["table"].update(centre="0"), r"field 'table.centre' has type str"),
     (lambda m: m["table"].update(codes_sha256="0" * 64), "sha256 mismatch for table codes"),
+    (lambda m: m["table"].update(query_bits=5), r"table.query_bits must be one of \(1, 2, 3, 4\), got 5"),
+    (lambda m: m["table"].update(query_bits="4"), r"field 'table.query_bits' has type str"),
+    (lambda m: m["table"].update(query_bits=4, dim=4370, centre=[0] * 4370),
+     r"table.query_bits 4 is too wide for a 4370-d table"),
+    (lambda m: m["table"].update(version=2, dtype="int7", centre=[0.0] * 16, scales_file="s", scales_sha256="0"),
+     r"table.query_bits needs table version 3 \(this table is version 2\)"),
 ])
 def test_tampered_twostage_manifests_are_refused(twostage_bundle, tmp_path, edit, message) -> None:
     with pytest.raises(BundleError, match=message):

@@ -4,11 +4,15 @@ On the shared two-stage test table (tests/edge_bundle_fixture.py, table version 
 repeat rows 1 and 2, a 40-row prefilter over 200 rows) the page's JavaScript returns the same rows
 in the same order as edge/twostage.py for table rows (ties), blends and random queries, scores
 within 1e-5; a photo searched through the page ranks as `malm-edge search` does on that bundle;
-and a copy of the bundle whose table is rewritten as version 2 is still read and searched alike.
+copies of the bundle whose table is rewritten as version 2, or whose version 3 entry predates
+`query_bits` (the Hamming prefilter), are still read and searched alike; a bad `query_bits` is
+refused with edge's message.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +30,7 @@ from test_mobile_demo import (  # noqa: F401 - `browser` is a fixture
 )
 from test_native_twostage import K, parity_queries
 
-from malm_edge.edge.bundle import read_bundle
+from malm_edge.edge.bundle import BundleError, read_bundle
 from malm_edge.edge.demo_server import make_server
 from malm_edge.edge.table import open_bundle_table, search_topk
 
@@ -73,6 +77,27 @@ def v2_server_url(v2_bundle_dir: Path) -> Iterator[str]:
     yield from _serve(v2_bundle_dir)
 
 
+def _with_table_edit(bundle: Path, out: Path, edit) -> Path:  # noqa: ANN001
+    copy = Path(shutil.copytree(bundle, out))
+    manifest = copy / "manifest.json"
+    data = json.loads(manifest.read_text())
+    edit(data["table"])
+    manifest.write_text(json.dumps(data))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def hamming_bundle_dir(bundle_dir: Path, tmp_path_factory) -> Path:
+    """A copy of the shared bundle as written before `query_bits`: its v3 table keeps the Hamming prefilter."""
+    return _with_table_edit(bundle_dir, tmp_path_factory.mktemp("edge_bundle_hamming") / "bundle",
+                            lambda table: table.pop("query_bits"))
+
+
+@pytest.fixture(scope="module")
+def hamming_server_url(hamming_bundle_dir: Path) -> Iterator[str]:
+    yield from _serve(hamming_bundle_dir)
+
+
 def assert_page_ranks_like_edge(browser, server_url: str, bundle_dir: Path, version: int) -> None:  # noqa: ANN001
     """The whole page, loaded from `server_url`, returns edge's rows (ties included) and scores."""
     table = open_bundle_table(read_bundle(bundle_dir))
@@ -105,3 +130,35 @@ def test_photo_search_in_the_page_matches_edge(browser, server_url, bundle_dir) 
     for photo in _shared_photos()[:3]:
         assert_same_ranking(search_photo(page, photo), edge_search(photo, bundle_dir, "tiny_fp32_onnx"))
     context.close()
+
+
+def test_page_searches_a_version_3_table_without_query_bits_like_edge(browser, hamming_server_url,
+                                                                     hamming_bundle_dir) -> None:
+    assert open_bundle_table(read_bundle(hamming_bundle_dir)).query_bits == 1
+    assert_page_ranks_like_edge(browser, hamming_server_url, hamming_bundle_dir, version=3)
+
+
+MAKE_TABLE = """async (queryBits) => {
+  const { makeTwoStageTable } = await import('./js/twostage.js');
+  const t = (await (await fetch('bundle/manifest.json')).json()).table;
+  const get = async (file) => (await (await fetch('bundle/' + file)).arrayBuffer());
+  try {
+    makeTwoStageTable({ ...t, query_bits: queryBits }, await get(t.file), null, await get(t.codes_file));
+    return 'accepted';
+  } catch (err) {
+    return err.message;
+  }
+}"""
+
+
+@pytest.mark.parametrize("query_bits", [5, 0])
+def test_page_refuses_a_bad_query_bits_like_edge(browser, server_url, bundle_dir, tmp_path, query_bits: int) -> None:
+    tampered = _with_table_edit(bundle_dir, tmp_path / "bundle", lambda table: table.update(query_bits=query_bits))
+    with pytest.raises(BundleError) as caught:
+        read_bundle(tampered)
+    context = browser.new_context()
+    page = context.new_page()
+    open_ready(page, server_url)
+    message = page.evaluate(MAKE_TABLE, query_bits)
+    context.close()
+    assert str(caught.value).endswith(": " + message), (message, str(caught.value))

@@ -119,12 +119,16 @@ TAMPERINGS = {
     "codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
     "empty-scales-file": lambda d: d["table"].update(scales_file=""),
     "centre-too-long": lambda d: d["table"].update(centre=[127] * EMBED_DIM, centre_scale=0.1),
+    "query-bits-range": lambda d: d["table"].update(query_bits=5),
+    "query-bits-zero": lambda d: d["table"].update(query_bits=0),
+    "query-bits-type": lambda d: d["table"].update(query_bits="4"),
 }
 V2_TAMPERINGS = {  # the older format keeps its own checks
     "v2-dtype": lambda d: d["table"].update(dtype="int8n"),
     "v2-centre-length": lambda d: d["table"].update(centre=[0.5] * 3),
     "v2-no-scales": lambda d: d["table"].pop("scales_file"),
     "v2-codes-sha": lambda d: d["table"].update(codes_sha256="0" * 64),
+    "v2-query-bits": lambda d: d["table"].update(query_bits=4),
 }
 
 
@@ -144,10 +148,12 @@ def test_tampered_two_stage_tables_rejected_like_edge(build, bundle_dir, v2_bund
     assert done.stderr.strip().removeprefix("error: ") == str(caught.value)
 
 
-@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 3), (3, 2), (3, 1), (2, 1)])
 @pytest.mark.parametrize("dim", [64, 128, 200])
-def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int, version: int) -> None:
-    """`malm-edge-native table-search` on 64-d and 128-d (the vector kernels) and 200-d tables."""
+def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim: int, version: int,
+                                                           query_bits: int) -> None:
+    """`malm-edge-native table-search` on 64-d and 128-d (the vector kernels) and 200-d tables, with
+    each prefilter weighting."""
     from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
 
     rng = np.random.default_rng(dim)
@@ -155,7 +161,7 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     rows = centres[rng.integers(0, 8, 1003)] + 0.5 * rng.standard_normal((1003, dim))
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     rows[[10, 500, 1002]] = rows[7]  # ties
-    entry = write_twostage_table(tmp_path, rows, candidates=60, version=version)
+    entry = write_twostage_table(tmp_path, rows, candidates=60, version=version, query_bits=query_bits)
     (tmp_path / "table.json").write_text(json.dumps(entry.to_dict()))
     queries = np.concatenate([rows[[7, 3, 999]], rng.standard_normal((12, dim))]).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -168,7 +174,8 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     assert expected[0, :4].tolist() == [7, 10, 500, 1002]
 
 
-def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000, version: int = 3) -> tuple[object, np.ndarray]:
+def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000, version: int = 3,
+               query_bits: int = 4) -> tuple[object, np.ndarray]:
     """A table past the native sampled-limit size (16,384 rows, 64 x kept rows): a third of its rows
     one row (heavy distance and key ties), clustered rows elsewhere; (entry, queries)."""
     from malm_edge.edge.twostage import write_twostage_table
@@ -178,7 +185,7 @@ def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000, version: int 
     rows = centres[rng.integers(0, 8, n_rows)] + 0.5 * rng.standard_normal((n_rows, dim))
     rows[::3] = rows[1]
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-    entry = write_twostage_table(folder, rows, candidates=60, version=version)
+    entry = write_twostage_table(folder, rows, candidates=60, version=version, query_bits=query_bits)
     (folder / "table.json").write_text(json.dumps(entry.to_dict()))
     queries = np.concatenate([rows[[1, 2, 5, 19_999]], rows[[4, 8]] + rows[[7, 11]],
                               rng.standard_normal((6, dim))]).astype(np.float32)
@@ -199,16 +206,16 @@ def check_table_search(build: Path, folder: Path, entry: object, queries: np.nda
     assert json.loads(done.stdout)["rows"] == expected.tolist()
 
 
-@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 1), (2, 1)])
 @pytest.mark.parametrize("simd", ["", "1"], ids=["simd", "portable"])
 def test_table_search_matches_edge_on_large_tied_tables(build, tmp_path, monkeypatch, simd: str,
-                                                        version: int) -> None:
+                                                        version: int, query_bits: int) -> None:
     """The sampled limit, the vector kernels (or, with MALM_EDGE_DISABLE_SIMD, the portable ones),
     k > candidates and k == rows, against edge/ on 20,000 rows where a third tie."""
     monkeypatch.setenv("MALM_EDGE_DISABLE_SIMD", simd)
     for dim in (128, 200):
         folder = tmp_path / f"d{dim}"
-        entry, queries = tied_table(folder, dim, version=version)
+        entry, queries = tied_table(folder, dim, version=version, query_bits=query_bits)
         check_table_search(build, folder, entry, queries, K)
         check_table_search(build, folder, entry, queries, 300)  # k > candidates: 300 rows kept
         check_table_search(build, folder, entry, queries, K, candidates=250)

@@ -71,6 +71,10 @@ def convert(
         "rescoring, 128 bytes a 128-d recipe (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
                                             "(BENCHMARKS.md: 1000 holds recall@10 >= 0.95 at 1M recipes).")] = 1000,
+    query_bits: Annotated[int, typer.Option(min=1, max=4, help=(
+        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance). "
+        "More bits keep more of the true top-10 for photo queries and cost more scan time "
+        "(BENCHMARKS.md, \"Weighted prefilter\")."))] = 4,  # edge/twostage.py DEFAULT_QUERY_BITS
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
@@ -94,7 +98,8 @@ def convert(
     names = TARGETS if Target.all in target else tuple(t.value for t in target)
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
                              table_format=table_format.value, candidates=candidates,
-                             calibration=calibration, n_calibration=n_calibration, n_verify=n_verify,
+                             query_bits=query_bits, calibration=calibration, n_calibration=n_calibration,
+                             n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
                              report=report, progress=not as_json, allow_collapsed=allow_collapsed,
                              sign_key=sign)

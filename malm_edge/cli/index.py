@@ -29,7 +29,8 @@ class TableFormat(str, Enum):
 
 def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 8192,
               batch_size: int = 128, table_dtype: str = "int8", table_format: str = "exact",
-              candidates: int = 1000, finalize_table: bool = True, progress: bool = True) -> dict:
+              candidates: int = 1000, query_bits: int = 4, finalize_table: bool = True,
+              progress: bool = True) -> dict:
     """Build the shards (this process's share), then on rank 0 the table, catalog and quality."""
     import torch
 
@@ -52,13 +53,15 @@ def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 
         if finalize_table and world.is_main:
             table_dir = out / "table"
             entry, count = idx.finalize(out, recipes, table_dir, table_dtype=table_dtype,
-                                        table_format=table_format, candidates=candidates)
+                                        table_format=table_format, candidates=candidates,
+                                        query_bits=query_bits)
             queries = idx.teacher_image_queries(teacher, recipes)
             source = "teacher val image embeddings"
             if queries is None:
                 queries, source = idx.mixed_recipe_queries(out), "mixed recipe embeddings"
             summary["table"] = {"dir": str(table_dir), "rows": entry.rows, "dim": entry.dim,
                                 "catalog_rows": count, "candidates": entry.candidates,
+                                "query_bits": entry.query_bits,
                                 **idx.table_quality(out, table_dir, entry, queries), "queries": source}
         barrier()
     finally:
@@ -78,6 +81,10 @@ def index(
         "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
         "rescoring (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps.")] = 1000,
+    query_bits: Annotated[int, typer.Option(min=1, max=4, help=(
+        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance). "
+        "More bits keep more of the true top-10 for photo queries and cost more scan time "
+        "(BENCHMARKS.md, \"Weighted prefilter\")."))] = 4,  # edge/twostage.py DEFAULT_QUERY_BITS
     finalize: Annotated[bool, typer.Option(help="Write table + catalog into OUT/table when done.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
@@ -85,7 +92,7 @@ def index(
     summary = run_or_exit(lambda: run_index(teacher, recipes, out, shard_size=shard_size,
                                             batch_size=batch_size, table_dtype=table_dtype.value,
                                             table_format=table_format.value, candidates=candidates,
-                                            finalize_table=finalize, progress=not as_json))
+                                            query_bits=query_bits, finalize_table=finalize, progress=not as_json))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

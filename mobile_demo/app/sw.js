@@ -8,7 +8,7 @@
 // - bundle/manifest.json, and its signature and trusted key (js/signature.js): network first, the
 //   cached copy when offline (a cached signature must never pair with a newer manifest).
 // Only same-origin GET requests are handled; the app never asks any other host for anything.
-const SHELL_CACHE = "malm-edge-shell-v4";
+const SHELL_CACHE = "malm-edge-shell-v5";
 const BUNDLE_CACHE = "malm-edge-bundle";
 const SHELL = [
   "./",

@@ -281,6 +281,17 @@ TableEntry parse_table_v3(const Ctx& c, const json& raw, TableEntry t) {
     t.centre8.push_back(int32_t(v.get<int64_t>()));
     t.centre.push_back(float(double(t.centre8.back()) * centre_scale));  // as numpy's float32 cast
   }
+  if (present("query_bits")) {
+    const int64_t bits = require(c, raw, "query_bits", Kind::Int, where).get<int64_t>();
+    if (bits < 1 || bits > 4) {
+      bundle_error(c.src + ": table.query_bits must be one of (1, 2, 3, 4), got " + std::to_string(bits));
+    }
+    if (((int64_t(1) << bits) - 1) * t.dim > 65535) {  // uint16 distances (twostage.cc)
+      bundle_error(c.src + ": table.query_bits " + std::to_string(bits) + " is too wide for a " +
+                   std::to_string(t.dim) + "-d table: distances must stay <= 65535");
+    }
+    t.query_bits = int(bits);
+  }
   if (t.dim > 65535) bundle_error(c.src + ": table.dim above 65535 is not supported for table version 3");
   return t;
 }
@@ -300,6 +311,9 @@ TableEntry parse_table(const Ctx& c, const json& raw) {
   if (t.version < 1 || t.version > 3) {
     bundle_error(c.src + ": unknown table format version " + std::to_string(t.version) +
                  " (this reader supports table versions [1, 2, 3])");
+  }
+  if (raw.contains("query_bits") && !raw.at("query_bits").is_null() && t.version != 3) {
+    bundle_error(c.src + ": table.query_bits needs table version 3 (this table is version " + std::to_string(t.version) + ")");
   }
   if (t.version == 2) return parse_table_v2(c, raw, t);
   if (t.version == 3) return parse_table_v3(c, raw, t);

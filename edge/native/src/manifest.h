@@ -41,6 +41,7 @@ struct TableEntry {
   int64_t candidates = 0;                // versions 2 and 3: rows the prefilter keeps
   std::vector<int32_t> centre8;          // version 3: the manifest's `centre`, dim integers in -127..127
   double centre_scale = 0;               // version 3
+  int query_bits = 1;                    // version 3: the prefilter's query weight bits (1: Hamming)
 };
 
 struct CatalogEntry {

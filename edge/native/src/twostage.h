@@ -6,7 +6,8 @@
 //   sphere (exact integers A = v . centre8, B = v . v; float64, no fused multiply-add);
 // - version 2: 7-bit values and float32 per-row scales [rows].
 //
-// Search: Hamming distance (popcount of XOR) to the code of (query - centre); keep the
+// Search: distance to the code of x = query - centre, Hamming (popcount of XOR) or, with
+// query_bits P >= 2, weighted by x's P-bit magnitudes (sum_k 2^k popcount(XOR & plane_k)); keep the
 // max(k, candidates) rows of smallest distance, the lower rows at the boundary distance; rescore
 // them with the int8-quantised query as exact integer dots, key = double(v . q8) * s_r (v3) or
 // float(v . q8) * scale_r (v2); top-k by key, ties to the lower row. The same rows, in the same
@@ -24,10 +25,20 @@
 
 namespace malm {
 
-// Version 3's quantised centre: centre = scale x codes, codes in -127..127.
+// Version 3's quantised centre (centre = scale x codes, codes in -127..127) and prefilter weights.
 struct CentreCodes {
   std::vector<int32_t> codes;  // (dim,); empty for version 2
   double scale = 0;
+  int query_bits = 1;  // the prefilter's query weight bits: 1 Hamming, 2..4 weighted
+};
+
+// The query side of the prefilter: the sign code of x = query - centre and its weight planes.
+struct QueryCode {
+  std::vector<uint64_t> code;    // (words,)
+  std::vector<uint64_t> planes;  // (bits, words): bit k of every weight; empty: Hamming
+  size_t words = 0;
+  int bits = 1;
+  int max_distance = 0;  // the largest distance a row can have
 };
 
 class TwoStageTable : public SearchTable {
@@ -52,14 +63,15 @@ class TwoStageTable : public SearchTable {
 
  private:
   void set_layout(CentreCodes implied);
-  std::vector<int64_t> prefilter(const uint64_t* query_code, int64_t keep) const;
+  QueryCode query_code(const float* query) const;
+  std::vector<int64_t> prefilter(const QueryCode& query, int64_t keep) const;
   int32_t dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const;
   void prefetch_row(int64_t r) const;
   std::vector<Hit> rescore_v2(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
   std::vector<double> rescore_v3(const std::vector<int64_t>& rows, const std::vector<int16_t>& query8) const;
 
   int64_t rows_ = 0, candidates_ = 1000;
-  int version_ = 2;
+  int version_ = 2, query_bits_ = 1;
   size_t words_ = 1, nibble_bytes_ = 0, crumb_bytes_ = 0, value_bytes_ = 0;
   std::vector<float> centre_;
   std::vector<int8_t> centre8_;  // version 3: the centre codes, -127..127

@@ -1,7 +1,9 @@
 // Two-stage search over table format versions 3 and 2 (edge/twostage.py, edge/table_codes.py),
 // with typed arrays: the same rows, in the same order, as edge/ and the native core.
 //
-// 1. Hamming distance (popcount of XOR) of every row's sign code to the code of (query - centre).
+// 1. Distance of every row's sign code to the code of x = query - centre: Hamming (popcount of XOR),
+//    or with version 3's query_bits P >= 2 weighted by x's P-bit magnitudes w_d,
+//    sum_k 2^k popcount(XOR & plane_k) (edge/table_codes.py, "Weighted prefilter").
 // 2. Keep the max(k, candidates) rows of smallest distance, the lower rows at the boundary.
 // 3. Rescore them with q8, the int8-quantised query, and the row's values v (sign bit + magnitude):
 //    version 3, 8-bit values (7-bit magnitude), key = float64(v . q8) * s_r with s_r the implied
@@ -58,7 +60,14 @@ function centreV3(entry) {
     throw new Error("table.centre x table.centre_scale must be shorter than 1 (the mean of unit rows)");
   }
   const centre = Float32Array.from(centre8, (c) => Math.fround(c * centreScale));
-  return { centre8, centreScale, centre, radial: 1.0 - (centreScale * centreScale) * squares };
+  const queryBits = entry.query_bits ?? 1;
+  if (!Number.isInteger(queryBits) || queryBits < 1 || queryBits > 4) {
+    throw new Error(`table.query_bits must be one of (1, 2, 3, 4), got ${queryBits}`);
+  }
+  if (((1 << queryBits) - 1) * dim > 65535) {
+    throw new Error(`table.query_bits ${queryBits} is too wide for a ${dim}-d table: distances must stay <= 65535`);
+  }
+  return { centre8, centreScale, centre, radial: 1.0 - (centreScale * centreScale) * squares, queryBits };
 }
 
 /**
@@ -80,6 +89,7 @@ export function makeTwoStageTable(entry, values, scales, codes) {
   if (table.values.length !== rows * valueBytes) throw new Error(`${entry.file}: ${table.values.length} bytes, expected ${rows * valueBytes}`);
   if (table.codes.length !== rows * words * 2) throw new Error(`${entry.codes_file}: ${table.codes.length * 4} bytes, expected ${rows * words * 8}`);
   if (version === 3) return Object.assign(table, centreV3(entry));
+  if (entry.query_bits != null) throw new Error(`table.query_bits needs table version 3 (this table is version ${version})`);
   table.scales = new Float32Array(scales);
   table.centre = Float32Array.from(entry.centre);
   if (table.scales.length !== rows) throw new Error(`${entry.scales_file}: ${table.scales.length} scales, expected ${rows}`);
@@ -87,13 +97,45 @@ export function makeTwoStageTable(entry, values, scales, codes) {
   return table;
 }
 
-/** Rows of the `keep` smallest Hamming distances to `queryCode` (Uint32Array, 2 per word), ascending. */
-function prefilter(table, queryCode, keep) {
+/**
+ * The prefilter's query: the sign code of x = query - centre (Uint32Array, 2 per word) and, for
+ * query_bits P >= 2, P weight planes (bit k of w_d = min(M, rint(|x_d| / s)), s = fround(max|x| / M),
+ * M = 2^P - 1), as edge/table_codes.py `query_weights`.
+ */
+function queryCode(table, query) {
+  const { dim, centre, words } = table, bits = table.queryBits ?? 1;
+  const code = new Uint32Array(words * 2), residual = new Float32Array(dim);
+  let peak = 0;
+  for (let d = 0; d < dim; d++) {
+    residual[d] = query[d] - centre[d]; // float32, as numpy
+    if (residual[d] > 0) code[d >> 5] |= 1 << (d & 31);
+    peak = Math.max(peak, Math.abs(residual[d]));
+  }
+  if (bits === 1) return { code, planes: [], maxDistance: words * 64 };
+  const most = (1 << bits) - 1, scale = peak > 0 ? Math.fround(peak / most) : 1;
+  const planes = Array.from({ length: bits }, () => new Uint32Array(words * 2));
+  for (let d = 0; d < dim; d++) {
+    const weight = Math.min(most, roundHalfEven(Math.fround(Math.abs(residual[d]) / scale)));
+    for (let k = 0; k < bits; k++) if ((weight >> k) & 1) planes[k][d >> 5] |= 1 << (d & 31);
+  }
+  return { code, planes, maxDistance: most * dim };
+}
+
+/** Rows of the `keep` smallest distances to the query code (Hamming or weighted), ascending. */
+function prefilter(table, query, keep) {
   const { rows, codes } = table, halves = table.words * 2;
-  const distances = new Uint16Array(rows), histogram = new Int32Array(halves * 32 + 1);
+  const { code, planes, maxDistance } = query;
+  const distances = new Uint16Array(rows), histogram = new Int32Array(maxDistance + 1);
   for (let r = 0, base = 0; r < rows; r++, base += halves) {
     let d = 0;
-    for (let h = 0; h < halves; h++) d += popcount32(codes[base + h] ^ queryCode[h]);
+    if (planes.length === 0) {
+      for (let h = 0; h < halves; h++) d += popcount32(codes[base + h] ^ code[h]);
+    } else {
+      for (let h = 0; h < halves; h++) {
+        const x = codes[base + h] ^ code[h];
+        for (let k = 0; k < planes.length; k++) d += popcount32(x & planes[k][h]) << k;
+      }
+    }
     distances[r] = d;
     histogram[d]++;
   }
@@ -167,16 +209,14 @@ export function searchTwoStage(table, query, k = 5, candidates = table.candidate
   if (!query.every(Number.isFinite)) throw new Error("query embedding holds NaN or infinity");
   k = Math.max(0, Math.min(k, rows));
   if (k === 0) return { rows: [], scores: [] };
-  const queryCode = new Uint32Array(table.words * 2);
   let peak = 0, offset = 0;
   for (let d = 0; d < dim; d++) {
-    if (Math.fround(query[d] - centre[d]) > 0) queryCode[d >> 5] |= 1 << (d & 31);
     peak = Math.max(peak, Math.abs(query[d]));
     offset += centre[d] * query[d];
   }
   const scale = peak > 0 ? Math.fround(peak / 127) : 1;
   const query8 = Int32Array.from(query, (v) => roundHalfEven(Math.fround(v / scale)));
-  const kept = prefilter(table, queryCode, Math.min(rows, Math.max(k, candidates)));
+  const kept = prefilter(table, queryCode(table, query), Math.min(rows, Math.max(k, candidates)));
   const key = table.version === 3 ? keyV3 : keyV2, values = new Int32Array(dim);
   const hits = Array.from(kept, (r) => ({ row: r, key: key(table, r, decodeRow(table, r, values), query8) }));
   hits.sort((a, b) => {
