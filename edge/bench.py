@@ -80,14 +80,15 @@ def synthetic_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
 
 
 def synthetic_twostage_table(out_dir: Path, rows: int, dim: int, seed: int = 0,
-                             chunk_rows: int = DEFAULT_CHUNK_ROWS) -> TwoStageTable:
-    """A random two-stage table (the current two-stage version) of unit rows, written in chunks, memmapped.
+                             chunk_rows: int = DEFAULT_CHUNK_ROWS, query_bits: int = 1) -> TwoStageTable:
+    """A random two-stage table (the current two-stage version, the bundle's prefilter weighting) of
+    unit rows, written in chunks, memmapped.
 
     Its search cost does not depend on the values: every code is XOR-ed and counted, and the
     manifest's candidate count (1,000) is rescored whatever the rows.
     """
     rng = np.random.default_rng(seed)
-    with TwoStageWriter(out_dir, np.zeros(dim, np.float32)) as writer:
+    with TwoStageWriter(out_dir, np.zeros(dim, np.float32), query_bits=query_bits) as writer:
         for start in range(0, rows, chunk_rows):
             block = rng.standard_normal((min(chunk_rows, rows - start), dim), dtype=np.float32)
             writer.append(block / np.linalg.norm(block, axis=1, keepdims=True))
@@ -183,8 +184,12 @@ def run_bench(bundle_dir: str | os.PathLike, *, photo: str | os.PathLike | None 
     result["search"].append({"table": "bundle", **bench_search(open_bundle_table(bundle), k), **recall})
     for rows in synthetic_rows:
         with tempfile.TemporaryDirectory(prefix="malm_bench_") as scratch:
-            make = synthetic_twostage_table if bundle.manifest.table.version in (2, 3) else synthetic_table
-            table = make(Path(scratch), rows, bundle.manifest.embedding_dim)
+            entry = bundle.manifest.table
+            if entry.version in (2, 3):
+                table = synthetic_twostage_table(Path(scratch), rows, bundle.manifest.embedding_dim,
+                                                 query_bits=entry.query_bits or 1)
+            else:
+                table = synthetic_table(Path(scratch), rows, bundle.manifest.embedding_dim)
             result["search"].append({"table": f"synthetic_{rows}", **bench_search(table, k, 5),
                                      "recall_at_1": None, "recall_at_10": None})
             del table

@@ -162,3 +162,34 @@ def test_page_refuses_a_bad_query_bits_like_edge(browser, server_url, bundle_dir
     message = page.evaluate(MAKE_TABLE, query_bits)
     context.close()
     assert str(caught.value).endswith(": " + message), (message, str(caught.value))
+
+
+SEARCH_TABLE = """async ([entry, values, codes, queries, k]) => {
+  const { makeTwoStageTable, searchTwoStage } = await import('./js/twostage.js');
+  const table = makeTwoStageTable(entry, Uint8Array.from(values).buffer, null, Uint8Array.from(codes).buffer);
+  return queries.map((q) => searchTwoStage(table, Float32Array.from(q), k).rows);
+}"""
+
+
+@pytest.mark.parametrize("dim,query_bits", [(70, 4), (128, 3), (128, 1)])
+def test_page_searches_multi_word_tables_like_edge(browser, server_url, tmp_path, dim: int, query_bits: int) -> None:
+    """Codes of 2 words (the phone's 65..128 dims) and a partial last word, weighted and Hamming."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage, write_twostage_table
+
+    rng = np.random.default_rng(dim + query_bits)
+    rows = rng.standard_normal((8, dim))[rng.integers(0, 8, 600)] + 0.5 * rng.standard_normal((600, dim))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    rows[[10, 400]] = rows[7]  # ties
+    entry = write_twostage_table(tmp_path, rows, candidates=40, query_bits=query_bits)
+    queries = np.concatenate([rows[[7, 3]], rng.standard_normal((10, dim))]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
+    values = list((tmp_path / entry.file).read_bytes())
+    codes = list((tmp_path / entry.codes_file).read_bytes())
+    context = browser.new_context()
+    page = context.new_page()
+    open_ready(page, server_url)
+    found = page.evaluate(SEARCH_TABLE, [entry.to_dict(), values, codes, queries.tolist(), K])
+    context.close()
+    assert found == expected.tolist()
+    assert expected[0, :3].tolist() == [7, 10, 400]

@@ -236,52 +236,22 @@ int sample_limit(const uint64_t* codes, int64_t rows, const QueryCode& q, int64_
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-// 128-bit codes, 16 rows a step: VPOPCNTQ of the XOR, the two words of a row added within each
-// 128-bit lane, one signed compare against the limit; the branch is taken for a few rows in 1,000.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
-void scan_hamming_avx512(const uint64_t* codes, int64_t begin, int64_t end, const QueryCode& q, Candidates& kept) {
-  const uint64_t* query_code = q.code.data();
-  const __m512i query = _mm512_set_epi64(int64_t(query_code[1]), int64_t(query_code[0]), int64_t(query_code[1]),
-                                         int64_t(query_code[0]), int64_t(query_code[1]), int64_t(query_code[0]),
-                                         int64_t(query_code[1]), int64_t(query_code[0]));
-  __m512i limit = _mm512_set1_epi64(kept.limit);
-  int64_t r = begin;
-  for (; r + 16 <= end; r += 16) {
-    const uint64_t* row = codes + size_t(r) * 2;
-    const char* ahead = reinterpret_cast<const char*>(row) + kPrefetchBytes;
-    for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
-    uint32_t near = 0;  // bit 2j (and 2j + 1): row r + j within the limit
-    for (int v = 0; v < 4; ++v) {
-      __m512i counts = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row + 8 * v), query));  // (8,)
-      counts = _mm512_add_epi64(counts, _mm512_shuffle_epi32(counts, _MM_PERM_BADC));  // both words' sum
-      near |= uint32_t(_mm512_cmple_epi64_mask(counts, limit)) << (8 * v);
-    }
-    near &= 0x55555555u;
-    if (__builtin_expect(near != 0, 0)) {
-      for (; near; near &= near - 1) {
-        const int j = __builtin_ctz(near) / 2;
-        kept.add(r + j, row_distance(row + 2 * j, 2, query_code));
-      }
-      limit = _mm512_set1_epi64(kept.limit);
-    }
-  }
-  scan_portable(codes, r, end, q, kept);
-}
-
 __attribute__((target("avx512f")))
 inline __m512i word_pairs(const uint64_t* word) {  // (word[0], word[1]) in each 128-bit lane
   const int64_t w0 = int64_t(word[0]), w1 = int64_t(word[1]);
   return _mm512_set_epi64(w1, w0, w1, w0, w1, w0, w1, w0);
 }
 
-// The weighted distance of 128-bit codes, 16 rows a step: per plane k, VPOPCNTQ of XOR & plane_k
-// shifted by k, then as scan_hamming_avx512. (Adding the planes bitwise first, a ripple-carry
-// adder that needs P + 1 popcounts for 8 rows instead of 2 P for 4, measured no faster on Zen 4.)
+// 128-bit codes, 16 rows a step: VPOPCNTQ of the XOR (kBits = 0, Hamming) or the sum over planes k
+// of VPOPCNTQ(XOR & plane_k) << k (weighted), the two words of a row added within each 128-bit
+// lane, one signed compare against the limit; the branch is taken for a few rows in 1,000.
+// (Adding the planes bitwise first, a ripple-carry adder needing P + 1 popcounts for 8 rows instead
+// of 2 P for 4, measured no faster on Zen 4.)
 template <int kBits>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
-void scan_weighted_avx512(const uint64_t* codes, int64_t begin, int64_t end, const QueryCode& q, Candidates& kept) {
+void scan_codes_avx512(const uint64_t* codes, int64_t begin, int64_t end, const QueryCode& q, Candidates& kept) {
   const __m512i query = word_pairs(q.code.data());
-  __m512i planes[kBits];
+  __m512i planes[kBits > 0 ? kBits : 1];
   for (int k = 0; k < kBits; ++k) planes[k] = word_pairs(q.planes.data() + 2 * k);
   __m512i limit = _mm512_set1_epi64(kept.limit);
   int64_t r = begin;
@@ -292,9 +262,14 @@ void scan_weighted_avx512(const uint64_t* codes, int64_t begin, int64_t end, con
     uint32_t near = 0;  // bit 2j (and 2j + 1): row r + j within the limit
     for (int v = 0; v < 4; ++v) {
       const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(row + 8 * v), query);
-      __m512i counts = _mm512_popcnt_epi64(_mm512_and_si512(x, planes[0]));  // (8,)
-      for (int k = 1; k < kBits; ++k) {
-        counts = _mm512_add_epi64(counts, _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(x, planes[k])), k));
+      __m512i counts;  // (8,)
+      if constexpr (kBits == 0) {
+        counts = _mm512_popcnt_epi64(x);
+      } else {
+        counts = _mm512_popcnt_epi64(_mm512_and_si512(x, planes[0]));
+        for (int k = 1; k < kBits; ++k) {
+          counts = _mm512_add_epi64(counts, _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(x, planes[k])), k));
+        }
       }
       counts = _mm512_add_epi64(counts, _mm512_shuffle_epi32(counts, _MM_PERM_BADC));  // both words' sum
       near |= uint32_t(_mm512_cmple_epi64_mask(counts, limit)) << (8 * v);
@@ -314,10 +289,10 @@ void scan_weighted_avx512(const uint64_t* codes, int64_t begin, int64_t end, con
 void scan_avx512(const uint64_t* codes, int64_t begin, int64_t end, const QueryCode& q, Candidates& kept) {
   if (q.words != 2) return scan_portable(codes, begin, end, q, kept);
   switch (q.planes.empty() ? 1 : q.bits) {
-    case 2: return scan_weighted_avx512<2>(codes, begin, end, q, kept);
-    case 3: return scan_weighted_avx512<3>(codes, begin, end, q, kept);
-    case 4: return scan_weighted_avx512<4>(codes, begin, end, q, kept);
-    default: return scan_hamming_avx512(codes, begin, end, q, kept);
+    case 2: return scan_codes_avx512<2>(codes, begin, end, q, kept);
+    case 3: return scan_codes_avx512<3>(codes, begin, end, q, kept);
+    case 4: return scan_codes_avx512<4>(codes, begin, end, q, kept);
+    default: return scan_codes_avx512<0>(codes, begin, end, q, kept);
   }
 }
 
