@@ -341,6 +341,20 @@ def test_ema_update_moves_teacher_toward_student() -> None:
     assert distance_after < distance_before
 
 
+def test_ema_inference_embeds_with_the_teacher_encoder() -> None:
+    pixels = images(micro(), 2)
+    model = MALM(micro(ema_inference=True)).eval()
+    with torch.no_grad():
+        same = model.encode_images(pixels)  # teacher == student at start
+        for p in model.image_encoder.parameters():
+            p.add_(0.5)  # the student moves; the EMA teacher has not followed yet
+        torch.testing.assert_close(model.encode_images(pixels), same)
+        model.config.ema_inference = False
+        assert not torch.allclose(model.encode_images(pixels), same)
+    baseline = MALM(micro(ablation="baseline", ema_inference=True))  # no teacher: the student embeds
+    assert baseline.teacher is None and baseline.retrieval_image_encoder is baseline.image_encoder
+
+
 def test_encoders_normalised_deterministic_and_unmasked() -> None:
     config = micro()
     model = MALM(config).eval()

@@ -69,8 +69,9 @@ def convert(
     table_format: Annotated[TableFormat, typer.Option(
         "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
         "rescoring, 128 bytes a 128-d recipe (table v3).")] = TableFormat.exact,
-    candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps "
-                                            "(BENCHMARKS.md: 1000 holds recall@10 >= 0.95 at 1M recipes).")] = 1000,
+    candidates: Annotated[int, typer.Option(min=1, help=(
+        "--table twostage: rows the prefilter keeps (BENCHMARKS.md: 1000 holds recall@10 >= 0.95 at 1M "
+        "rows of text embeddings; photo queries against a trained teacher's 1M-recipe table need 2000)."))] = 1000,
     query_bits: Annotated[int, typer.Option(min=1, max=4, help=(
         "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance). "
         "More bits keep more of the true top-10 for photo queries and cost more scan time "

@@ -94,6 +94,14 @@ def train(
             help="L_itc on the masked student pass (ablation) or on an unmasked one (default).",
         ),
     ] = None,
+    ema_inference: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--ema-inference/--student-inference",
+            help="Embed photos for retrieval (validation, eval, distillation) with the EMA teacher's image "
+            "encoder, a running average of the student's weights, or with the student's.",
+        ),
+    ] = None,
     match_positions: Annotated[
         Optional[bool],
         typer.Option(help="Add the (projected) positional embedding to the patch tokens before ψ (default on)."),
@@ -217,6 +225,7 @@ def train(
                     "--seed": seed,
                     "--save-every": save_every,
                     "--itc-on-masked/--itc-on-full": itc_on_masked,
+                    "--ema-inference/--student-inference": ema_inference,
                     "--match-positions": match_positions,
                     "--predictor-input": predictor_input,
                     "--trunk-tuned-blocks": trunk_tuned_blocks,
@@ -233,6 +242,7 @@ def train(
             "lambda_dist": lambda_dist,
             "matching_negatives": matching_negatives,
             "itc_on_masked": itc_on_masked,
+            "ema_inference": ema_inference,
             "match_positions": match_positions,
             "predictor_input": predictor_input.value if predictor_input is not None else None,
             "trunk_tuned_blocks": trunk_tuned_blocks,

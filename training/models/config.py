@@ -70,6 +70,10 @@ class MalmConfig:
         predictor_heads: Heads of T.
         mask_ratio: Fraction of patches masked for the student (used by the `full` ablation).
         ema_momentum: Teacher EMA momentum: teacher = m * teacher + (1 - m) * student.
+        ema_inference: Embed images for retrieval (validation, `malm-edge eval`, distillation's
+            targets) with the EMA teacher's image encoder, a running average of the student's
+            weights over about 1 / (1 - m) steps, instead of the student's; the image head is the
+            student's. No effect without an EMA teacher (ablations without L_dist).
         temperature: Initial InfoNCE temperature τ.
         learnable_temperature: Learn τ (as CLIP's log logit scale) or keep it fixed.
         lambda_itm: Weight of L_GC + L_LC (Eq. 11).
@@ -133,6 +137,7 @@ class MalmConfig:
     # losses
     mask_ratio: float = 0.75
     ema_momentum: float = 0.999
+    ema_inference: bool = False
     temperature: float = 0.07
     learnable_temperature: bool = True
     lambda_itm: float = 1.0

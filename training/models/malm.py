@@ -178,8 +178,13 @@ class MALM(nn.Module):
         """(B, 3, S, S) normalised pixels (or the frozen trunk's output for them) -> (B, E)
         L2-normalised embeddings (no masking)."""
         inputs = self.tokens_input(pixels, trunk_features)
-        pooled = self.image_encoder(inputs)["pooled"]  # (B, D)
+        pooled = self.retrieval_image_encoder(inputs)["pooled"]  # (B, D)
         return F.normalize(self.image_head(pooled), dim=-1)
+
+    @property
+    def retrieval_image_encoder(self) -> nn.Module:
+        """The image encoder retrieval embeds with: the EMA teacher's with `ema_inference`, else the student's."""
+        return self.teacher if self.config.ema_inference and self.teacher is not None else self.image_encoder
 
     def encode_recipes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Recipe batch (see RecipeEncoder.forward) -> (B, E) L2-normalised embeddings."""
