@@ -51,7 +51,6 @@ from malm_edge.converters.verify import (
 from malm_edge.edge import bundle as eb
 from malm_edge.edge.catalog import CATALOG_FILE
 from malm_edge.edge.table import read_table
-from malm_edge.edge.twostage import DEFAULT_QUERY_BITS
 from malm_edge.edge.write_errors import guard_writes, write_failure_cause
 from malm_edge.training.configs import config_hash
 from malm_edge.training.harness.student import load_student
@@ -78,7 +77,8 @@ class ConvertOptions:
         table_dtype: "int8" (per-row scales) or "float16" (table "exact").
         table_format: "exact" (table version 1) or "twostage" (version 3, edge/twostage.py).
         candidates: Rows the two-stage prefilter keeps (two-stage tables).
-        query_bits: Bits of the two-stage prefilter's query weights (1: plain Hamming).
+        query_bits: Bits of the two-stage prefilter's query weights (1: plain Hamming; None: the
+            writer's default, 4 up to 4,369 dims).
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.
@@ -99,7 +99,7 @@ class ConvertOptions:
     table_dtype: str = "int8"
     table_format: str = "exact"
     candidates: int = 1000
-    query_bits: int = DEFAULT_QUERY_BITS
+    query_bits: int | None = None
     calibration: Path | None = None
     n_calibration: int = 64
     n_verify: int = 64

@@ -47,7 +47,7 @@ from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.safe_json import load_json_file
 from malm_edge.edge.table import EmbeddingTable, TableWriter, read_table, search_topk
-from malm_edge.edge.twostage import DEFAULT_CANDIDATES, DEFAULT_QUERY_BITS, TwoStageWriter
+from malm_edge.edge.twostage import DEFAULT_CANDIDATES, TwoStageWriter
 from malm_edge.edge.write_errors import guard_writes
 from malm_edge.training.data.canonical import iter_records, recipes_path
 from malm_edge.training.data.records import Recipe
@@ -275,7 +275,7 @@ def shard_centre(index_dir: Path) -> np.ndarray:
 
 
 def _table_writer(index_dir: Path, out_dir: Path, dim: int, table_dtype: str,
-                  table_format: str, candidates: int, query_bits: int) -> TableWriter | TwoStageWriter:
+                  table_format: str, candidates: int, query_bits: int | None) -> TableWriter | TwoStageWriter:
     if table_format not in TABLE_FORMATS:
         raise ValueError(f"table format {table_format!r}, expected one of {TABLE_FORMATS}")
     if table_format == "twostage":
@@ -285,7 +285,7 @@ def _table_writer(index_dir: Path, out_dir: Path, dim: int, table_dtype: str,
 
 def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_dir: str | os.PathLike,
              *, table_dtype: str = "int8", table_format: str = "exact",
-             candidates: int = DEFAULT_CANDIDATES, query_bits: int = DEFAULT_QUERY_BITS,
+             candidates: int = DEFAULT_CANDIDATES, query_bits: int | None = None,
              catalog_file: str = CATALOG_FILE) -> tuple[TableEntry, int]:
     """Stream the shards into the table files and the catalog (same order), in one pass.
 
@@ -297,7 +297,8 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
         table_format: "exact" (table version 1, `table_dtype` rows) or "twostage" (table version
             3: sign-bit prefilter + 8-bit rescoring of unit-length rows, edge/twostage.py).
         candidates: Rows the two-stage prefilter keeps (written into the manifest).
-        query_bits: Bits of the two-stage prefilter's query weights (written into the manifest).
+        query_bits: Bits of the two-stage prefilter's query weights (written into the manifest;
+            None: the writer's default, 4 up to 4,369 dims).
         catalog_file: Catalog file name inside `out_dir`.
 
     Returns:

@@ -235,10 +235,10 @@ class TableEntry:
                 raw.pop(key)
         if self.version < 3:
             raw.pop("centre_scale")
-        if self.query_bits is None:
-            raw.pop("query_bits")
         else:
             del raw["scales_file"], raw["scales_sha256"]
+        if self.query_bits is None:
+            raw.pop("query_bits")
         return raw
 
 

@@ -178,6 +178,11 @@ def check_query_bits(bits: object, dim: int) -> int:
     return bits
 
 
+def default_query_bits(dim: int) -> int:
+    """The writer's query_bits for a `dim`-wide table: 4, or the most that keeps distances <= MAX_DISTANCE."""
+    return max(bits for bits in QUERY_BITS if bits == 1 or ((1 << bits) - 1) * dim <= MAX_DISTANCE)
+
+
 def query_weights(residual: np.ndarray, bits: int) -> np.ndarray:
     """(D,) float32 x = q - c -> (D,) int64 prefilter weights in 0..2^bits - 1 (all 1 for bits = 1)."""
     residual = np.asarray(residual, dtype=np.float32)  # (D,)
@@ -186,7 +191,9 @@ def query_weights(residual: np.ndarray, bits: int) -> np.ndarray:
     most = np.float32((1 << bits) - 1)
     magnitude = np.abs(residual)  # (D,)
     peak = np.float32(magnitude.max()) if magnitude.size else np.float32(0)
-    scale = np.float32(peak / most) if peak > 0 else np.float32(1)
+    scale = np.float32(peak / most)
+    if not scale > 0:  # a zero residual, or one so small its step underflows: every weight 0
+        scale = np.float32(1)
     return np.minimum(np.rint(magnitude / scale), most).astype(np.int64)
 
 

@@ -44,6 +44,7 @@ from malm_edge.edge.staged_files import StagedFiles
 from malm_edge.edge.table_codes import (
     check_query_bits,
     code_words,
+    default_query_bits,
     implied_scales,
     magnitude8_bytes,
     magnitude_bytes,
@@ -66,7 +67,7 @@ INT7_FILE = "table.i7"
 INT8N_FILE = "table.i8n"
 SCALES_FILE = "table.scales.f32"
 DEFAULT_CANDIDATES = 1000
-DEFAULT_QUERY_BITS = 4  # the writer's weighted prefilter (BENCHMARKS.md, "Weighted prefilter")
+DEFAULT_QUERY_BITS = 4  # the writer's weighted prefilter (BENCHMARKS.md, "Weighted prefilter"), up to 4,369 dims
 PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
 UNIT_TOLERANCE = 1e-3  # how far from length 1 a version 3 row may be
 
@@ -144,12 +145,13 @@ class TwoStageWriter:
         centre: (D,) float32 centre, known before the first row (a first pass over the rows).
         candidates: The prefilter's default candidate count, written into the entry.
         version: Table format version: 3 (unit-length rows, 8-bit values, implied scales) or 2.
-        query_bits: The prefilter's query weight bits written into a version 3 entry (1: Hamming).
+        query_bits: The prefilter's query weight bits written into a version 3 entry (1: Hamming;
+            default DEFAULT_QUERY_BITS, or fewer where a wider table's distances would not fit).
     """
 
     def __init__(self, out_dir: str | os.PathLike, centre: np.ndarray,
                  candidates: int = DEFAULT_CANDIDATES, version: int = TABLE_VERSION,
-                 query_bits: int = DEFAULT_QUERY_BITS) -> None:
+                 query_bits: int | None = None) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         if version not in TWOSTAGE_VERSIONS:
@@ -159,7 +161,8 @@ class TwoStageWriter:
         if not np.isfinite(self.centre).all():
             raise ValueError("the table centre holds NaN or infinity (a broken recipe tower output?)")
         self.dim = int(self.centre.shape[0])
-        self.query_bits = check_query_bits(query_bits, self.dim) if version == 3 else 1
+        bits = default_query_bits(self.dim) if query_bits is None else query_bits
+        self.query_bits = check_query_bits(bits, self.dim) if version == 3 else 1
         self.centre8, self.centre_scale = quantize_centre(self.centre) if version == 3 else (None, None)
         self.values_file = INT8N_FILE if version == 3 else INT7_FILE
         names = [self.values_file, CODES_FILE] + ([SCALES_FILE] if version == 2 else [])
@@ -217,7 +220,7 @@ class TwoStageWriter:
 def write_twostage_table(out_dir: str | os.PathLike, matrix: np.ndarray,
                          candidates: int = DEFAULT_CANDIDATES,
                          chunk_rows: int = PREFILTER_CHUNK_ROWS, version: int = TABLE_VERSION,
-                         query_bits: int = DEFAULT_QUERY_BITS) -> TableEntry:
+                         query_bits: int | None = None) -> TableEntry:
     """Write a whole (N, D) float matrix as a two-stage table; returns its manifest entry."""
     matrix = np.asarray(matrix)
     with TwoStageWriter(out_dir, table_centre(matrix), candidates, version, query_bits) as writer:
@@ -252,7 +255,7 @@ def read_twostage_table(root: str | os.PathLike, entry: TableEntry) -> TwoStageT
     centre = (centre8 * entry.centre_scale).astype(np.float32)  # (D,)
     return TwoStageTable(codes=codes, values=values, scales=None, centre=centre, candidates=candidates, version=3,
                          centre8=centre8, centre_scale=float(entry.centre_scale),
-                         query_bits=int(entry.query_bits or 1))
+                         query_bits=check_query_bits(1 if entry.query_bits is None else entry.query_bits, entry.dim))
 
 
 def prefilter_distances(codes: np.ndarray, query_code: np.ndarray, planes: np.ndarray | None = None,

@@ -70,6 +70,7 @@ def _naive_search(table_dir: Path, entry: TableEntry, query: np.ndarray, k: int,
     if bits > 1:  # P-bit magnitudes of the residual, float32 steps, Python's half-to-even round
         most = np.float32(2 ** bits - 1)
         step = np.float32(max(abs(x) for x in residual) / most)
+        step = step if step > 0 else np.float32(1)  # a zero residual: every weight 0
         weights = [min(int(most), round(float(np.float32(abs(x) / step)))) for x in residual]
 
     def bit(r: int, d: int) -> int:
@@ -161,6 +162,7 @@ def test_query_weights_round_half_to_even_into_bit_planes() -> None:
     assert query_weights(residual, 4)[:5].tolist() == [15, 5, round(float(np.float32(0.05) / np.float32(0.02))), 0,
                                                        round(float(np.float32(0.15) / np.float32(0.02)))]
     assert query_weights(np.zeros(3, np.float32), 4).tolist() == [0, 0, 0]
+    assert query_weights(np.float32([1e-45, -1e-45, 0]), 4).tolist() == [0, 0, 0]  # the step underflows
     planes = weight_planes(np.array([3, 1, 0, 2] + [1] * 66), 2)  # (2, 2) uint64
     assert planes.shape == (2, 2) and planes.dtype == np.uint64
     assert int(planes[0, 0]) & 0xF == 0b0011 and int(planes[1, 0]) & 0xF == 0b1001
@@ -186,12 +188,17 @@ def test_v3_tables_without_query_bits_keep_the_hamming_prefilter(tmp_path) -> No
     entry = write_twostage_table(tmp_path, matrix, candidates=20, query_bits=4)
     old = TableEntry(**{**entry.__dict__, "query_bits": None})  # a bundle written before query_bits
     assert "query_bits" not in old.to_dict() and read_twostage_table(tmp_path, old).query_bits == 1
+    assert set(old.to_dict()) == set(entry.to_dict()) - {"query_bits"}  # and no scales fields
     queries = _clustered(6, 32, seed=14)
     for query in queries:
         assert search_twostage(read_twostage_table(tmp_path, old), query, 5)[0].tolist() == \
             _naive_search(tmp_path, old, query, 5, 20)
     with pytest.raises(ValueError, match=r"query_bits must be one of \(1, 2, 3, 4\), got 5"):
         write_twostage_table(tmp_path / "bad", matrix, query_bits=5)
+    with pytest.raises(ValueError, match=r"query_bits must be one of"):
+        read_twostage_table(tmp_path, TableEntry(**{**entry.__dict__, "query_bits": 0}))
+    wide = np.eye(4370, dtype=np.float32)[:3]  # (2^4 - 1) x 4370 > 65535: the default drops to 3 bits
+    assert write_twostage_table(tmp_path / "wide", wide).query_bits == 3
 
 
 def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
@@ -202,7 +209,7 @@ def test_prefilter_keeps_the_lowest_rows_at_the_boundary_distance() -> None:
 
 
 @pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 2), (3, 1), (2, 1)])
-@pytest.mark.parametrize("dim,candidates", [(16, 40), (70, 25), (128, 300)])
+@pytest.mark.parametrize("dim,candidates", [(16, 40), (70, 25), (128, 300), (200, 30)])
 def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, candidates: int,
                                                           version: int, query_bits: int) -> None:
     matrix = _clustered(400, dim, seed=dim)
@@ -211,9 +218,9 @@ def test_search_matches_the_naive_reference_ties_included(tmp_path, dim: int, ca
                                  query_bits=query_bits)
     assert entry.version == version and (entry.query_bits or 1) == query_bits
     table = read_twostage_table(tmp_path, entry)
-    queries = np.concatenate([matrix[[7, 0, 123]], _clustered(5, dim, seed=99)])
-    found, scores = search_twostage(table, queries, k=12)
-    assert found.shape == (8, 12) and scores.dtype == np.float32
+    queries = np.concatenate([matrix[[7, 0, 123]], _clustered(5, dim, seed=99), table.centre[None]])
+    found, scores = search_twostage(table, queries, k=12)  # the last: a zero residual
+    assert found.shape == (9, 12) and scores.dtype == np.float32
     for query, rows in zip(queries, found):
         assert rows.tolist() == _naive_search(tmp_path, entry, query, 12, candidates)
     assert found[0, :4].tolist() == [5, 7, 9, 300]  # the tie goes to the lower rows, in order

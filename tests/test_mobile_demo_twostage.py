@@ -138,31 +138,35 @@ def test_page_searches_a_version_3_table_without_query_bits_like_edge(browser, h
     assert_page_ranks_like_edge(browser, hamming_server_url, hamming_bundle_dir, version=3)
 
 
-MAKE_TABLE = """async (queryBits) => {
+MAKE_TABLE = """async (edit) => {
   const { makeTwoStageTable } = await import('./js/twostage.js');
-  const t = (await (await fetch('bundle/manifest.json')).json()).table;
+  const { bundleFiles, chooseEncoder } = await import('./js/bundle.js');
+  const manifest = await (await fetch('bundle/manifest.json')).json();
+  const t = { ...manifest.table, ...edit };
   const get = async (file) => (await (await fetch('bundle/' + file)).arrayBuffer());
   try {
-    makeTwoStageTable({ ...t, query_bits: queryBits }, await get(t.file), null, await get(t.codes_file));
+    bundleFiles({ ...manifest, table: t }, chooseEncoder(manifest));
+    makeTwoStageTable(t, await get(t.file), null, await get(t.codes_file));
     return 'accepted';
   } catch (err) {
-    return err.message;
+    return err.message.replace(/^.*manifest[.]json: /, '');
   }
 }"""
 
 
-@pytest.mark.parametrize("query_bits", [5, 0])
-def test_page_refuses_a_bad_query_bits_like_edge(browser, server_url, bundle_dir, tmp_path, query_bits: int) -> None:
-    tampered = _with_table_edit(bundle_dir, tmp_path / "bundle", lambda table: table.update(query_bits=query_bits))
+@pytest.mark.parametrize("edit", [{"query_bits": 5}, {"query_bits": 0}, {"query_bits": "4"}, {"query_bits": True},
+                                  {"query_bits": 2.5}, {"query_bits": 4, "version": 1, "dtype": "int8"}],
+                         ids=["range", "zero", "str", "bool", "float", "version-1"])
+def test_page_refuses_a_bad_query_bits_like_edge(browser, server_url, bundle_dir, tmp_path, edit: dict) -> None:
+    tampered = _with_table_edit(bundle_dir, tmp_path / "bundle", lambda table: table.update(edit))
     with pytest.raises(BundleError) as caught:
         read_bundle(tampered)
     context = browser.new_context()
     page = context.new_page()
     open_ready(page, server_url)
-    message = page.evaluate(MAKE_TABLE, query_bits)
+    message = page.evaluate(MAKE_TABLE, edit)
     context.close()
     assert str(caught.value).endswith(": " + message), (message, str(caught.value))
-
 
 SEARCH_TABLE = """async ([entry, values, codes, queries, k]) => {
   const { makeTwoStageTable, searchTwoStage } = await import('./js/twostage.js');

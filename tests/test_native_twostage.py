@@ -165,6 +165,8 @@ def test_table_search_command_matches_edge_at_phone_widths(build, tmp_path, dim:
     (tmp_path / "table.json").write_text(json.dumps(entry.to_dict()))
     queries = np.concatenate([rows[[7, 3, 999]], rng.standard_normal((12, dim))]).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    centre = read_twostage_table(tmp_path, entry).centre  # a zero residual: every weight 0
+    queries = np.concatenate([queries, centre[None]]).astype(np.float32)
     queries.astype("<f4").tofile(tmp_path / "queries.f32")
     done = run_cli(build, "table-search", "--table", str(tmp_path), "--queries", str(tmp_path / "queries.f32"),
                    "--top-k", str(K))

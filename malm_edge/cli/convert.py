@@ -72,10 +72,10 @@ def convert(
     candidates: Annotated[int, typer.Option(min=1, help=(
         "--table twostage: rows the prefilter keeps (BENCHMARKS.md: 1000 holds recall@10 >= 0.95 at 1M "
         "rows of text embeddings; photo queries against a trained teacher's 1M-recipe table need 2000)."))] = 1000,
-    query_bits: Annotated[int, typer.Option(min=1, max=4, help=(
-        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance). "
-        "More bits keep more of the true top-10 for photo queries and cost more scan time "
-        "(BENCHMARKS.md, \"Weighted prefilter\")."))] = 4,  # edge/twostage.py DEFAULT_QUERY_BITS
+    query_bits: Annotated[Optional[int], typer.Option(min=1, max=4, help=(
+        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance; "
+        "default 4, fewer above 4,369 dims). More bits keep more of the true top-10 for photo "
+        "queries and cost more scan time (BENCHMARKS.md, \"Weighted prefilter\")."))] = None,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -29,7 +29,7 @@ class TableFormat(str, Enum):
 
 def run_index(teacher_run: Path, recipes: Path, out: Path, *, shard_size: int = 8192,
               batch_size: int = 128, table_dtype: str = "int8", table_format: str = "exact",
-              candidates: int = 1000, query_bits: int = 4, finalize_table: bool = True,
+              candidates: int = 1000, query_bits: int | None = None, finalize_table: bool = True,
               progress: bool = True) -> dict:
     """Build the shards (this process's share), then on rank 0 the table, catalog and quality."""
     import torch
@@ -81,10 +81,10 @@ def index(
         "--table", help="exact: every row scored (table v1); twostage: sign-bit prefilter + 8-bit "
         "rescoring (table v3).")] = TableFormat.exact,
     candidates: Annotated[int, typer.Option(min=1, help="--table twostage: rows the prefilter keeps.")] = 1000,
-    query_bits: Annotated[int, typer.Option(min=1, max=4, help=(
-        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance). "
-        "More bits keep more of the true top-10 for photo queries and cost more scan time "
-        "(BENCHMARKS.md, \"Weighted prefilter\")."))] = 4,  # edge/twostage.py DEFAULT_QUERY_BITS
+    query_bits: Annotated[Optional[int], typer.Option(min=1, max=4, help=(
+        "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance; "
+        "default 4, fewer above 4,369 dims). More bits keep more of the true top-10 for photo "
+        "queries and cost more scan time (BENCHMARKS.md, \"Weighted prefilter\")."))] = None,
     finalize: Annotated[bool, typer.Option(help="Write table + catalog into OUT/table when done.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:

@@ -514,7 +514,8 @@ QueryCode TwoStageTable::query_code(const float* query) const {
     return q;
   }
   const float most = float((1 << query_bits_) - 1);
-  const float scale = peak > 0 ? peak / most : 1.0f;
+  float scale = peak / most;
+  if (!(scale > 0)) scale = 1.0f;  // a zero residual, or one whose step underflows: every weight 0
   q.planes.assign(size_t(query_bits_) * words_, 0);
   for (size_t d = 0; d < dim; ++d) {
     const int weight = int(std::min(most, std::nearbyint(std::fabs(residual[d]) / scale)));  // half to even

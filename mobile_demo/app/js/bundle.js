@@ -19,6 +19,14 @@ export function chooseEncoder(manifest, wanted = null) {
   return entry;
 }
 
+/** The name Python gives a decoded JSON value's type (edge/bundle.py's messages). */
+function pythonType(value) {
+  if (typeof value === "string") return "str";
+  if (typeof value === "boolean") return "bool";
+  if (typeof value === "number") return Number.isInteger(value) ? "int" : "float";
+  return Array.isArray(value) ? "list" : "dict";
+}
+
 /** Table format versions the page reads: 1 exact rows (js/topk.js); 2 and 3 sign codes + 7- / 8-bit rows (js/twostage.js). */
 const TABLE_VERSIONS = [1, 2, 3];
 
@@ -31,6 +39,14 @@ function checkTableEntry(table) {
   const version = table.version ?? 1;
   if (!TABLE_VERSIONS.includes(version)) {
     throw new Error(`${MANIFEST_URL}: unknown table format version ${version} (this reader supports table versions [${TABLE_VERSIONS.join(", ")}])`);
+  }
+  if (table.query_bits != null) {
+    if (version !== 3) {
+      throw new Error(`${MANIFEST_URL}: table.query_bits needs table version 3 (this table is version ${version})`);
+    }
+    if (!Number.isInteger(table.query_bits)) {
+      throw new Error(`${MANIFEST_URL}: field 'table.query_bits' has type ${pythonType(table.query_bits)}, expected <class 'int'>`);
+    }
   }
   if (version !== 3) return;
   const missing = ["codes_file", "codes_sha256", "centre", "centre_scale", "candidates"].filter((key) => table[key] == null);

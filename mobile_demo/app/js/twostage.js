@@ -89,7 +89,6 @@ export function makeTwoStageTable(entry, values, scales, codes) {
   if (table.values.length !== rows * valueBytes) throw new Error(`${entry.file}: ${table.values.length} bytes, expected ${rows * valueBytes}`);
   if (table.codes.length !== rows * words * 2) throw new Error(`${entry.codes_file}: ${table.codes.length * 4} bytes, expected ${rows * words * 8}`);
   if (version === 3) return Object.assign(table, centreV3(entry));
-  if (entry.query_bits != null) throw new Error(`table.query_bits needs table version 3 (this table is version ${version})`);
   table.scales = new Float32Array(scales);
   table.centre = Float32Array.from(entry.centre);
   if (table.scales.length !== rows) throw new Error(`${entry.scales_file}: ${table.scales.length} scales, expected ${rows}`);
@@ -112,7 +111,9 @@ function queryCode(table, query) {
     peak = Math.max(peak, Math.abs(residual[d]));
   }
   if (bits === 1) return { code, planes: [], maxDistance: words * 64 };
-  const most = (1 << bits) - 1, scale = peak > 0 ? Math.fround(peak / most) : 1;
+  const most = (1 << bits) - 1;
+  let scale = Math.fround(peak / most);
+  if (!(scale > 0)) scale = 1; // a zero residual, or one whose step underflows: every weight 0
   const planes = Array.from({ length: bits }, () => new Uint32Array(words * 2));
   for (let d = 0; d < dim; d++) {
     const weight = Math.min(most, roundHalfEven(Math.fround(Math.abs(residual[d]) / scale)));
