@@ -166,6 +166,7 @@ def quantize_query_int8(query: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 
 QUERY_BITS = (1, 2, 3, 4)  # weight bits of the weighted prefilter; 1: plain Hamming
+DEFAULT_QUERY_BITS = 4  # the writer's (BENCHMARKS.md, "Weighted prefilter"), up to 4,369 dims
 MAX_DISTANCE = 65535  # (2^P - 1) * D must fit: the native core counts distances in uint16
 
 
@@ -179,8 +180,10 @@ def check_query_bits(bits: object, dim: int) -> int:
 
 
 def default_query_bits(dim: int) -> int:
-    """The writer's query_bits for a `dim`-wide table: 4, or the most that keeps distances <= MAX_DISTANCE."""
-    return max(bits for bits in QUERY_BITS if bits == 1 or ((1 << bits) - 1) * dim <= MAX_DISTANCE)
+    """The writer's query_bits for a `dim`-wide table: DEFAULT_QUERY_BITS, or fewer where distances would
+    pass MAX_DISTANCE."""
+    fitting = [b for b in QUERY_BITS if b <= DEFAULT_QUERY_BITS and ((1 << b) - 1) * dim <= MAX_DISTANCE]
+    return max(fitting, default=1)
 
 
 def query_weights(residual: np.ndarray, bits: int) -> np.ndarray:

@@ -67,7 +67,6 @@ INT7_FILE = "table.i7"
 INT8N_FILE = "table.i8n"
 SCALES_FILE = "table.scales.f32"
 DEFAULT_CANDIDATES = 1000
-DEFAULT_QUERY_BITS = 4  # the writer's weighted prefilter (BENCHMARKS.md, "Weighted prefilter"), up to 4,369 dims
 PREFILTER_CHUNK_ROWS = 1 << 14  # 256 KiB of 128-bit codes: the XOR buffers stay in L2
 UNIT_TOLERANCE = 1e-3  # how far from length 1 a version 3 row may be
 
@@ -146,7 +145,7 @@ class TwoStageWriter:
         candidates: The prefilter's default candidate count, written into the entry.
         version: Table format version: 3 (unit-length rows, 8-bit values, implied scales) or 2.
         query_bits: The prefilter's query weight bits written into a version 3 entry (1: Hamming;
-            default DEFAULT_QUERY_BITS, or fewer where a wider table's distances would not fit).
+            default: edge/table_codes.py `default_query_bits`).
     """
 
     def __init__(self, out_dir: str | os.PathLike, centre: np.ndarray,

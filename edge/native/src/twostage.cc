@@ -660,36 +660,37 @@ std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, con
 
 std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
                                               const std::vector<int16_t>& query8) const {
-  const size_t dim = centre_.size(), code_bytes = words_ * 8, row_bytes = code_bytes + value_bytes_;
+  const size_t dim = centre_.size(), code_bytes = words_ * 8;
+  const size_t stride = words_ + (value_bytes_ + 7) / 8;  // uint64 words a gathered row: codes stay aligned
   const std::vector<int8_t> q8(query8.begin(), query8.end());  // |q8| <= 127
 #if MALM_X86_KERNELS
   const bool vector_dot = kAvx512 && dim % 64 == 0;
 #endif
   // Gather the candidates' codes and magnitudes first: the copies are independent loads, so the
   // CPU overlaps their cache misses (the rows are scattered over the table), which the dot loop,
-  // one row after another, did not (measured: 3x faster at 1,000 candidates of a 1M-row table).
-  std::vector<uint8_t> gathered(rows.size() * row_bytes);
+  // one row after another, did not (the whole search at 1,000 candidates of a 1M-row table: 0.70-0.78
+  // ms against 0.99-1.07, BENCHMARKS.md).
+  std::vector<uint64_t> gathered(rows.size() * stride);
   for (size_t i = 0; i < rows.size(); ++i) {
-    uint8_t* out = gathered.data() + i * row_bytes;
+    uint64_t* out = gathered.data() + i * stride;
     std::memcpy(out, codes_ + size_t(rows[i]) * words_, code_bytes);
-    std::memcpy(out + code_bytes, values_ + size_t(rows[i]) * value_bytes_, value_bytes_);
+    std::memcpy(out + words_, values_ + size_t(rows[i]) * value_bytes_, value_bytes_);
   }
   std::vector<double> keys(rows.size());
-  std::vector<uint64_t> signs(words_);
   for (size_t i = 0; i < rows.size(); ++i) {
-    const uint8_t* row = gathered.data() + i * row_bytes;
-    std::memcpy(signs.data(), row, code_bytes);  // aligned little-endian code words
-    const uint8_t* nibbles = row + code_bytes;
+    const uint64_t* signs = gathered.data() + i * stride;
+    const uint8_t* nibbles = reinterpret_cast<const uint8_t*>(signs + words_);
     const uint8_t* crumbs = nibbles + nibble_bytes_;
     const uint8_t* top = crumbs + crumb_bytes_;
     int32_t dots[3];  // v . q8, v . centre8 (A), v . v (B): exact integers
 #if MALM_X86_KERNELS
     if (vector_dot) {
-      dots8_avx512(nibbles, crumbs, top, signs.data(), q8.data(), centre8_.data(), dim, dots);
+      dots8_avx512(nibbles, crumbs, top, signs, q8.data(), centre8_.data(), dim, dots);
     } else
 #endif
     {
-      dots8_portable(nibbles, crumbs, top, row, q8.data(), centre8_.data(), dim, dots);
+      dots8_portable(nibbles, crumbs, top, reinterpret_cast<const uint8_t*>(signs), q8.data(), centre8_.data(), dim,
+                     dots);
     }
     // The scale that puts centre + s v on the unit sphere; each step one float64 operation, in the
     // order of edge/table_codes.py implied_scales (table.cc's -ffp-contract=off applies here too).
