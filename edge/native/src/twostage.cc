@@ -25,6 +25,8 @@ constexpr float kInt8Max = 127.0f;
 constexpr size_t kPrefetchBytes = 8192;  // codes fetched ahead of the scan (Ice Lake: 4-16 KiB beat 0.5-2)
 constexpr int kRescorePrefetchRows = 8;  // candidate rows fetched ahead of their rescoring
 constexpr int64_t kSampleBlocks = 64, kSampleBlockRows = 64;
+constexpr int64_t kBlockRows = 64;  // rows of a byte-transposed code block (scan_blocks_avx512)
+static_assert(kBlockRows == kSampleBlockRows, "a sampled run of rows is one block");
 
 // The rows the prefilter may still keep, in row order, with their distances. Only rows at
 // distance <= `limit` are offered; once `capacity` are held, `tighten` drops every row that can no
@@ -206,27 +208,79 @@ int32_t dot_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* s
 
 using ScanKernel = void (*)(const uint64_t*, int64_t, int64_t, const QueryCode&, Candidates&);
 
-// A distance limit about 2 x keep rows (plus a margin) fall within, from 64 evenly spread blocks
-// of 64 rows; the whole range where the table is too small for a sample to pay.
+// Whether a sample of the table pays: a table of fewer rows is scanned with no limit.
+bool sample_pays(int64_t rows, int64_t keep) {
+  return rows >= 64 * keep && rows >= 4 * kSampleBlocks * kSampleBlockRows;
+}
+
+// The distances of kSampleBlocks evenly spread runs of kSampleBlockRows rows, counted by distance.
 MALM_POPCNT_CLONES
-int sample_limit(const uint64_t* codes, int64_t rows, const QueryCode& q, int64_t keep) {
-  const int most = q.max_distance;
-  const int64_t sampled = kSampleBlocks * kSampleBlockRows;
-  if (rows < 64 * keep || rows < 4 * sampled) return most;
-  std::vector<int64_t> histogram(size_t(most) + 1, 0);
+void sample_rows(const uint64_t* codes, int64_t rows, const QueryCode& q, std::vector<int64_t>& histogram) {
   for (int64_t b = 0; b < kSampleBlocks; ++b) {
     const int64_t start = (rows - kSampleBlockRows) * b / (kSampleBlocks - 1);
     for (int64_t r = start; r < start + kSampleBlockRows; ++r) {
       ++histogram[size_t(row_distance(codes + size_t(r) * q.words, q))];
     }
   }
+}
+
+// A distance limit about 2 x keep rows (plus a margin) fall within, from a sample's histogram.
+int sampled_limit(const std::vector<int64_t>& histogram, int64_t rows, int64_t keep) {
+  const int64_t sampled = kSampleBlocks * kSampleBlockRows;
   const int64_t wanted = (2 * keep * sampled + rows - 1) / rows + 16;
   int64_t seen = 0;
-  for (int d = 0; d <= most; ++d) {
-    if ((seen += histogram[size_t(d)]) >= wanted) return d;
+  for (size_t d = 0; d < histogram.size(); ++d) {
+    if ((seen += histogram[d]) >= wanted) return int(d);
   }
-  return most;
+  return int(histogram.size()) - 1;
 }
+
+#if MALM_X86_KERNELS  // the layout and the query tables of scan_blocks_avx512
+// The codes of rows [0, 64 n) byte-transposed in blocks of 64 rows: byte b of row 64 i + j at
+// (i x code_bytes + b) x 64 + j, so one 64-byte load holds one code byte of 64 rows.
+std::vector<uint8_t> transpose_codes(const uint64_t* codes, int64_t rows, size_t words) {
+  const size_t code_bytes = words * 8, blocks = size_t(rows / kBlockRows);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(codes);  // little-endian words
+  std::vector<uint8_t> out(blocks * code_bytes * kBlockRows);
+  for (size_t i = 0; i < blocks; ++i) {
+    uint8_t* block = out.data() + i * code_bytes * kBlockRows;
+    for (size_t j = 0; j < size_t(kBlockRows); ++j) {
+      const uint8_t* row = bytes + (i * kBlockRows + j) * code_bytes;
+      for (size_t b = 0; b < code_bytes; ++b) block[b * kBlockRows + j] = row[b];
+    }
+  }
+  return out;
+}
+
+// For code byte b and its nibble h (bits 4h..4h + 3), the distance each of the 16 nibble values
+// adds (the weights of its dims whose bit differs from the query's; weight 1 for Hamming),
+// repeated in the four 128-bit lanes a byte shuffle reads: (code_bytes, 2, 64). An entry is at
+// most 4 x 15 = 60, so the four entries of two bytes add up in a byte.
+std::vector<uint8_t> nibble_tables(const QueryCode& q) {
+  const size_t code_bytes = q.words * 8;
+  std::vector<uint8_t> tables(code_bytes * 2 * 64);
+  for (size_t b = 0; b < code_bytes; ++b) {
+    for (int h = 0; h < 2; ++h) {
+      int weight[4], query_bit[4];
+      for (int i = 0; i < 4; ++i) {
+        const size_t d = 8 * b + 4 * size_t(h) + size_t(i), w = d >> 6, bit = d & 63;
+        query_bit[i] = int((q.code[w] >> bit) & 1);
+        weight[i] = q.planes.empty() ? 1 : 0;
+        for (int k = 0; k < q.bits && !q.planes.empty(); ++k) {
+          weight[i] |= int((q.planes[size_t(k) * q.words + w] >> bit) & 1) << k;
+        }
+      }
+      uint8_t* table = tables.data() + (2 * b + size_t(h)) * 64;
+      for (int n = 0; n < 16; ++n) {
+        int distance = 0;
+        for (int i = 0; i < 4; ++i) distance += ((n >> i) & 1) != query_bit[i] ? weight[i] : 0;
+        for (int lane = 0; lane < 4; ++lane) table[16 * lane + n] = uint8_t(distance);
+      }
+    }
+  }
+  return tables;
+}
+#endif
 
 #if MALM_X86_KERNELS
 #if !defined(__clang__)
@@ -394,6 +448,77 @@ void dots8_avx512(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* 
   out[2] = _mm512_reduce_add_epi32(energy);
 }
 
+// The weighted distances of one byte-transposed block (transpose_codes), any width: per code byte,
+// two byte shuffles look up what its nibbles add (nibble_tables); two bytes' four lookups are
+// summed in bytes, then into 16-bit sums: `even` and `odd` hold rows 2i and 2i + 1 of the block in
+// lane i (exact, as (2^P - 1) x dim <= 65535). The distances of row_distance, with 2 P popcounts
+// a 64-bit word replaced by 2 shuffles a byte whatever P.
+// kCodeBytes: the code bytes a row when fixed at compile time (16: 65..128-d), else 0.
+template <size_t kCodeBytes>
+__attribute__((target("avx512f,avx512bw,bmi2"))) inline void block_distances(
+    const uint8_t* block, size_t runtime_code_bytes, const uint8_t* tables, __m512i& even, __m512i& odd) {
+  const size_t code_bytes = kCodeBytes ? kCodeBytes : runtime_code_bytes;
+  const __m512i low = _mm512_set1_epi8(0x0f);
+  __m512i words = _mm512_setzero_si512();  // (32,) uint16: even + 256 odd, mod 2^16
+  odd = _mm512_setzero_si512();
+  for (size_t b = 0; b < code_bytes; b += 2) {
+    __m512i sum = _mm512_setzero_si512();  // (64,) uint8: <= 4 x 60
+    for (size_t c = b; c < b + 2; ++c) {
+      const __m512i bytes = _mm512_loadu_si512(block + 64 * c);
+      const uint8_t* table = tables + 128 * c;  // the low nibble's, then the high nibble's
+      sum = _mm512_add_epi8(sum, _mm512_shuffle_epi8(_mm512_loadu_si512(table), _mm512_and_si512(bytes, low)));
+      sum = _mm512_add_epi8(sum, _mm512_shuffle_epi8(_mm512_loadu_si512(table + 64),
+                                                     _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low)));
+    }
+    words = _mm512_add_epi16(words, sum);
+    odd = _mm512_add_epi16(odd, _mm512_srli_epi16(sum, 8));
+  }
+  even = _mm512_sub_epi16(words, _mm512_slli_epi16(odd, 8));
+}
+
+// The weighted scan of every block, 64 rows a step: one unsigned compare per 32 rows.
+template <size_t kCodeBytes>
+__attribute__((target("avx512f,avx512bw,bmi2")))
+void scan_blocks_avx512(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
+                        Candidates& kept) {
+  const size_t block_bytes = code_bytes * kBlockRows;
+  alignas(64) uint16_t sums[2][32];  // the even rows' and the odd rows' distances of a block
+  for (int64_t i = 0; i < n_blocks && kept.limit >= 0; ++i) {
+    const uint8_t* block = blocks + size_t(i) * block_bytes;
+    const char* ahead = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+    for (size_t at = 0; at < block_bytes; at += 64) _mm_prefetch(ahead + at, _MM_HINT_T0);
+    __m512i even, odd;
+    block_distances<kCodeBytes>(block, code_bytes, tables, even, odd);
+    const __m512i limit = _mm512_set1_epi16(int16_t(uint16_t(kept.limit)));
+    uint64_t near = _pdep_u64(_mm512_cmple_epu16_mask(even, limit), 0x5555555555555555ull) |
+                    _pdep_u64(_mm512_cmple_epu16_mask(odd, limit), 0xAAAAAAAAAAAAAAAAull);  // bit j: row 64 i + j
+    if (__builtin_expect(near != 0, 0)) {
+      _mm512_store_si512(sums[0], even);
+      _mm512_store_si512(sums[1], odd);
+      for (; near; near &= near - 1) {
+        const int j = __builtin_ctzll(near);
+        kept.add(i * kBlockRows + j, sums[j & 1][j >> 1]);
+      }
+    }
+  }
+}
+
+// sample_rows from the blocks: kSampleBlocks evenly spread blocks of 64 rows.
+__attribute__((target("avx512f,avx512bw,bmi2")))
+void sample_blocks_avx512(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
+                          std::vector<int64_t>& histogram) {
+  alignas(64) uint16_t sums[2][32];
+  for (int64_t b = 0; b < kSampleBlocks; ++b) {
+    const uint8_t* block = blocks + size_t((n_blocks - 1) * b / (kSampleBlocks - 1)) * code_bytes * kBlockRows;
+    __m512i even, odd;
+    if (code_bytes == 16) block_distances<16>(block, code_bytes, tables, even, odd);
+    else block_distances<0>(block, code_bytes, tables, even, odd);
+    _mm512_store_si512(sums[0], even);
+    _mm512_store_si512(sums[1], odd);
+    for (int j = 0; j < 64; ++j) ++histogram[sums[j & 1][j >> 1]];
+  }
+}
+
 bool has_avx512() {
   const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable kernels on this CPU (tests)
   if (off && *off && std::strcmp(off, "0") != 0) return false;
@@ -464,6 +589,7 @@ TwoStageTable::TwoStageTable(const std::string& values_file, const std::string& 
   values_ = static_cast<const uint8_t*>(maps_[0].map(values_file, size_t(rows) * value_bytes_));
   if (version_ == 2) scales_ = static_cast<const float*>(maps_[1].map(scales_file, size_t(rows) * 4));
   codes_ = static_cast<const uint64_t*>(maps_[2].map(codes_file, size_t(rows) * words_ * 8));
+  transpose_for_scan();
 }
 
 TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const float* scales,
@@ -471,6 +597,16 @@ TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const
     : rows_(rows), candidates_(candidates), centre_(std::move(centre)), codes_(codes), values_(values),
       scales_(scales) {
   set_layout(std::move(implied));
+  transpose_for_scan();
+}
+
+// A weighted table's codes copied into the shuffle scan's layout (words x 8 more bytes a row in
+// memory: 16 MB for a 1M-row 128-d table), where this CPU runs that scan. Hamming keeps its
+// popcount scan, which needs fewer instructions a row than the shuffles.
+void TwoStageTable::transpose_for_scan() {
+#if MALM_X86_KERNELS
+  if (kAvx512 && query_bits_ >= 2 && rows_ >= kBlockRows) blocks_ = transpose_codes(codes_, rows_, words_);
+#endif
 }
 
 void TwoStageTable::set_layout(CentreCodes implied) {
@@ -533,12 +669,36 @@ std::vector<int64_t> TwoStageTable::prefilter(const QueryCode& query, int64_t ke
   // of the counting rule, since Candidates only ever drops rows that rank after `keep` others.
   const ScanKernel scan = scan_kernel();
   const size_t bins = size_t(query.max_distance) + 1;
-  const int limit = sample_limit(codes_, rows_, query, keep);
+  const std::vector<uint8_t> tables = blocks_.empty() ? std::vector<uint8_t>() : nibble_tables(query);
+  auto scan_rows = [&](Candidates& kept) {  // every row, in row order
+    int64_t begin = 0;
+#if MALM_X86_KERNELS
+    if (!blocks_.empty()) {
+      begin = rows_ / kBlockRows * kBlockRows;
+      const auto blocked = words_ == 2 ? scan_blocks_avx512<16> : scan_blocks_avx512<0>;
+      blocked(blocks_.data(), rows_ / kBlockRows, words_ * 8, tables.data(), kept);
+    }
+#endif
+    scan(codes_, begin, rows_, query, kept);
+  };
+  int limit = query.max_distance;
+  if (sample_pays(rows_, keep)) {
+    std::vector<int64_t> histogram(bins, 0);
+#if MALM_X86_KERNELS
+    if (!blocks_.empty()) {
+      sample_blocks_avx512(blocks_.data(), rows_ / kBlockRows, words_ * 8, tables.data(), histogram);
+    } else
+#endif
+    {
+      sample_rows(codes_, rows_, query, histogram);
+    }
+    limit = sampled_limit(histogram, rows_, keep);
+  }
   Candidates kept(keep, rows_, limit, bins);
-  scan(codes_, 0, rows_, query, kept);
+  scan_rows(kept);
   if (int64_t(kept.size()) >= keep || limit == query.max_distance) return kept.take();
   Candidates all(keep, rows_, query.max_distance, bins);
-  scan(codes_, 0, rows_, query, all);
+  scan_rows(all);
   return all.take();
 }
 

@@ -63,6 +63,7 @@ class TwoStageTable : public SearchTable {
 
  private:
   void set_layout(CentreCodes implied);
+  void transpose_for_scan();
   QueryCode query_code(const float* query) const;
   std::vector<int64_t> prefilter(const QueryCode& query, int64_t keep) const;
   int32_t dot_row(int64_t r, const int16_t* query8, int8_t* scratch) const;
@@ -79,6 +80,7 @@ class TwoStageTable : public SearchTable {
   const uint64_t* codes_ = nullptr;
   const uint8_t* values_ = nullptr;
   const float* scales_ = nullptr;
+  std::vector<uint8_t> blocks_;  // the codes byte-transposed for the shuffle scan (x86-64 AVX-512), or empty
   MappedFile maps_[3];
 };
 
