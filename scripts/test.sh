@@ -10,8 +10,10 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
 fi
 
 # Debian's compiler and libraries for the native core (edge/native; its tests skip without them), and
-# a JDK for the Android shell's JNI layer (edge/native/android, tests/test_native_shells.py).
+# a JDK for the Android shell's JNI layer (edge/native/android, tests/test_native_shells.py), and the
+# AArch64 cross compiler and qemu-user that run the phone CPU's NEON kernels (tests/test_native_cross.py).
 native_debs="g++ clang libsqlite3-dev libssl-dev libjpeg-dev libpng-dev nlohmann-json3-dev openjdk-17-jdk-headless"
+native_debs="$native_debs g++-aarch64-linux-gnu qemu-user"
 if ! dpkg -s $native_debs >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $native_debs >/dev/null; } \
     || echo "could not install the native core's build dependencies; its tests will be skipped" >&2

@@ -16,6 +16,9 @@
 #include <arm_neon.h>
 #define MALM_NEON_KERNELS 1  // every AArch64 CPU has NEON: chosen at compile time
 #endif
+#if defined(MALM_X86_KERNELS) || defined(MALM_NEON_KERNELS)
+#define MALM_BLOCK_KERNELS 1  // the weighted scan over byte-transposed codes (transpose_codes)
+#endif
 
 namespace malm {
 namespace {
@@ -27,6 +30,12 @@ constexpr int kRescorePrefetchRows = 8;  // candidate rows fetched ahead of thei
 constexpr int64_t kSampleBlocks = 64, kSampleBlockRows = 64;
 constexpr int64_t kBlockRows = 64;  // rows of a byte-transposed code block (scan_blocks_avx512)
 static_assert(kBlockRows == kSampleBlockRows, "a sampled run of rows is one block");
+
+bool simd_allowed() {
+  const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable kernels on this CPU (tests)
+  return !(off && *off && std::strcmp(off, "0") != 0);
+}
+const bool kSimdAllowed = simd_allowed();
 
 // The rows the prefilter may still keep, in row order, with their distances. Only rows at
 // distance <= `limit` are offered; once `capacity` are held, `tighten` drops every row that can no
@@ -204,6 +213,63 @@ int32_t dot_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* s
   }
   return vaddvq_s32(total);
 }
+
+// scan_blocks_avx512's weighted distances with 128-bit registers: one block's 64 rows as four
+// groups of 16, a VTBL per nibble, two code bytes summed in bytes, then widened into 16-bit sums
+// (row order: sums[2 g] rows 16 g..16 g + 7, sums[2 g + 1] the next 8).
+inline void block_distances_neon(const uint8_t* block, size_t code_bytes, const uint8_t* tables,
+                                 uint16x8_t sums[8]) {
+  const uint8x16_t low = vdupq_n_u8(15);
+  for (int i = 0; i < 8; ++i) sums[i] = vdupq_n_u16(0);
+  for (size_t b = 0; b < code_bytes; b += 2) {
+    uint8x16_t pair[4] = {vdupq_n_u8(0), vdupq_n_u8(0), vdupq_n_u8(0), vdupq_n_u8(0)};  // (16,) uint8 each
+    for (size_t c = b; c < b + 2; ++c) {
+      const uint8x16_t low_table = vld1q_u8(tables + 128 * c), high_table = vld1q_u8(tables + 128 * c + 64);
+      for (int g = 0; g < 4; ++g) {
+        const uint8x16_t bytes = vld1q_u8(block + 64 * c + 16 * g);
+        pair[g] = vaddq_u8(pair[g], vqtbl1q_u8(low_table, vandq_u8(bytes, low)));
+        pair[g] = vaddq_u8(pair[g], vqtbl1q_u8(high_table, vshrq_n_u8(bytes, 4)));
+      }
+    }
+    for (int g = 0; g < 4; ++g) {
+      sums[2 * g] = vaddw_u8(sums[2 * g], vget_low_u8(pair[g]));
+      sums[2 * g + 1] = vaddw_high_u8(sums[2 * g + 1], pair[g]);
+    }
+  }
+}
+
+// The weighted scan of every block (transpose_codes), 64 rows a step.
+void scan_blocks_neon(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
+                      Candidates& kept) {
+  const size_t block_bytes = code_bytes * kBlockRows;
+  for (int64_t i = 0; i < n_blocks && kept.limit >= 0; ++i) {
+    const uint8_t* block = blocks + size_t(i) * block_bytes;
+    for (size_t at = 0; at < block_bytes; at += 64) __builtin_prefetch(block + kPrefetchBytes + at);
+    uint16x8_t sums[8];
+    block_distances_neon(block, code_bytes, tables, sums);
+    const uint16x8_t limit = vdupq_n_u16(uint16_t(kept.limit));
+    uint16x8_t near = vcleq_u16(sums[0], limit);
+    for (int j = 1; j < 8; ++j) near = vorrq_u16(near, vcleq_u16(sums[j], limit));
+    if (__builtin_expect(vmaxvq_u16(near) != 0, 0)) {
+      uint16_t distances[64];
+      for (int j = 0; j < 8; ++j) vst1q_u16(distances + 8 * j, sums[j]);
+      for (int j = 0; j < 64; ++j) kept.add(i * kBlockRows + j, distances[j]);
+    }
+  }
+}
+
+// sample_rows from the blocks: kSampleBlocks evenly spread blocks of 64 rows.
+void sample_blocks_neon(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
+                        std::vector<int64_t>& histogram) {
+  for (int64_t b = 0; b < kSampleBlocks; ++b) {
+    uint16x8_t sums[8];
+    block_distances_neon(blocks + size_t((n_blocks - 1) * b / (kSampleBlocks - 1)) * code_bytes * kBlockRows,
+                         code_bytes, tables, sums);
+    uint16_t distances[64];
+    for (int j = 0; j < 8; ++j) vst1q_u16(distances + 8 * j, sums[j]);
+    for (uint16_t d : distances) ++histogram[d];
+  }
+}
 #endif
 
 using ScanKernel = void (*)(const uint64_t*, int64_t, int64_t, const QueryCode&, Candidates&);
@@ -235,7 +301,7 @@ int sampled_limit(const std::vector<int64_t>& histogram, int64_t rows, int64_t k
   return int(histogram.size()) - 1;
 }
 
-#if MALM_X86_KERNELS  // the layout and the query tables of scan_blocks_avx512
+#if MALM_BLOCK_KERNELS  // the layout and the query tables of the block scans
 // The codes of rows [0, 64 n) byte-transposed in blocks of 64 rows: byte b of row 64 i + j at
 // (i x code_bytes + b) x 64 + j, so one 64-byte load holds one code byte of 64 rows.
 std::vector<uint8_t> transpose_codes(const uint64_t* codes, int64_t rows, size_t words) {
@@ -520,8 +586,7 @@ void sample_blocks_avx512(const uint8_t* blocks, int64_t n_blocks, size_t code_b
 }
 
 bool has_avx512() {
-  const char* off = std::getenv("MALM_EDGE_DISABLE_SIMD");  // the portable kernels on this CPU (tests)
-  if (off && *off && std::strcmp(off, "0") != 0) return false;
+  if (!kSimdAllowed) return false;
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
@@ -538,10 +603,27 @@ ScanKernel scan_kernel() {
   if (kAvx512) return scan_avx512;
 #endif
 #if MALM_NEON_KERNELS
-  return scan_neon;
+  if (kSimdAllowed) return scan_neon;
 #endif
   return scan_portable;
 }
+
+#if MALM_BLOCK_KERNELS
+// The weighted scan of the byte-transposed blocks, and its sample, for this CPU.
+struct BlockKernels {
+  void (*scan)(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables, Candidates& kept);
+  void (*sample)(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
+                 std::vector<int64_t>& histogram);
+};
+
+BlockKernels block_kernels(size_t words) {
+#if MALM_X86_KERNELS
+  return {words == 2 ? scan_blocks_avx512<16> : scan_blocks_avx512<0>, sample_blocks_avx512};
+#else
+  return {scan_blocks_neon, sample_blocks_neon};
+#endif
+}
+#endif
 
 // signs[c] holds 8 bytes, one per bit of c (LSB first): 0 where the bit is 1 (v >= 0), -1 where 0.
 struct SignMasks {
@@ -606,6 +688,8 @@ TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const
 void TwoStageTable::transpose_for_scan() {
 #if MALM_X86_KERNELS
   if (kAvx512 && query_bits_ >= 2 && rows_ >= kBlockRows) blocks_ = transpose_codes(codes_, rows_, words_);
+#elif MALM_NEON_KERNELS
+  if (kSimdAllowed && query_bits_ >= 2 && rows_ >= kBlockRows) blocks_ = transpose_codes(codes_, rows_, words_);
 #endif
 }
 
@@ -669,29 +753,27 @@ std::vector<int64_t> TwoStageTable::prefilter(const QueryCode& query, int64_t ke
   // of the counting rule, since Candidates only ever drops rows that rank after `keep` others.
   const ScanKernel scan = scan_kernel();
   const size_t bins = size_t(query.max_distance) + 1;
-  const std::vector<uint8_t> tables = blocks_.empty() ? std::vector<uint8_t>() : nibble_tables(query);
+#if MALM_BLOCK_KERNELS
+  const BlockKernels blocked = block_kernels(words_);
+  const int64_t n_blocks = blocks_.empty() ? 0 : rows_ / kBlockRows;
+  const std::vector<uint8_t> tables = n_blocks ? nibble_tables(query) : std::vector<uint8_t>();
+#endif
   auto scan_rows = [&](Candidates& kept) {  // every row, in row order
     int64_t begin = 0;
-#if MALM_X86_KERNELS
-    if (!blocks_.empty()) {
-      begin = rows_ / kBlockRows * kBlockRows;
-      const auto blocked = words_ == 2 ? scan_blocks_avx512<16> : scan_blocks_avx512<0>;
-      blocked(blocks_.data(), rows_ / kBlockRows, words_ * 8, tables.data(), kept);
-    }
+#if MALM_BLOCK_KERNELS
+    if (n_blocks) blocked.scan(blocks_.data(), n_blocks, words_ * 8, tables.data(), kept);
+    begin = n_blocks * kBlockRows;
 #endif
     scan(codes_, begin, rows_, query, kept);
   };
   int limit = query.max_distance;
   if (sample_pays(rows_, keep)) {
     std::vector<int64_t> histogram(bins, 0);
-#if MALM_X86_KERNELS
-    if (!blocks_.empty()) {
-      sample_blocks_avx512(blocks_.data(), rows_ / kBlockRows, words_ * 8, tables.data(), histogram);
-    } else
+#if MALM_BLOCK_KERNELS
+    if (n_blocks) blocked.sample(blocks_.data(), n_blocks, words_ * 8, tables.data(), histogram);
+    else
 #endif
-    {
       sample_rows(codes_, rows_, query, histogram);
-    }
     limit = sampled_limit(histogram, rows_, keep);
   }
   Candidates kept(keep, rows_, limit, bins);

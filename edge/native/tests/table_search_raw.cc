@@ -1,0 +1,63 @@
+// The two-stage search over raw table files, for a CPU this machine cannot run natively: built alone
+// with a cross compiler (twostage.cc and table.cc only, no bundle code) and run under an emulator,
+// e.g. qemu-aarch64 for the NEON kernels (tests/test_native_cross.py).
+//
+//   table_search_raw DIR DIM ROWS QUERY_BITS CANDIDATES K
+//
+// DIR holds codes.u64 (ROWS x ceil(DIM / 64) little-endian words), values.u8 (version 3 rows),
+// centre.f32 (DIM), centre8.i32 (DIM), centre_scale.f64 (1) and queries.f32 (Q x DIM). Prints the
+// K rows of each query on one line, best first.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "../src/common.h"
+#include "../src/twostage.h"
+
+namespace malm {
+std::string join_path(const std::string& root, const std::string& relative) { return root + "/" + relative; }
+}  // namespace malm
+
+template <typename T>
+static std::vector<T> read_all(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    std::fprintf(stderr, "cannot open %s\n", path.c_str());
+    std::exit(2);
+  }
+  std::vector<T> out;
+  T value;
+  while (std::fread(&value, sizeof(T), 1, f) == 1) out.push_back(value);
+  std::fclose(f);
+  return out;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 7) {
+    std::fprintf(stderr, "usage: table_search_raw DIR DIM ROWS QUERY_BITS CANDIDATES K\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const size_t dim = std::strtoul(argv[2], nullptr, 10);
+  const int64_t rows = std::strtoll(argv[3], nullptr, 10), candidates = std::strtoll(argv[5], nullptr, 10);
+  const int query_bits = std::atoi(argv[4]), k = std::atoi(argv[6]);
+  const std::vector<uint64_t> codes = read_all<uint64_t>(dir + "/codes.u64");
+  const std::vector<uint8_t> values = read_all<uint8_t>(dir + "/values.u8");
+  const std::vector<float> queries = read_all<float>(dir + "/queries.f32");
+  const std::vector<int32_t> centre8 = read_all<int32_t>(dir + "/centre8.i32");
+  const double centre_scale = read_all<double>(dir + "/centre_scale.f64").at(0);
+  try {
+    malm::TwoStageTable table(codes.data(), values.data(), nullptr, read_all<float>(dir + "/centre.f32"), rows,
+                              candidates, malm::CentreCodes{centre8, centre_scale, query_bits});
+    for (size_t q = 0; q + dim <= queries.size(); q += dim) {
+      const std::vector<malm::Hit> hits = table.search(queries.data() + q, dim, k);
+      for (size_t i = 0; i < hits.size(); ++i) std::printf(i ? " %lld" : "%lld", (long long)hits[i].row);
+      std::printf("\n");
+    }
+  } catch (const malm::Error& err) {
+    std::fprintf(stderr, "%s\n", err.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,71 @@
+"""The native two-stage search on the phone's CPU: AArch64 (NEON kernels), under qemu-aarch64.
+
+edge/native/tests/table_search_raw.cc (twostage.cc and table.cc, no bundle code) is built with the
+AArch64 cross compiler as a static binary and run in qemu-aarch64 on the large tied tables of
+tests/test_native_twostage.py, at each prefilter weighting and at 64, 128 and 200 dims: it returns
+edge/twostage.py's rows in the same order, with its NEON kernels and with the portable ones
+(MALM_EDGE_DISABLE_SIMD=1). Skipped where the cross compiler or qemu is missing (scripts/test.sh
+installs Debian's g++-aarch64-linux-gnu and qemu-user).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from native_build import REPO_ROOT
+from test_native_twostage import tied_table
+
+CXX, QEMU = "aarch64-linux-gnu-g++", "qemu-aarch64"
+NATIVE = REPO_ROOT / "edge" / "native"
+K = 12
+
+
+@pytest.fixture(scope="module")
+def aarch64_search(tmp_path_factory) -> Path:
+    missing = [tool for tool in (CXX, QEMU) if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"no {' or '.join(missing)} (apt install g++-aarch64-linux-gnu qemu-user; scripts/test.sh does)")
+    binary = tmp_path_factory.mktemp("aarch64") / "table_search_raw"
+    done = subprocess.run([CXX, "-O2", "-std=c++17", "-static", "-ffp-contract=off", "-Wall", "-Wextra",
+                           "-Wno-unused-parameter", "-Werror", f"-I{NATIVE / 'include'}",
+                           str(NATIVE / "tests" / "table_search_raw.cc"), str(NATIVE / "src" / "twostage.cc"),
+                           str(NATIVE / "src" / "table.cc"), "-o", str(binary)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return binary
+
+
+def write_raw(folder: Path, entry: object, queries: np.ndarray) -> None:
+    """The files table_search_raw reads, from a version 3 table written by edge/."""
+    shutil.copyfile(folder / entry.codes_file, folder / "codes.u64")
+    shutil.copyfile(folder / entry.file, folder / "values.u8")
+    centre8 = np.asarray(entry.centre, np.int64)  # version 3: the centre's codes; centre = scale x codes
+    (centre8 * entry.centre_scale).astype("<f4").tofile(folder / "centre.f32")
+    centre8.astype("<i4").tofile(folder / "centre8.i32")
+    np.asarray([entry.centre_scale], "<f8").tofile(folder / "centre_scale.f64")
+    queries.astype("<f4").tofile(folder / "queries.f32")
+
+
+def run_aarch64(binary: Path, folder: Path, entry: object, query_bits: int, k: int, simd: bool) -> list[list[int]]:
+    env = {"PATH": "/usr/bin:/bin", **({} if simd else {"MALM_EDGE_DISABLE_SIMD": "1"})}
+    done = subprocess.run([QEMU, str(binary), str(folder), str(len(entry.centre)), str(entry.rows), str(query_bits),
+                           str(entry.candidates), str(k)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [[int(r) for r in line.split()] for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("query_bits", [4, 2, 1])
+@pytest.mark.parametrize("dim", [64, 128, 200])
+def test_aarch64_search_matches_edge_on_large_tied_tables(aarch64_search, tmp_path, dim: int,
+                                                          query_bits: int) -> None:
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage
+
+    entry, queries = tied_table(tmp_path, dim, query_bits=query_bits)
+    write_raw(tmp_path, entry, queries)
+    expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
+    for simd in (True, False):
+        assert run_aarch64(aarch64_search, tmp_path, entry, query_bits, K, simd) == expected.tolist(), f"simd={simd}"
