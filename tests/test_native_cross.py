@@ -2,7 +2,8 @@
 
 edge/native/tests/table_search_raw.cc (twostage.cc and table.cc, no bundle code) is built with the
 AArch64 cross compiler as a static binary and run in qemu-aarch64 on the large tied tables of
-tests/test_native_twostage.py, at each prefilter weighting and at 64, 128 and 200 dims: it returns
+tests/test_native_twostage.py, table versions 3 (at each prefilter weighting) and 2, at 64, 128 and
+200 dims (the NEON scans and dots; 200 is no multiple of 16, so its dots are portable): it returns
 edge/twostage.py's rows in the same order, with its NEON kernels and with the portable ones
 (MALM_EDGE_DISABLE_SIMD=1). Skipped where the cross compiler or qemu is missing (scripts/test.sh
 installs Debian's g++-aarch64-linux-gnu and qemu-user).
@@ -40,13 +41,17 @@ def aarch64_search(tmp_path_factory) -> Path:
 
 
 def write_raw(folder: Path, entry: object, queries: np.ndarray) -> None:
-    """The files table_search_raw reads, from a version 3 table written by edge/."""
+    """The files table_search_raw reads, from a version 3 or 2 table written by edge/."""
     shutil.copyfile(folder / entry.codes_file, folder / "codes.u64")
     shutil.copyfile(folder / entry.file, folder / "values.u8")
-    centre8 = np.asarray(entry.centre, np.int64)  # version 3: the centre's codes; centre = scale x codes
-    (centre8 * entry.centre_scale).astype("<f4").tofile(folder / "centre.f32")
-    centre8.astype("<i4").tofile(folder / "centre8.i32")
-    np.asarray([entry.centre_scale], "<f8").tofile(folder / "centre_scale.f64")
+    if entry.version == 2:
+        shutil.copyfile(folder / entry.scales_file, folder / "scales.f32")
+        np.asarray(entry.centre, "<f4").tofile(folder / "centre.f32")
+    else:
+        centre8 = np.asarray(entry.centre, np.int64)  # version 3: the centre's codes; centre = scale x codes
+        (centre8 * entry.centre_scale).astype("<f4").tofile(folder / "centre.f32")
+        centre8.astype("<i4").tofile(folder / "centre8.i32")
+        np.asarray([entry.centre_scale], "<f8").tofile(folder / "centre_scale.f64")
     queries.astype("<f4").tofile(folder / "queries.f32")
 
 
@@ -58,13 +63,13 @@ def run_aarch64(binary: Path, folder: Path, entry: object, query_bits: int, k: i
     return [[int(r) for r in line.split()] for line in done.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("query_bits", [4, 2, 1])
+@pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 2), (3, 1), (2, 1)])
 @pytest.mark.parametrize("dim", [64, 128, 200])
-def test_aarch64_search_matches_edge_on_large_tied_tables(aarch64_search, tmp_path, dim: int,
+def test_aarch64_search_matches_edge_on_large_tied_tables(aarch64_search, tmp_path, dim: int, version: int,
                                                           query_bits: int) -> None:
     from malm_edge.edge.twostage import read_twostage_table, search_twostage
 
-    entry, queries = tied_table(tmp_path, dim, query_bits=query_bits)
+    entry, queries = tied_table(tmp_path, dim, version=version, query_bits=query_bits)
     write_raw(tmp_path, entry, queries)
     expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
     for simd in (True, False):

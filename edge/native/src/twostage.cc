@@ -183,35 +183,60 @@ void scan_neon(const uint64_t* codes, int64_t begin, int64_t end, const QueryCod
   scan_portable(codes, r, end, q, kept);
 }
 
-// 7-bit rows as integer dots, dim a multiple of 16. Per 16 dims: 8 nibble bytes zipped into dim
-// order, 4 crumb bytes spread to their 4 dims each (table lookup, per-lane shifts), 2 sign bytes
-// tested lane by lane; widening multiplies (|pair| <= 2 x 63 x 127) accumulated in int32.
-int32_t dot_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* signs, const int8_t* query,
-                 size_t dim) {
+// Dims 16 g..16 g + 15 of a row's magnitude planes: the nibble (bits 0-3) and crumb (bits 4-5)
+// planes as one byte a dim (8 nibble bytes zipped into dim order, 4 crumb bytes spread to their 4
+// dims each by a table lookup and per-lane shifts).
+inline uint8x16_t low6_neon(const uint8_t* nibbles, const uint8_t* crumbs, size_t g) {
   static const uint8_t kSpread4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
   static const int8_t kCrumbShift[16] = {0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6};
+  const uint8x8_t nib = vld1_u8(nibbles + 8 * g);
+  const uint8x8x2_t pairs = vzip_u8(vand_u8(nib, vdup_n_u8(15)), vshr_n_u8(nib, 4));
+  uint32_t crumb4;
+  std::memcpy(&crumb4, crumbs + 4 * g, 4);
+  const uint8x16_t crumb = vqtbl1q_u8(vreinterpretq_u8_u32(vdupq_n_u32(crumb4)), vld1q_u8(kSpread4));
+  return vorrq_u8(vcombine_u8(pairs.val[0], pairs.val[1]),
+                  vshlq_n_u8(vandq_u8(vshlq_u8(crumb, vld1q_s8(kCrumbShift)), vdupq_n_u8(3)), 4));
+}
+
+// Bits 16 g..16 g + 15 of a bit plane (little-endian bytes) as bytes: 0xFF where set, else 0.
+inline uint8x16_t bit_lanes_neon(const uint8_t* bits, size_t g) {
   static const uint8_t kSpread8[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
   static const uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-  const uint8x16_t spread4 = vld1q_u8(kSpread4), spread8 = vld1q_u8(kSpread8), bit = vld1q_u8(kBit);
-  const int8x16_t crumb_shift = vld1q_s8(kCrumbShift);
+  uint16_t two;
+  std::memcpy(&two, bits + 2 * g, 2);
+  return vtstq_u8(vqtbl1q_u8(vreinterpretq_u8_u16(vdupq_n_u16(two)), vld1q_u8(kSpread8)), vld1q_u8(kBit));
+}
+
+// 7-bit rows (version 2) as integer dots, dim a multiple of 16: the magnitudes, negated where the
+// sign bit is 0; widening multiplies (|pair| <= 2 x 63 x 127) accumulated in int32.
+int32_t dot_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* signs, const int8_t* query,
+                 size_t dim) {
   int32x4_t total = vdupq_n_s32(0);
   for (size_t g = 0; g < dim / 16; ++g) {
-    const uint8x8_t nib = vld1_u8(nibbles + 8 * g);
-    const uint8x8x2_t pairs = vzip_u8(vand_u8(nib, vdup_n_u8(15)), vshr_n_u8(nib, 4));
-    uint32_t crumb4;
-    uint16_t sign2;
-    std::memcpy(&crumb4, crumbs + 4 * g, 4);
-    std::memcpy(&sign2, signs + 2 * g, 2);
-    const uint8x16_t crumb = vqtbl1q_u8(vreinterpretq_u8_u32(vdupq_n_u32(crumb4)), spread4);
-    const uint8x16_t magnitude = vorrq_u8(vcombine_u8(pairs.val[0], pairs.val[1]),
-                                          vshlq_n_u8(vandq_u8(vshlq_u8(crumb, crumb_shift), vdupq_n_u8(3)), 4));
-    const uint8x16_t sign = vandq_u8(vqtbl1q_u8(vreinterpretq_u8_u16(vdupq_n_u16(sign2)), spread8), bit);
-    const int8x16_t negative = vreinterpretq_s8_u8(vceqq_u8(sign, vdupq_n_u8(0)));  // -1 where v < 0
-    const int8x16_t value = vsubq_s8(veorq_s8(vreinterpretq_s8_u8(magnitude), negative), negative);
+    const int8x16_t negative = vreinterpretq_s8_u8(vmvnq_u8(bit_lanes_neon(signs, g)));  // -1 where v < 0
+    const int8x16_t value = vsubq_s8(veorq_s8(vreinterpretq_s8_u8(low6_neon(nibbles, crumbs, g)), negative), negative);
     const int8x16_t q = vld1q_s8(query + 16 * g);
     total = vpadalq_s16(total, vmlal_high_s8(vmull_s8(vget_low_s8(value), vget_low_s8(q)), value, q));
   }
   return vaddvq_s32(total);
+}
+
+// Version 3's 8-bit rows (magnitudes 0..127 with the bit-6 plane), dim a multiple of 16: v . q8,
+// v . centre8 and v . v as dots8_portable (|pair| <= 2 x 127 x 127 fits int16).
+void dots8_neon(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* top, const uint8_t* signs,
+                const int8_t* query8, const int8_t* centre8, size_t dim, int32_t* out) {
+  int32x4_t dots = vdupq_n_s32(0), along = vdupq_n_s32(0);
+  uint32x4_t energy = vdupq_n_u32(0);
+  for (size_t g = 0; g < dim / 16; ++g) {
+    const uint8x16_t m = vorrq_u8(low6_neon(nibbles, crumbs, g), vandq_u8(bit_lanes_neon(top, g), vdupq_n_u8(64)));
+    const int8x16_t negative = vreinterpretq_s8_u8(vmvnq_u8(bit_lanes_neon(signs, g)));
+    const int8x16_t value = vsubq_s8(veorq_s8(vreinterpretq_s8_u8(m), negative), negative);
+    const int8x16_t q = vld1q_s8(query8 + 16 * g), c = vld1q_s8(centre8 + 16 * g);
+    dots = vpadalq_s16(dots, vmlal_high_s8(vmull_s8(vget_low_s8(value), vget_low_s8(q)), value, q));
+    along = vpadalq_s16(along, vmlal_high_s8(vmull_s8(vget_low_s8(value), vget_low_s8(c)), value, c));
+    energy = vpadalq_u16(energy, vmlal_high_u8(vmull_u8(vget_low_u8(m), vget_low_u8(m)), m, m));
+  }
+  out[0] = vaddvq_s32(dots), out[1] = vaddvq_s32(along), out[2] = int32_t(vaddvq_u32(energy));
 }
 
 // scan_blocks_avx512's weighted distances with 128-bit registers: one block's 64 rows as four
@@ -872,7 +897,7 @@ std::vector<Hit> TwoStageTable::rescore_v2(const std::vector<int64_t>& rows, con
   const bool vector_dot = kAvx512 && dim % 128 == 0;
   const std::vector<int8_t> laid_out = vector_dot ? query_planes(query8.data(), dim) : std::vector<int8_t>();
 #elif MALM_NEON_KERNELS
-  const bool vector_dot = dim % 16 == 0;
+  const bool vector_dot = kSimdAllowed && dim % 16 == 0;
   const std::vector<int8_t> laid_out(query8.begin(), query8.end());  // |q8| <= 127
 #else
   const bool vector_dot = false;
@@ -907,6 +932,8 @@ std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
   const std::vector<int8_t> q8(query8.begin(), query8.end());  // |q8| <= 127
 #if MALM_X86_KERNELS
   const bool vector_dot = kAvx512 && dim % 64 == 0;
+#elif MALM_NEON_KERNELS
+  const bool vector_dot = kSimdAllowed && dim % 16 == 0;
 #endif
   // Gather the candidates' codes and magnitudes first: the copies are independent loads, so the
   // CPU overlaps their cache misses (the rows are scattered over the table), which the dot loop,
@@ -928,6 +955,10 @@ std::vector<double> TwoStageTable::rescore_v3(const std::vector<int64_t>& rows,
 #if MALM_X86_KERNELS
     if (vector_dot) {
       dots8_avx512(nibbles, crumbs, top, signs, q8.data(), centre8_.data(), dim, dots);
+    } else
+#elif MALM_NEON_KERNELS
+    if (vector_dot) {
+      dots8_neon(nibbles, crumbs, top, reinterpret_cast<const uint8_t*>(signs), q8.data(), centre8_.data(), dim, dots);
     } else
 #endif
     {

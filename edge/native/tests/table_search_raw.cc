@@ -4,9 +4,10 @@
 //
 //   table_search_raw DIR DIM ROWS QUERY_BITS CANDIDATES K
 //
-// DIR holds codes.u64 (ROWS x ceil(DIM / 64) little-endian words), values.u8 (version 3 rows),
-// centre.f32 (DIM), centre8.i32 (DIM), centre_scale.f64 (1) and queries.f32 (Q x DIM). Prints the
-// K rows of each query on one line, best first.
+// DIR holds codes.u64 (ROWS x ceil(DIM / 64) little-endian words), values.u8 (the rows),
+// centre.f32 (DIM), queries.f32 (Q x DIM), and for version 3 centre8.i32 (DIM) and centre_scale.f64
+// (1), for version 2 scales.f32 (ROWS) instead. Prints the K rows of each query on one line, best
+// first.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -45,11 +46,14 @@ int main(int argc, char** argv) {
   const std::vector<uint64_t> codes = read_all<uint64_t>(dir + "/codes.u64");
   const std::vector<uint8_t> values = read_all<uint8_t>(dir + "/values.u8");
   const std::vector<float> queries = read_all<float>(dir + "/queries.f32");
-  const std::vector<int32_t> centre8 = read_all<int32_t>(dir + "/centre8.i32");
-  const double centre_scale = read_all<double>(dir + "/centre_scale.f64").at(0);
+  std::FILE* v2 = std::fopen((dir + "/scales.f32").c_str(), "rb");
+  if (v2) std::fclose(v2);
+  const std::vector<float> scales = v2 ? read_all<float>(dir + "/scales.f32") : std::vector<float>();
+  const malm::CentreCodes implied = v2 ? malm::CentreCodes{} : malm::CentreCodes{
+      read_all<int32_t>(dir + "/centre8.i32"), read_all<double>(dir + "/centre_scale.f64").at(0), query_bits};
   try {
-    malm::TwoStageTable table(codes.data(), values.data(), nullptr, read_all<float>(dir + "/centre.f32"), rows,
-                              candidates, malm::CentreCodes{centre8, centre_scale, query_bits});
+    malm::TwoStageTable table(codes.data(), values.data(), v2 ? scales.data() : nullptr,
+                              read_all<float>(dir + "/centre.f32"), rows, candidates, implied);
     for (size_t q = 0; q + dim <= queries.size(); q += dim) {
       const std::vector<malm::Hit> hits = table.search(queries.data() + q, dim, k);
       for (size_t i = 0; i < hits.size(); ++i) std::printf(i ? " %lld" : "%lld", (long long)hits[i].row);
