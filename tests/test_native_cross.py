@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from native_build import REPO_ROOT
-from test_native_twostage import tied_table
+from test_native_twostage import tied_table, widest_table
 
 CXX, QEMU = "aarch64-linux-gnu-g++", "qemu-aarch64"
 NATIVE = REPO_ROOT / "edge" / "native"
@@ -55,22 +55,47 @@ def write_raw(folder: Path, entry: object, queries: np.ndarray) -> None:
     queries.astype("<f4").tofile(folder / "queries.f32")
 
 
-def run_aarch64(binary: Path, folder: Path, entry: object, query_bits: int, k: int, simd: bool) -> list[list[int]]:
+def run_aarch64(binary: Path, folder: Path, entry: object, query_bits: int, k: int, candidates: int,
+                simd: bool) -> list[list[int]]:
     env = {"PATH": "/usr/bin:/bin", **({} if simd else {"MALM_EDGE_DISABLE_SIMD": "1"})}
     done = subprocess.run([QEMU, str(binary), str(folder), str(len(entry.centre)), str(entry.rows), str(query_bits),
-                           str(entry.candidates), str(k)], capture_output=True, text=True, env=env, timeout=300)
+                           str(candidates), str(k)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return [[int(r) for r in line.split()] for line in done.stdout.splitlines()]
+
+
+def check_aarch64(binary: Path, folder: Path, entry: object, queries: np.ndarray,
+                  searches: tuple[tuple[int, int | None], ...]) -> None:
+    """Each (k, candidates) search returns edge/'s rows, in order, with NEON and portable kernels."""
+    from malm_edge.edge.twostage import read_twostage_table, search_twostage
+
+    write_raw(folder, entry, queries)
+    query_bits = entry.query_bits or 1
+    for k, candidates in searches:
+        expected, _ = search_twostage(read_twostage_table(folder, entry), queries, k=k, candidates=candidates)
+        for simd in (True, False):
+            got = run_aarch64(binary, folder, entry, query_bits, k, candidates or entry.candidates, simd)
+            assert got == expected.tolist(), f"k={k} candidates={candidates} simd={simd}"
 
 
 @pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 2), (3, 1), (2, 1)])
 @pytest.mark.parametrize("dim", [64, 128, 200])
 def test_aarch64_search_matches_edge_on_large_tied_tables(aarch64_search, tmp_path, dim: int, version: int,
                                                           query_bits: int) -> None:
-    from malm_edge.edge.twostage import read_twostage_table, search_twostage
-
+    """20,000 rows (the sampled limit), a third of them tied; k > candidates too."""
     entry, queries = tied_table(tmp_path, dim, version=version, query_bits=query_bits)
-    write_raw(tmp_path, entry, queries)
-    expected, _ = search_twostage(read_twostage_table(tmp_path, entry), queries, k=K)
-    for simd in (True, False):
-        assert run_aarch64(aarch64_search, tmp_path, entry, query_bits, K, simd) == expected.tolist(), f"simd={simd}"
+    check_aarch64(aarch64_search, tmp_path, entry, queries, ((K, None), (300, None), (K, 250)))
+
+
+def test_aarch64_search_matches_edge_on_a_small_table_and_the_widest(aarch64_search, tmp_path) -> None:
+    """1,003 rows (no sample; 43 rows past the last block), a zero-residual query, every row
+    returned; and the 4,368-d table whose distances reach 65,520."""
+    from malm_edge.edge.twostage import read_twostage_table
+
+    small = tmp_path / "small"
+    entry, queries = tied_table(small, 128, n_rows=1003, query_bits=3)
+    centre = read_twostage_table(small, entry).centre  # a zero residual: every weight 0
+    queries = np.concatenate([queries[:4], centre[None]]).astype(np.float32)
+    check_aarch64(aarch64_search, small, entry, queries, ((K, None), (entry.rows, None)))
+    entry, queries = widest_table(tmp_path / "widest")
+    check_aarch64(aarch64_search, tmp_path / "widest", entry, queries, ((entry.rows, None), (K, None)))

@@ -189,7 +189,7 @@ def tied_table(folder: Path, dim: int = 128, n_rows: int = 20_000, version: int 
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     entry = write_twostage_table(folder, rows, candidates=60, version=version, query_bits=query_bits)
     (folder / "table.json").write_text(json.dumps(entry.to_dict()))
-    queries = np.concatenate([rows[[1, 2, 5, 19_999]], rows[[4, 8]] + rows[[7, 11]],
+    queries = np.concatenate([rows[[1, 2, 5, n_rows - 1]], rows[[4, 8]] + rows[[7, 11]],
                               rng.standard_normal((6, dim))]).astype(np.float32)
     return entry, queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
@@ -206,6 +206,43 @@ def check_table_search(build: Path, folder: Path, entry: object, queries: np.nda
     assert done.returncode == 0, done.stderr[-4000:]
     expected, _ = search_twostage(read_twostage_table(folder, entry), queries, k=k, candidates=candidates)
     assert json.loads(done.stdout)["rows"] == expected.tolist()
+
+
+def widest_table(folder: Path, n_rows: int = 1_000) -> tuple[object, np.ndarray]:
+    """A 4,368-d table at query_bits 4, the widest a weighted table may be ((2^4 - 1) x 4,368 = 65,520
+    <= 65,535): rows along +s, along -s (every code bit against the query's: the largest distance,
+    every pair of code bytes adding 4 x 60 = 240) and random, for queries centre + 0.01 s, whose
+    weights are all 15; (entry, queries)."""
+    from malm_edge.edge.twostage import write_twostage_table
+
+    dim = 4368
+    rng = np.random.default_rng(4368)
+    s = np.where(rng.random(dim) < 0.5, -1.0, 1.0)
+    kinds = rng.integers(0, 3, n_rows)
+    rows = np.where((kinds == 0)[:, None], s, np.where((kinds == 1)[:, None], -s, rng.standard_normal((n_rows, dim))))
+    rows = rows + 0.05 * rng.standard_normal((n_rows, dim))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    entry = write_twostage_table(folder, rows, candidates=60, version=3, query_bits=4)
+    (folder / "table.json").write_text(json.dumps(entry.to_dict()))
+    centre = np.asarray(entry.centre, np.float64) * entry.centre_scale
+    queries = np.stack([centre + 0.01 * s, centre - 0.01 * s, centre + 0.01 * s * (rng.random(dim) < 0.9)])
+    return entry, queries.astype(np.float32)
+
+
+@pytest.mark.parametrize("simd", ["", "1"], ids=["simd", "portable"])
+def test_table_search_matches_edge_at_the_widest_weighted_table(build, tmp_path, monkeypatch, simd: str) -> None:
+    """Distances up to 65,520 (the 16-bit sums of the block scan, unsigned compares) and byte sums
+    of 240: every row, in edge/'s order, and the nearest 12 and 300."""
+    from malm_edge.edge.twostage import prefilter_distances, query_prefilter, read_twostage_table
+
+    monkeypatch.setenv("MALM_EDGE_DISABLE_SIMD", simd)
+    entry, queries = widest_table(tmp_path)
+    table = read_twostage_table(tmp_path, entry)
+    distances = prefilter_distances(table.codes, *query_prefilter(table, queries[0]))  # (N,)
+    assert distances.max() == 65_520 and distances.min() < 1_000  # the whole 16-bit range is used
+    check_table_search(build, tmp_path, entry, queries, entry.rows)
+    check_table_search(build, tmp_path, entry, queries, K)
+    check_table_search(build, tmp_path, entry, queries, 300, candidates=250)
 
 
 @pytest.mark.parametrize("version,query_bits", [(3, 4), (3, 1), (2, 1)])

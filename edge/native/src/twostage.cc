@@ -12,9 +12,9 @@
 #include <immintrin.h>
 #define MALM_X86_KERNELS 1  // AVX-512 (VPOPCNTDQ, BW, BMI2) kernels, chosen at run time
 #endif
-#if defined(__aarch64__) && defined(__ARM_NEON)
+#if defined(__aarch64__) && defined(__ARM_NEON) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #include <arm_neon.h>
-#define MALM_NEON_KERNELS 1  // every AArch64 CPU has NEON: chosen at compile time
+#define MALM_NEON_KERNELS 1  // every AArch64 CPU has NEON: chosen at compile time (kernels read codes as bytes)
 #endif
 #if defined(MALM_X86_KERNELS) || defined(MALM_NEON_KERNELS)
 #define MALM_BLOCK_KERNELS 1  // the weighted scan over byte-transposed codes (transpose_codes)
@@ -28,7 +28,7 @@ constexpr float kInt8Max = 127.0f;
 constexpr size_t kPrefetchBytes = 8192;  // codes fetched ahead of the scan (Ice Lake: 4-16 KiB beat 0.5-2)
 constexpr int kRescorePrefetchRows = 8;  // candidate rows fetched ahead of their rescoring
 constexpr int64_t kSampleBlocks = 64, kSampleBlockRows = 64;
-constexpr int64_t kBlockRows = 64;  // rows of a byte-transposed code block (scan_blocks_avx512)
+constexpr int64_t kBlockRows = 64;  // rows of a byte-transposed code block (the block scans)
 static_assert(kBlockRows == kSampleBlockRows, "a sampled run of rows is one block");
 
 bool simd_allowed() {
@@ -327,26 +327,27 @@ int sampled_limit(const std::vector<int64_t>& histogram, int64_t rows, int64_t k
 }
 
 #if MALM_BLOCK_KERNELS  // the layout and the query tables of the block scans
-// The codes of rows [0, 64 n) byte-transposed in blocks of 64 rows: byte b of row 64 i + j at
-// (i x code_bytes + b) x 64 + j, so one 64-byte load holds one code byte of 64 rows.
-std::vector<uint8_t> transpose_codes(const uint64_t* codes, int64_t rows, size_t words) {
-  const size_t code_bytes = words * 8, blocks = size_t(rows / kBlockRows);
+// The codes of rows [0, 64 n) byte-transposed in blocks of 64 rows, into `out` (n x words x 512
+// bytes): byte b of row 64 i + j at (i x code_bytes + b) x 64 + j, so one 64-byte load holds one
+// code byte of 64 rows.
+void transpose_codes(const uint64_t* codes, int64_t n_blocks, size_t words, uint8_t* out) {
+  const size_t code_bytes = words * 8;
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(codes);  // little-endian words
-  std::vector<uint8_t> out(blocks * code_bytes * kBlockRows);
-  for (size_t i = 0; i < blocks; ++i) {
-    uint8_t* block = out.data() + i * code_bytes * kBlockRows;
+  for (size_t i = 0; i < size_t(n_blocks); ++i) {
+    uint8_t* block = out + i * code_bytes * kBlockRows;
     for (size_t j = 0; j < size_t(kBlockRows); ++j) {
       const uint8_t* row = bytes + (i * kBlockRows + j) * code_bytes;
       for (size_t b = 0; b < code_bytes; ++b) block[b * kBlockRows + j] = row[b];
     }
   }
-  return out;
 }
 
 // For code byte b and its nibble h (bits 4h..4h + 3), the distance each of the 16 nibble values
 // adds (the weights of its dims whose bit differs from the query's; weight 1 for Hamming),
 // repeated in the four 128-bit lanes a byte shuffle reads: (code_bytes, 2, 64). An entry is at
 // most 4 x 15 = 60, so the four entries of two bytes add up in a byte.
+constexpr int kMostQueryBits = 4;  // set_layout's bound on query_bits
+static_assert(2 * 4 * ((1 << kMostQueryBits) - 1) <= 255, "two code bytes' lookups fit a byte");
 std::vector<uint8_t> nibble_tables(const QueryCode& q) {
   const size_t code_bytes = q.words * 8;
   std::vector<uint8_t> tables(code_bytes * 2 * 64);
@@ -546,7 +547,7 @@ void dots8_avx512(const uint8_t* nibbles, const uint8_t* crumbs, const uint8_t* 
 // a 64-bit word replaced by 2 shuffles a byte whatever P.
 // kCodeBytes: the code bytes a row when fixed at compile time (16: 65..128-d), else 0.
 template <size_t kCodeBytes>
-__attribute__((target("avx512f,avx512bw,bmi2"))) inline void block_distances(
+__attribute__((target("avx512f,avx512bw"))) inline void block_distances(
     const uint8_t* block, size_t runtime_code_bytes, const uint8_t* tables, __m512i& even, __m512i& odd) {
   const size_t code_bytes = kCodeBytes ? kCodeBytes : runtime_code_bytes;
   const __m512i low = _mm512_set1_epi8(0x0f);
@@ -595,7 +596,7 @@ void scan_blocks_avx512(const uint8_t* blocks, int64_t n_blocks, size_t code_byt
 }
 
 // sample_rows from the blocks: kSampleBlocks evenly spread blocks of 64 rows.
-__attribute__((target("avx512f,avx512bw,bmi2")))
+__attribute__((target("avx512f,avx512bw")))
 void sample_blocks_avx512(const uint8_t* blocks, int64_t n_blocks, size_t code_bytes, const uint8_t* tables,
                           std::vector<int64_t>& histogram) {
   alignas(64) uint16_t sums[2][32];
@@ -618,6 +619,14 @@ bool has_avx512() {
          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
 }
 const bool kAvx512 = has_avx512();
+
+// The block scans need AVX-512F/BW and BMI2 only (Skylake-SP and Cascade Lake have no VPOPCNTDQ).
+bool has_avx512bw() {
+  if (!kSimdAllowed) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2");
+}
+const bool kBlockScan = has_avx512bw();
 #if !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -632,6 +641,9 @@ ScanKernel scan_kernel() {
 #endif
   return scan_portable;
 }
+#if MALM_NEON_KERNELS
+const bool kBlockScan = kSimdAllowed;
+#endif
 
 #if MALM_BLOCK_KERNELS
 // The weighted scan of the byte-transposed blocks, and its sample, for this CPU.
@@ -711,10 +723,14 @@ TwoStageTable::TwoStageTable(const uint64_t* codes, const uint8_t* values, const
 // memory: 16 MB for a 1M-row 128-d table), where this CPU runs that scan. Hamming keeps its
 // popcount scan, which needs fewer instructions a row than the shuffles.
 void TwoStageTable::transpose_for_scan() {
-#if MALM_X86_KERNELS
-  if (kAvx512 && query_bits_ >= 2 && rows_ >= kBlockRows) blocks_ = transpose_codes(codes_, rows_, words_);
-#elif MALM_NEON_KERNELS
-  if (kSimdAllowed && query_bits_ >= 2 && rows_ >= kBlockRows) blocks_ = transpose_codes(codes_, rows_, words_);
+#if MALM_BLOCK_KERNELS
+  if (!kBlockScan || query_bits_ < 2 || rows_ < kBlockRows) return;
+  n_blocks_ = rows_ / kBlockRows;
+  block_storage_.resize(size_t(n_blocks_) * words_ * 8 * kBlockRows + 63);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(block_storage_.data());
+  uint8_t* aligned = block_storage_.data() + ((64 - at % 64) % 64);  // whole cache lines a load
+  transpose_codes(codes_, n_blocks_, words_, aligned);
+  blocks_ = aligned;
 #endif
 }
 
@@ -780,25 +796,27 @@ std::vector<int64_t> TwoStageTable::prefilter(const QueryCode& query, int64_t ke
   const size_t bins = size_t(query.max_distance) + 1;
 #if MALM_BLOCK_KERNELS
   const BlockKernels blocked = block_kernels(words_);
-  const int64_t n_blocks = blocks_.empty() ? 0 : rows_ / kBlockRows;
+  const int64_t n_blocks = n_blocks_;
   const std::vector<uint8_t> tables = n_blocks ? nibble_tables(query) : std::vector<uint8_t>();
 #endif
   auto scan_rows = [&](Candidates& kept) {  // every row, in row order
     int64_t begin = 0;
 #if MALM_BLOCK_KERNELS
-    if (n_blocks) blocked.scan(blocks_.data(), n_blocks, words_ * 8, tables.data(), kept);
+    if (n_blocks) blocked.scan(blocks_, n_blocks, words_ * 8, tables.data(), kept);
     begin = n_blocks * kBlockRows;
 #endif
     scan(codes_, begin, rows_, query, kept);
   };
+  auto sample = [&](std::vector<int64_t>& histogram) {
+#if MALM_BLOCK_KERNELS
+    if (n_blocks) return blocked.sample(blocks_, n_blocks, words_ * 8, tables.data(), histogram);
+#endif
+    sample_rows(codes_, rows_, query, histogram);
+  };
   int limit = query.max_distance;
   if (sample_pays(rows_, keep)) {
     std::vector<int64_t> histogram(bins, 0);
-#if MALM_BLOCK_KERNELS
-    if (n_blocks) blocked.sample(blocks_.data(), n_blocks, words_ * 8, tables.data(), histogram);
-    else
-#endif
-      sample_rows(codes_, rows_, query, histogram);
+    sample(histogram);
     limit = sampled_limit(histogram, rows_, keep);
   }
   Candidates kept(keep, rows_, limit, bins);

@@ -80,7 +80,9 @@ class TwoStageTable : public SearchTable {
   const uint64_t* codes_ = nullptr;
   const uint8_t* values_ = nullptr;
   const float* scales_ = nullptr;
-  std::vector<uint8_t> blocks_;  // the codes byte-transposed for the shuffle scan (x86-64 AVX-512), or empty
+  std::vector<uint8_t> block_storage_;  // the codes byte-transposed for the block scans, or empty
+  const uint8_t* blocks_ = nullptr;     // block_storage_ from a 64-byte boundary
+  int64_t n_blocks_ = 0;                // blocks of 64 rows in it
   MappedFile maps_[3];
 };
 

@@ -46,8 +46,9 @@ int main(int argc, char** argv) {
   const std::vector<uint64_t> codes = read_all<uint64_t>(dir + "/codes.u64");
   const std::vector<uint8_t> values = read_all<uint8_t>(dir + "/values.u8");
   const std::vector<float> queries = read_all<float>(dir + "/queries.f32");
-  std::FILE* v2 = std::fopen((dir + "/scales.f32").c_str(), "rb");
-  if (v2) std::fclose(v2);
+  std::FILE* scales_file = std::fopen((dir + "/scales.f32").c_str(), "rb");
+  const bool v2 = scales_file != nullptr;
+  if (v2) std::fclose(scales_file);
   const std::vector<float> scales = v2 ? read_all<float>(dir + "/scales.f32") : std::vector<float>();
   const malm::CentreCodes implied = v2 ? malm::CentreCodes{} : malm::CentreCodes{
       read_all<int32_t>(dir + "/centre8.i32"), read_all<double>(dir + "/centre_scale.f64").at(0), query_bits};
