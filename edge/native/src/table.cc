@@ -178,6 +178,18 @@ MappedFile::~MappedFile() {
   if (base_) munmap(base_, bytes_);
 }
 
+void* MappedFile::allocate(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) fail(MALM_ERR_NO_MEMORY, "cannot allocate " + std::to_string(bytes) + " bytes");
+#ifdef MADV_HUGEPAGE
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+#endif
+  base_ = p;
+  bytes_ = bytes;
+  return p;
+}
+
 const void* MappedFile::map(const std::string& path, size_t bytes) {
   if (bytes == 0) return nullptr;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -42,6 +42,9 @@ class MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   const void* map(const std::string& path, size_t bytes);
+  // Instead: `bytes` of zeroed read-write memory (page-aligned; transparent huge pages asked for
+  // where the OS has them, so a large scanned copy costs fewer TLB misses).
+  void* allocate(size_t bytes);
 
  private:
   void* base_ = nullptr;

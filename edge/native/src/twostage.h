@@ -80,10 +80,9 @@ class TwoStageTable : public SearchTable {
   const uint64_t* codes_ = nullptr;
   const uint8_t* values_ = nullptr;
   const float* scales_ = nullptr;
-  std::vector<uint8_t> block_storage_;  // the codes byte-transposed for the block scans, or empty
-  const uint8_t* blocks_ = nullptr;     // block_storage_ from a 64-byte boundary
-  int64_t n_blocks_ = 0;                // blocks of 64 rows in it
-  MappedFile maps_[3];
+  const uint8_t* blocks_ = nullptr;  // the codes byte-transposed for the block scans, or null
+  int64_t n_blocks_ = 0;             // blocks of 64 rows in it
+  MappedFile maps_[3], block_memory_;
 };
 
 // The table of a parsed entry, files under `root`: version 1 -> Table, versions 2 and 3 -> TwoStageTable.
