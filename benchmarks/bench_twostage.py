@@ -106,13 +106,17 @@ def synthetic(rows: int, n_queries: int, dim: int = 128, seed: int = 0) -> tuple
     return matrix, normalise(queries)
 
 
-def minilm(n_queries: int, dim: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def minilm(n_queries: int, dim: int | None = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(table, queries) of the cached MiniLM vectors, centred and normalised; PCA to `dim` (None: 384)."""
     root = Path(os.environ.get("MALM_EDGE_CACHE", Path.home() / ".cache" / "malm-edge")) / "sentence-embeddings"
     files = sorted(root.glob("*.npz"))
     if not files:
         raise SystemExit(f"no MiniLM cache under {root} (train a `lite` teacher once to fill it)")
     vectors = np.concatenate([np.load(f, allow_pickle=False)["vectors"].astype(np.float32) for f in files])
     vectors = normalise(vectors - vectors.mean(axis=0))  # (U, 384)
+    if dim is None:
+        order = np.random.default_rng(seed).permutation(len(vectors))
+        return vectors[order[n_queries:]], vectors[order[:n_queries]]
     _, _, basis = np.linalg.svd(vectors[:20000] - vectors[:20000].mean(axis=0), full_matrices=False)
     projected = normalise(vectors @ basis[:dim].T)  # (U, 128): PCA, then unit length
     order = np.random.default_rng(seed).permutation(len(projected))

@@ -37,9 +37,18 @@ from malm_edge.converters.index import (
     build_index,
     embed_recipes,
     finalize,
+    iter_shard_arrays,
     mixed_recipe_queries,
     table_quality,
     teacher_image_queries,
+)
+from malm_edge.converters.projection import (
+    PROJECTION_FILE,
+    TableProjection,
+    fit_projection,
+    fold_into_student,
+    save_projection,
+    table_width,
 )
 from malm_edge.converters.verify import (
     eager_embeddings,
@@ -79,6 +88,9 @@ class ConvertOptions:
         candidates: Rows the two-stage prefilter keeps (two-stage tables).
         query_bits: Bits of the two-stage prefilter's query weights (1: plain Hamming; None: the
             writer's default, 4 up to 4,369 dims).
+        table_width: Project the table and the encoder's output onto this many principal
+            directions of the recipe embeddings (converters/projection.py); None: 128 for a
+            two-stage table of a wider teacher, else the teacher's width.
         calibration: Folder of photos or dataset folder for calibration (default: the recipes
             dataset's train split).
         n_calibration: Calibration photos.
@@ -100,6 +112,7 @@ class ConvertOptions:
     table_format: str = "exact"
     candidates: int = 1000
     query_bits: int | None = None
+    table_width: int | None = None
     calibration: Path | None = None
     n_calibration: int = 64
     n_verify: int = 64
@@ -328,22 +341,38 @@ def build_bundle(student: Any, teacher: Any, recipes_dir: str | os.PathLike, out
     return result
 
 
-def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path,
-                       options: ConvertOptions) -> tuple[eb.TableEntry, int, dict[str, Any]]:
+@dataclass
+class BuiltTable:
+    """The recipe table and catalog written into the staging folder."""
+
+    entry: eb.TableEntry
+    count: int
+    quality: dict[str, Any]
+    projection: TableProjection | None  # None: the teacher's own width
+
+
+def _table_and_catalog(teacher: Any, recipes_dir: Path, staging: Path, options: ConvertOptions) -> BuiltTable:
     index_dir = options.index_dir or staging / "_index"
     build_index(teacher, recipes_dir, index_dir, shard_size=options.shard_size,
                 batch_size=options.batch_size, progress=options.progress)
+    dim = int(next(iter_shard_arrays(index_dir))[1].shape[1])
+    width = table_width(dim, options.table_format, options.table_width)
+    projection = None
+    if width < dim:
+        logger.info("projecting the %d-dim recipe embeddings onto their top %d principal directions", dim, width)
+        projection = fit_projection((values for _, values, _ in iter_shard_arrays(index_dir)), width)
+        save_projection(staging / PROJECTION_FILE, projection)
     table, count = finalize(index_dir, recipes_dir, staging, table_dtype=options.table_dtype,
                             table_format=options.table_format, candidates=options.candidates,
-                            query_bits=options.query_bits)
+                            query_bits=options.query_bits, projection=projection)
     queries = teacher_image_queries(teacher, recipes_dir)
     source = "teacher val image embeddings"
     if queries is None:
         queries, source = mixed_recipe_queries(index_dir), "mixed recipe embeddings"
-    quality = {**table_quality(index_dir, staging, table, queries), "queries": source}
+    quality = {**table_quality(index_dir, staging, table, queries, projection=projection), "queries": source}
     if options.index_dir is None:
         shutil.rmtree(index_dir, ignore_errors=True)
-    return table, count, quality
+    return BuiltTable(table, count, quality, projection)
 
 
 def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
@@ -357,43 +386,54 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     reference = eager_embeddings(student.model, verify_pixels)  # (N, D)
     check_not_collapsed(reference, student, options.allow_collapsed)  # before any slow step
     logger.info("embedding the recipes of %s with the teacher", recipes_dir)
-    table, count, quality = _table_and_catalog(teacher, recipes_dir, staging, options)
+    built = _table_and_catalog(teacher, recipes_dir, staging, options)
+    table, projection = built.entry, built.projection
     student_dim = int(getattr(student.model, "embed_dim", table.dim))
-    if student_dim != table.dim:
+    if student_dim != (table.dim if projection is None else projection.from_dim):
         raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
-                           f"table has {table.dim}; was it distilled from this teacher?")
+                           f"embeddings have {table.dim}; was it distilled from this teacher?")
+    # the encoder that is exported: the student, with the table's projection folded into its output
+    encoder = student.model if projection is None else fold_into_student(student.model, projection)
+    if projection is not None:
+        reference = eager_embeddings(encoder, verify_pixels)  # (N, W)
     table_view = read_table(staging, table)
-    val_recipe_emb = embed_recipes(teacher, val.recipes) if val is not None else None
+    full_recipe_emb = embed_recipes(teacher, val.recipes) if val is not None else None  # (V, D)
+    val_recipe_emb = full_recipe_emb if projection is None or val is None else projection.apply(full_recipe_emb)
     encoders = []
     for target, quantization in plan:
         file = encoder_file(target, quantization)
         logger.info("exporting %s (%s, %s)", file, target, quantization)
-        report = export_one(student.model, prep, target, quantization, staging / file, calibration)
+        report = export_one(encoder, prep, target, quantization, staging / file, calibration)
         encoders.append(_measure(staging, file, report, reference, verify_pixels, table_view,
                                  val, val_pixels, val_recipe_emb, prep))
+    metrics = {}
     if val is not None:
-        student_val = eager_embeddings(student.model, val_pixels)
-        metrics = {"student_eager": image_to_recipe(student_val, val_recipe_emb)}
-    else:
-        metrics = {}
+        metrics["student_eager"] = image_to_recipe(eager_embeddings(encoder, val_pixels), val_recipe_emb)
+        if projection is not None:  # what the width reduction costs the float student
+            metrics["student_eager_full_width"] = image_to_recipe(eager_embeddings(student.model, val_pixels),
+                                                                  full_recipe_emb)
     metrics.update({e.entry.name: e.val_metrics for e in encoders if e.val_metrics is not None})
     provenance = _provenance(student, teacher, recipes_dir)
-    provenance.update(metrics=metrics, table_quality=quality,
+    provenance.update(metrics=metrics, table_quality=built.quality,
                       non_delegated_ops={e.entry.name: e.report.non_delegated_ops
                                          for e in encoders if e.entry.target == "executorch"},
                       parity={e.entry.name: e.parity for e in encoders if e.parity is not None})
+    extra_files = []
+    if projection is not None:
+        provenance["table_projection"] = projection.to_provenance()
+        extra_files.append(eb.ExtraFile(PROJECTION_FILE, eb.sha256_path(staging / PROJECTION_FILE)))
     manifest = eb.Manifest(embedding_dim=int(table.dim), preprocessing=bundle_preprocessing(prep),
                            encoders=[e.entry for e in encoders], table=table,
-                           catalog=eb.make_catalog_entry(staging, CATALOG_FILE, count),
-                           provenance=provenance)
+                           catalog=eb.make_catalog_entry(staging, CATALOG_FILE, built.count),
+                           provenance=provenance, extra_files=extra_files)
     eb.write_manifest(staging, manifest)
     eb.read_bundle(staging)  # the final check: exactly what an app will do
-    result = ConvertResult(staging, manifest, encoders, quality)
+    result = ConvertResult(staging, manifest, encoders, built.quality)
     if options.report and val is not None:
         from malm_edge.converters.report import write_report
 
         write_report(staging, val=val, student=student, teacher=teacher, calibration=calibration,
-                     recipe_emb=val_recipe_emb, title=f"Compression report: {out_name}")
+                     recipe_emb=full_recipe_emb, projection=projection, title=f"Compression report: {out_name}")
     return result
 
 

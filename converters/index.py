@@ -16,7 +16,8 @@ the whole file to count positions; the canonical reader keeps the ids seen, to r
 `finalize` streams the shards in order into edge's `TableWriter` (int8 with per-row scales, or
 float16; `table_format="twostage"`: a first pass computes the centre, then edge's
 `TwoStageWriter` writes sign codes and 8-bit rows, table version 3) and edge's `write_catalog`
-(row i of the catalog is row i of the table) in one pass over `recipes.jsonl`, checking every id.
+(row i of the catalog is row i of the table) in one pass over `recipes.jsonl`, checking every id;
+with a `TableProjection` (converters/projection.py) every row is first narrowed to its W dims.
 `table_quality` reports recall@1 / recall@10 of the quantized table against exact float32 search
 over the shards, with the table version and bytes a recipe.
 """
@@ -43,6 +44,7 @@ from malm_edge.converters.calibration import (
 )
 from malm_edge.converters.errors import ConverterError
 from malm_edge.converters.progress import recipe_progress
+from malm_edge.converters.projection import TableProjection
 from malm_edge.edge.bundle import TableEntry
 from malm_edge.edge.catalog import CATALOG_FILE, write_catalog
 from malm_edge.edge.safe_json import load_json_file
@@ -264,29 +266,32 @@ def _check_shards_cover(index_dir: Path, recipes_dir: Path) -> None:
 TABLE_FORMATS = ("exact", "twostage")
 
 
-def shard_centre(index_dir: Path) -> np.ndarray:
-    """(D,) float32 mean row over all shards (float64 sums, one streamed pass)."""
+def shard_centre(index_dir: Path, projection: TableProjection | None = None) -> np.ndarray:
+    """(D,) float32 mean row over all shards (float64 sums, one streamed pass); (W,) when projected."""
     total, count = None, 0
     for _, values, _ in iter_shard_arrays(index_dir):
-        part = np.asarray(values, dtype=np.float64).sum(axis=0)  # (D,)
+        rows = values if projection is None else projection.apply(values)  # (n, D) or (n, W)
+        part = np.asarray(rows, dtype=np.float64).sum(axis=0)  # (D,)
         total = part if total is None else total + part
         count += len(values)
     return (total / max(count, 1)).astype(np.float32)
 
 
-def _table_writer(index_dir: Path, out_dir: Path, dim: int, table_dtype: str,
-                  table_format: str, candidates: int, query_bits: int | None) -> TableWriter | TwoStageWriter:
+def _table_writer(index_dir: Path, out_dir: Path, dim: int, table_dtype: str, table_format: str,
+                  candidates: int, query_bits: int | None,
+                  projection: TableProjection | None) -> TableWriter | TwoStageWriter:
     if table_format not in TABLE_FORMATS:
         raise ValueError(f"table format {table_format!r}, expected one of {TABLE_FORMATS}")
     if table_format == "twostage":
-        return TwoStageWriter(out_dir, shard_centre(index_dir), candidates, query_bits=query_bits)
+        return TwoStageWriter(out_dir, shard_centre(index_dir, projection), candidates, query_bits=query_bits)
     return TableWriter(out_dir, dim, table_dtype)
 
 
 def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_dir: str | os.PathLike,
              *, table_dtype: str = "int8", table_format: str = "exact",
              candidates: int = DEFAULT_CANDIDATES, query_bits: int | None = None,
-             catalog_file: str = CATALOG_FILE) -> tuple[TableEntry, int]:
+             catalog_file: str = CATALOG_FILE,
+             projection: TableProjection | None = None) -> tuple[TableEntry, int]:
     """Stream the shards into the table files and the catalog (same order), in one pass.
 
     Args:
@@ -300,6 +305,8 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
         query_bits: Bits of the two-stage prefilter's query weights (written into the manifest;
             None: the writer's default, 4 up to 4,369 dims).
         catalog_file: Catalog file name inside `out_dir`.
+        projection: Write every row projected onto these W directions and renormalised
+            (converters/projection.py), a W-dim table; None keeps the embeddings' own width.
 
     Returns:
         (the table's manifest entry, catalog row count).
@@ -311,15 +318,16 @@ def finalize(index_dir: str | os.PathLike, recipes_dir: str | os.PathLike, out_d
     _check_shards_cover(index_dir, recipes_dir)
     shards = iter_shard_arrays(index_dir)
     first = next(iter_shard_arrays(index_dir))[1]
-    writer = _table_writer(index_dir, out_dir, int(first.shape[1]), table_dtype, table_format, candidates,
-                           query_bits)
+    dim = int(first.shape[1]) if projection is None else projection.width
+    writer = _table_writer(index_dir, out_dir, dim, table_dtype, table_format, candidates, query_bits, projection)
 
     def records() -> Iterator[Recipe]:
         pending: list[str] = []
         for recipe in iter_records(recipes_dir):
             if not pending:
                 offset, values, pending = next(shards)
-                writer.append(np.asarray(values))  # (n, D), copied chunk by chunk
+                # (n, D) copied chunk by chunk, or (n, W) projected
+                writer.append(np.asarray(values) if projection is None else projection.apply(values))
                 pending = list(reversed(pending))
             expected = pending.pop()
             if recipe.id != expected:
@@ -357,20 +365,26 @@ def exact_topk(index_dir: Path, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def table_quality(index_dir: str | os.PathLike, table_dir: str | os.PathLike, entry: TableEntry,
-                  queries: np.ndarray, k: int = 10) -> dict[str, float]:
+                  queries: np.ndarray, k: int = 10,
+                  projection: TableProjection | None = None) -> dict[str, float]:
     """Recall of the quantized table against exact float32 search.
 
     recall@1: fraction of queries whose quantized top-1 is the exact top-1;
-    recall@10: mean |quantized top-10 ∩ exact top-10| / 10.
+    recall@10: mean |quantized top-10 ∩ exact top-10| / 10. The exact search runs at the
+    embeddings' full width; a projected table is searched with the projected queries, so its
+    recall counts what the width reduction loses too.
     """
     queries = np.asarray(queries, dtype=np.float32)  # (Q, D)
     exact = exact_topk(Path(index_dir), queries, k)  # (Q, k)
-    approx, _ = search_topk(read_table(table_dir, entry), queries, k)  # (Q, k)
+    table_queries = queries if projection is None else projection.apply(queries)  # (Q, D) or (Q, W)
+    approx, _ = search_topk(read_table(table_dir, entry), table_queries, k)  # (Q, k)
     overlap = [len(set(a.tolist()) & set(b.tolist())) / exact.shape[1] for a, b in zip(exact, approx)]
     return {"recall_at_1": float(np.mean(exact[:, 0] == approx[:, 0])),
             "recall_at_10": float(np.mean(overlap)), "n_queries": int(len(queries)),
             "dtype": entry.dtype, "table_version": entry.version,
-            "bytes_per_recipe": table_bytes_per_row(entry)}
+            "bytes_per_recipe": table_bytes_per_row(entry),
+            **({} if projection is None else {"width": projection.width, "from_dim": projection.from_dim,
+                                              "retained_energy": projection.retained_energy})}
 
 
 def table_bytes_per_row(entry: TableEntry) -> float:

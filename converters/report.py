@@ -9,7 +9,9 @@ gives the recipe table: its kind, bytes a recipe, recall against exact float32 s
 `convert`) and one query's latency. Written into
 the bundle as report.md, report.json and report.png (R@1, medR and size per stage, size vs latency
 per exported file; drawn with pillow, matplotlib is not needed).
-These files are not referenced by the manifest, so they do not change its checksums.
+The manifest names these files in `extra_files` (a signed bundle must be signed again). A bundle
+whose table was narrowed (`convert --table-width`) scores its eager rows in the teacher's width and
+its exported files in the table's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from malm_edge.converters.evaluation import (
     torch_latency_ms,
 )
 from malm_edge.converters.index import embed_recipes
+from malm_edge.converters.projection import TableProjection, load_projection
 from malm_edge.converters.verify import (
     eager_embeddings,
     open_backend,
@@ -179,6 +182,10 @@ def summarize_table(bundle_dir: Path, manifest: Any, k: int = 10) -> TableSummar
     quality = manifest.provenance.get("table_quality") or {}
     kind = (f"two-stage (table v{entry.version}: sign bits + {entry.dtype} rows, {entry.candidates} candidates "
             "rescored)" if entry.version in (2, 3) else f"exact ({entry.dtype} rows, table v1)")
+    narrowed = manifest.provenance.get("table_projection")
+    if isinstance(narrowed, dict):
+        kind += (f"; {narrowed.get('width')} of the teacher's {narrowed.get('from_dim')} dims (PCA, "
+                 f"{float(narrowed.get('retained_energy', 0)):.1%} of the recipes' energy)")
     queries = f"{quality['n_queries']} {quality.get('queries', 'queries')}" if "n_queries" in quality else "n/a"
     return TableSummary(kind, int(entry.rows), table_bytes_per_row(entry), quality.get("recall_at_1"),
                         quality.get("recall_at_10"), queries, timing["median_ms"])
@@ -254,7 +261,7 @@ def render_png(rows: list[StageRow], path: Path, title: str = "Compression repor
 
 def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any = None, teacher: Any = None,
                  calibration: torch.Tensor | None = None, recipe_emb: np.ndarray | None = None,
-                 title: str | None = None) -> Path:
+                 projection: TableProjection | None = None, title: str | None = None) -> Path:
     """Measure every stage and write report.md / report.json / report.png into `bundle_dir`.
 
     Args:
@@ -264,6 +271,9 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
         teacher: A LoadedTeacher; needed for recipe embeddings unless `recipe_emb` is given.
         calibration: Calibration photos for the PT2E quantized stage (None skips it).
         recipe_emb: (N, D) teacher recipe embeddings of `val.recipes`.
+        projection: The bundle's table projection (converters/projection.py): the eager rows are
+            scored in the teacher's width, the exported files in the table's (default: the one the
+            manifest names, if any).
         title: Markdown title (default from the folder name).
 
     Returns:
@@ -276,8 +286,12 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
             raise ReportError("the report needs the teacher (recipe embeddings of the val recipes)")
         recipe_emb = embed_recipes(teacher, val.recipes)
     prep = student.preprocessing if student is not None else _manifest_prep(bundle.manifest)
+    record = bundle.manifest.provenance.get("table_projection")
+    if projection is None and record is not None:
+        projection = load_projection(bundle_dir, record)
     rows = _eager_rows(val, recipe_emb, student, teacher, calibration)
-    rows += _export_rows(bundle_dir, bundle.manifest.encoders, val, recipe_emb, prep)
+    table_emb = recipe_emb if projection is None else projection.apply(recipe_emb)  # (N, W)
+    rows += _export_rows(bundle_dir, bundle.manifest.encoders, val, table_emb, prep)
     table = summarize_table(bundle_dir, bundle.manifest)
     (bundle_dir / REPORT_MD).write_text(
         render_markdown(rows, title or f"Compression report: {bundle_dir.name}", table), encoding="utf-8"

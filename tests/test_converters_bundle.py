@@ -189,3 +189,27 @@ def test_convert_twostage_table_writes_table_version_3(built, tmp_path):
     with Retriever(out, backend="onnx") as retriever:
         hits = retriever.search(built["extra_photos"][0], k=3)
     assert len(hits) == 3
+
+
+def test_convert_narrows_the_table_and_the_encoder_together(built, tmp_path):
+    from malm_edge.converters.projection import PROJECTION_FILE
+    from malm_edge.edge.retriever import Retriever
+
+    out = tmp_path / "narrow"
+    result = CliRunner().invoke(_cli(), [
+        "convert", str(built["student_run"]), "--recipes", str(built["data"]), "--out", str(out), "--target", "onnx",
+        "--quantize", "none", "--table", "twostage", "--table-width", "32", "--n-calibration", "16",
+        "--n-verify", "16", "--batch-size", "16", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "32 of the teacher's 64 dims" in result.output
+    manifest = read_bundle(out).manifest
+    assert manifest.embedding_dim == manifest.table.dim == 32 and manifest.encoders[0].output.shape[-1] == 32
+    assert manifest.provenance["table_projection"]["from_dim"] == 64
+    assert [x.file for x in manifest.extra_files] == [PROJECTION_FILE]
+    assert manifest.encoders[0].verification.cosine_min > 0.99  # the file emits the folded student's output
+    with Retriever(out, backend="onnx") as retriever:
+        assert len(retriever.search(built["extra_photos"][0], k=3)) == 3
+    report = CliRunner().invoke(_cli(), ["report", str(out), "--data", str(built["data"])])
+    assert report.exit_code == 0, report.output
+    assert "32 of the teacher's 64 dims" in (out / "report.md").read_text()
+    read_bundle(out)  # the report's files are named in the manifest beside the projection

@@ -116,6 +116,23 @@ def test_finalize_streams_table_and_catalog_in_order(setup, dtype):
     assert mixed["n_queries"] == 20 and mixed["recall_at_10"] >= 0.8
 
 
+def test_finalize_writes_a_narrowed_table_whose_recall_is_against_full_width(setup, tmp_path):
+    from malm_edge.converters.projection import fit_projection
+
+    _, data, _, teacher, full, _ = setup
+    exact = np.concatenate(_shards(full))  # (36, 64)
+    projection = fit_projection(_shards(full), 32)
+    entry, count = idx.finalize(full, data, tmp_path / "t", table_format="twostage", projection=projection)
+    assert (entry.rows, entry.dim, count) == (36, 32, 36)
+    assert idx.table_bytes_per_row(entry) == 8 + 28  # one 64-bit sign word + 7 magnitude bits a dim
+    np.testing.assert_allclose(read_table(tmp_path / "t", entry).dequantize(), projection.apply(exact),
+                               atol=1 / 127)
+    queries = idx.teacher_image_queries(teacher, data)  # (8, 64): full width
+    quality = idx.table_quality(full, tmp_path / "t", entry, queries, projection=projection)
+    assert (quality["width"], quality["from_dim"]) == (32, 64) and 0 < quality["retained_energy"] <= 1
+    assert 0.5 <= quality["recall_at_10"] <= 1.0
+
+
 def test_finalize_refuses_missing_shard_and_reordered_recipes(setup, tmp_path):
     _, data, _, _, full, _ = setup
     import shutil

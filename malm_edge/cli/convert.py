@@ -76,6 +76,11 @@ def convert(
         "--table twostage: bits of the prefilter's query weights (1: the plain Hamming distance; "
         "default 4, fewer above 4,369 dims). More bits keep more of the true top-10 for photo "
         "queries and cost more scan time (BENCHMARKS.md, \"Weighted prefilter\")."))] = None,
+    table_width: Annotated[Optional[int], typer.Option(min=1, help=(
+        "Project the recipe table and the exported encoder's output onto this many principal directions "
+        "of the recipe embeddings (a two-stage table costs one byte a dim). Default: 128 for --table "
+        "twostage when the teacher is wider (128 bytes a recipe), else the teacher's width. Recall "
+        "against the full-width float32 search is measured and printed."))] = None,
     index_dir: Annotated[Optional[Path], typer.Option(help="Keep / reuse the recipe index shards here.")] = None,
     n_calibration: Annotated[int, typer.Option(min=1, help="Calibration photos.")] = 64,
     n_verify: Annotated[int, typer.Option(min=1, help="Held-out verification photos.")] = 64,
@@ -99,7 +104,8 @@ def convert(
     names = TARGETS if Target.all in target else tuple(t.value for t in target)
     options = ConvertOptions(targets=names, quantize=quantize.value, table_dtype=table_dtype.value,
                              table_format=table_format.value, candidates=candidates,
-                             query_bits=query_bits, calibration=calibration, n_calibration=n_calibration,
+                             query_bits=query_bits, table_width=table_width, calibration=calibration,
+                             n_calibration=n_calibration,
                              n_verify=n_verify,
                              index_dir=index_dir, batch_size=batch_size, overwrite=overwrite,
                              report=report, progress=not as_json, allow_collapsed=allow_collapsed,
@@ -122,7 +128,9 @@ def convert(
         if encoder["non_delegated_ops"]:
             typer.echo(f"  not delegated to XNNPACK: {', '.join(encoder['non_delegated_ops'])}")
     table = summary["table"]
+    narrowed = (f", {table['width']} of the teacher's {table['from_dim']} dims (PCA keeps "
+                f"{table['retained_energy']:.1%} of the energy)" if "width" in table else "")
     typer.echo(f"table: {table['rows']} recipes, {table['dtype']} ({table['bytes_per_recipe']:.0f} bytes a "
-               f"recipe), recall@1 {table['recall_at_1']:.3f} "
+               f"recipe{narrowed}), recall@1 {table['recall_at_1']:.3f} "
                f"recall@10 {table['recall_at_10']:.3f} vs float32")
     typer.echo(f"bundle written to {summary['bundle']}")
