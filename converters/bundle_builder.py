@@ -385,13 +385,16 @@ def _build_into(staging: Path, student: Any, teacher: Any, recipes_dir: Path,
     verify_pixels = verification_photos(prep, recipes_dir, options, val_pixels)
     reference = eager_embeddings(student.model, verify_pixels)  # (N, D)
     check_not_collapsed(reference, student, options.allow_collapsed)  # before any slow step
+    if options.table_width is not None:  # a bad width fails before the catalog is embedded
+        table_width(reference.shape[1], options.table_format, options.table_width)
     logger.info("embedding the recipes of %s with the teacher", recipes_dir)
     built = _table_and_catalog(teacher, recipes_dir, staging, options)
     table, projection = built.entry, built.projection
-    student_dim = int(getattr(student.model, "embed_dim", table.dim))
-    if student_dim != (table.dim if projection is None else projection.from_dim):
+    teacher_dim = table.dim if projection is None else projection.from_dim
+    student_dim = int(getattr(student.model, "embed_dim", teacher_dim))
+    if student_dim != teacher_dim:
         raise ConvertError(f"the student embeds into {student_dim} dims but the teacher's recipe "
-                           f"embeddings have {table.dim}; was it distilled from this teacher?")
+                           f"embeddings have {teacher_dim}; was it distilled from this teacher?")
     # the encoder that is exported: the student, with the table's projection folded into its output
     encoder = student.model if projection is None else fold_into_student(student.model, projection)
     if projection is not None:

@@ -103,14 +103,29 @@ def save_projection(path: str | os.PathLike, projection: TableProjection) -> Non
     Path(path).write_bytes(np.ascontiguousarray(projection.matrix, dtype="<f4").tobytes())
 
 
-def load_projection(bundle_dir: str | os.PathLike, record: dict[str, Any]) -> TableProjection:
-    """The projection a manifest's `provenance.table_projection` record names."""
+def load_projection(bundle_dir: str | os.PathLike, manifest: Any) -> TableProjection | None:
+    """The projection a manifest's `provenance.table_projection` names (None: a full-width table).
+
+    Only `table_projection.f32` at the bundle's top is read, and only when the manifest's
+    `extra_files` name it with a matching sha256.
+    """
+    from malm_edge.edge.bundle import sha256_path
+
+    record = manifest.provenance.get("table_projection")
+    if record is None:
+        return None
+    listed = {x.file: x.sha256 for x in manifest.extra_files}
+    path = Path(bundle_dir) / PROJECTION_FILE
+    if not isinstance(record, dict) or record.get("file") != PROJECTION_FILE or PROJECTION_FILE not in listed:
+        raise ProjectionError(f"{bundle_dir}: provenance.table_projection must name {PROJECTION_FILE}, "
+                              "listed in the manifest's extra_files")
     try:
         shape = (int(record["from_dim"]), int(record["width"]))
-        path = Path(bundle_dir) / str(record["file"])
+        if path.is_symlink() or sha256_path(path) != listed[PROJECTION_FILE]:
+            raise ValueError("not the file the manifest names (sha256)")
         matrix = np.fromfile(path, dtype="<f4")
     except (KeyError, TypeError, ValueError, OSError) as error:
-        raise ProjectionError(f"{bundle_dir}: cannot read the table projection {record!r} ({error})") from None
+        raise ProjectionError(f"{path}: cannot read the table projection ({error})") from None
     if matrix.size != shape[0] * shape[1]:
         raise ProjectionError(f"{path}: {matrix.size} floats, expected {shape[0]} x {shape[1]}")
     return TableProjection(matrix.reshape(shape).astype(np.float32), float(record.get("retained_energy", 0.0)))
@@ -125,8 +140,9 @@ def fold_into_student(model: nn.Module, projection: TableProjection) -> nn.Modul
         raise ProjectionError(f"the student embeds into {model.proj.out_features} dims, the projection "
                               f"expects {projection.from_dim}")
     folded = copy.deepcopy(model)
-    p = torch.as_tensor(projection.matrix, dtype=model.proj.weight.dtype)  # (D, W)
-    linear = nn.Linear(model.proj.in_features, projection.width)
+    weight = model.proj.weight
+    p = torch.as_tensor(projection.matrix, dtype=weight.dtype, device=weight.device)  # (D, W)
+    linear = nn.Linear(model.proj.in_features, projection.width, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         linear.weight.copy_(p.T @ model.proj.weight)  # (W, C)
         linear.bias.copy_(p.T @ model.proj.bias)  # (W,)

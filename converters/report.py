@@ -41,7 +41,7 @@ from malm_edge.converters.evaluation import (
     torch_latency_ms,
 )
 from malm_edge.converters.index import embed_recipes
-from malm_edge.converters.projection import TableProjection, load_projection
+from malm_edge.converters.projection import TableProjection, fold_into_student, load_projection
 from malm_edge.converters.verify import (
     eager_embeddings,
     open_backend,
@@ -76,7 +76,7 @@ class StageRow:
 
 
 def _eager_rows(val: ValPairs, recipe_emb: np.ndarray, student: Any, teacher: Any,
-                calibration: torch.Tensor | None) -> list[StageRow]:
+                calibration: torch.Tensor | None, projection: TableProjection | None = None) -> list[StageRow]:
 
     rows = []
     if teacher is not None:
@@ -93,6 +93,11 @@ def _eager_rows(val: ValPairs, recipe_emb: np.ndarray, student: Any, teacher: An
     rows.append(_row("student", "float (fp32, eager)", module_bytes(float_model),
                      eager_embeddings(student.model, pixels), recipe_emb,
                      torch_latency_ms(float_model, pixels[:1]), len(val.photos)))
+    if projection is not None:  # what narrowing the table costs, before any quantisation
+        narrow = fold_into_student(student.model, projection)
+        rows.append(_row("student narrowed", f"float, {projection.width} of {projection.from_dim} dims (PCA), eager",
+                         module_bytes(narrow), eager_embeddings(narrow, pixels), projection.apply(recipe_emb),
+                         None, len(val.photos)))
     if calibration is not None:
         from malm_edge.converters.export_executorch import pt2e_quantize
 
@@ -228,6 +233,7 @@ def _short_label(row: StageRow) -> str:
     if row.stage == "exported":
         return row.detail.split(" ")[0]
     return {"student": "student fp32 (eager)", "student quantized": "student PT2E int8 (eager)",
+            "student narrowed": "student fp32 narrowed (eager)",
             "teacher": "teacher image tower"}.get(row.stage, row.stage)
 
 
@@ -286,10 +292,12 @@ def write_report(bundle_dir: str | os.PathLike, *, val: ValPairs, student: Any =
             raise ReportError("the report needs the teacher (recipe embeddings of the val recipes)")
         recipe_emb = embed_recipes(teacher, val.recipes)
     prep = student.preprocessing if student is not None else _manifest_prep(bundle.manifest)
-    record = bundle.manifest.provenance.get("table_projection")
-    if projection is None and record is not None:
-        projection = load_projection(bundle_dir, record)
-    rows = _eager_rows(val, recipe_emb, student, teacher, calibration)
+    if projection is None:
+        projection = load_projection(bundle_dir, bundle.manifest)
+    if projection is not None and projection.from_dim != recipe_emb.shape[1]:
+        raise ReportError(f"{bundle_dir}: the table was narrowed from {projection.from_dim} dims but the teacher "
+                          f"embeds recipes into {recipe_emb.shape[1]}; is this the bundle's teacher?")
+    rows = _eager_rows(val, recipe_emb, student, teacher, calibration, projection)
     table_emb = recipe_emb if projection is None else projection.apply(recipe_emb)  # (N, W)
     rows += _export_rows(bundle_dir, bundle.manifest.encoders, val, table_emb, prep)
     table = summarize_table(bundle_dir, bundle.manifest)

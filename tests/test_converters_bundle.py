@@ -211,5 +211,15 @@ def test_convert_narrows_the_table_and_the_encoder_together(built, tmp_path):
         assert len(retriever.search(built["extra_photos"][0], k=3)) == 3
     report = CliRunner().invoke(_cli(), ["report", str(out), "--data", str(built["data"])])
     assert report.exit_code == 0, report.output
-    assert "32 of the teacher's 64 dims" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "32 of the teacher's 64 dims" in report_md and "| student narrowed |" in report_md
     read_bundle(out)  # the report's files are named in the manifest beside the projection
+
+
+def test_a_table_wider_than_the_teacher_is_refused_before_the_catalog_is_embedded(built, tmp_path):
+    result = CliRunner().invoke(_cli(), [
+        "convert", str(built["student_run"]), "--recipes", str(built["data"]), "--out", str(tmp_path / "b"),
+        "--target", "onnx", "--table", "twostage", "--table-width", "65", "--n-calibration", "16",
+        "--n-verify", "16", "--no-report"])
+    assert result.exit_code != 0 and "--table-width 65" in result.output and "1..64" in result.output
+    assert not (tmp_path / "b").exists()

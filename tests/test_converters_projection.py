@@ -3,6 +3,8 @@ student's output layer so the exported encoder emits the table's width."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -66,11 +68,25 @@ def test_folded_student_emits_the_projected_direction():
         pj.fold_into_student(folded, projection)
 
 
-def test_saved_projection_reads_back_and_a_truncated_file_is_refused(tmp_path):
+def _manifest(folder, record: dict | None) -> SimpleNamespace:
+    from malm_edge.edge.bundle import ExtraFile, sha256_path
+
+    path = folder / pj.PROJECTION_FILE
+    listed = [ExtraFile(pj.PROJECTION_FILE, sha256_path(path))] if path.exists() else []
+    return SimpleNamespace(provenance={} if record is None else {"table_projection": record}, extra_files=listed)
+
+
+def test_saved_projection_reads_back_only_as_the_manifest_names_it(tmp_path):
     projection = pj.fit_projection([np.random.default_rng(3).standard_normal((50, 16))], 8)
     pj.save_projection(tmp_path / pj.PROJECTION_FILE, projection)
-    loaded = pj.load_projection(tmp_path, projection.to_provenance())
-    np.testing.assert_array_equal(loaded.matrix, projection.matrix)
+    record = projection.to_provenance()
+    manifest = _manifest(tmp_path, record)
+    np.testing.assert_array_equal(pj.load_projection(tmp_path, manifest).matrix, projection.matrix)
+    assert pj.load_projection(tmp_path, _manifest(tmp_path, None)) is None  # a full-width table
+    with pytest.raises(pj.ProjectionError, match="must name"):  # no other path, inside or out
+        pj.load_projection(tmp_path, _manifest(tmp_path, {**record, "file": "../elsewhere.f32"}))
     (tmp_path / pj.PROJECTION_FILE).write_bytes((tmp_path / pj.PROJECTION_FILE).read_bytes()[:-4])
-    with pytest.raises(pj.ProjectionError, match="expected 16 x 8"):
-        pj.load_projection(tmp_path, projection.to_provenance())
+    with pytest.raises(pj.ProjectionError, match="sha256"):  # changed after the manifest was written
+        pj.load_projection(tmp_path, manifest)
+    with pytest.raises(pj.ProjectionError, match="expected 16 x 8"):  # listed, but the wrong size
+        pj.load_projection(tmp_path, _manifest(tmp_path, record))
