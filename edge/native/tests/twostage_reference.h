@@ -1,5 +1,6 @@
 // TwoStageTable::search against a naive reference on synthetic tables (native_unit_tests; also
-// built alone for other CPUs, e.g. under qemu-aarch64 for the NEON prefilter).
+// built alone for other CPUs, e.g. under qemu-aarch64 for the NEON prefilter): version 2 with the
+// Hamming prefilter, and version 3 (implied scales) with query_bits 1..4.
 //
 // The tables are large enough for the sampled distance limit (16,384+ rows, 64 x keep), hold
 // heavy ties (rows sharing one code, exact copies of rows) and a layout where the sample sees too
@@ -133,6 +134,146 @@ inline void crowd_the_sample(Synthetic& t, int64_t code_row) {
   }
 }
 
+// Version 3: 8-bit values (nibble, crumb and bit-6 planes) with implied scales, and the prefilter
+// weighted by the query's P-bit magnitudes, done the slow way (edge/table_codes.py's formulas).
+struct SyntheticV3 {
+  Synthetic t;                  // codes; values hold the three planes (scales unused)
+  size_t crumb_bytes = 0;
+  std::vector<int32_t> centre8;  // (dim,) in -127..127
+  double centre_scale = 0;
+  std::vector<float> centre;     // (dim,) = centre_scale x centre8, as float
+};
+
+inline SyntheticV3 make_table_v3(int64_t rows, size_t dim, uint32_t seed) {
+  SyntheticV3 v;
+  v.t = make_table(rows, dim, seed);  // codes with ties and exact copies
+  v.crumb_bytes = (dim + 3) / 4;
+  const size_t value_bytes = v.t.nibble_bytes + v.crumb_bytes + (dim + 7) / 8;
+  std::mt19937_64 rng(seed + 1);
+  std::vector<uint8_t> values(size_t(rows) * value_bytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t source = r % 101 == 7 && r > 7 ? r - 7 : r;  // the copies stay copies
+    for (size_t b = 0; b < value_bytes; ++b) {
+      values[size_t(r) * value_bytes + b] = source == r ? uint8_t(rng()) : values[size_t(source) * value_bytes + b];
+    }
+  }
+  v.t.values = std::move(values);
+  v.t.value_bytes = value_bytes;
+  v.centre_scale = 0.25 / (127.0 * std::sqrt(double(dim)));  // |centre| <= 1/4: K > 0
+  for (size_t d = 0; d < dim; ++d) {
+    v.centre8.push_back(int32_t(rng() % 255) - 127);
+    v.centre.push_back(float(v.centre_scale * v.centre8.back()));
+  }
+  return v;
+}
+
+inline int value8_of(const SyntheticV3& v, int64_t r, size_t d) {
+  const Synthetic& t = v.t;
+  const uint8_t* row = &t.values[size_t(r) * t.value_bytes];
+  const int magnitude = ((row[d / 2] >> (4 * (d % 2))) & 15) + 16 * ((row[t.nibble_bytes + d / 4] >> (2 * (d % 4))) & 3) +
+                        64 * ((row[t.nibble_bytes + v.crumb_bytes + d / 8] >> (d % 8)) & 1);
+  const bool positive = (t.codes[size_t(r) * t.words + d / 64] >> (d % 64)) & 1;
+  return positive ? magnitude : -magnitude;
+}
+
+inline std::vector<malm::Hit> reference_search_v3(const SyntheticV3& v, const std::vector<float>& query, int k,
+                                                  int64_t candidates, int bits) {
+  const Synthetic& t = v.t;
+  std::vector<float> residual(t.dim);
+  float peak = 0, residual_peak = 0;
+  double offset = 0;
+  for (size_t d = 0; d < t.dim; ++d) {
+    residual[d] = query[d] - v.centre[d];
+    residual_peak = std::max(residual_peak, std::fabs(residual[d]));
+    peak = std::max(peak, std::fabs(query[d]));
+    offset += double(v.centre[d]) * query[d];
+  }
+  const float most = float((1 << bits) - 1);
+  float step = residual_peak / most;
+  if (!(step > 0)) step = 1.0f;
+  std::vector<int> weight(t.dim, 1);
+  if (bits > 1) {
+    for (size_t d = 0; d < t.dim; ++d) weight[d] = int(std::min(most, std::nearbyint(std::fabs(residual[d]) / step)));
+  }
+  std::vector<int> distance(size_t(t.rows), 0);
+  std::vector<int64_t> order(size_t(t.rows));
+  for (int64_t r = 0; r < t.rows; ++r) {
+    order[size_t(r)] = r;
+    for (size_t d = 0; d < t.dim; ++d) {
+      const bool row_bit = (t.codes[size_t(r) * t.words + d / 64] >> (d % 64)) & 1;
+      distance[size_t(r)] += row_bit != (residual[d] > 0) ? weight[d] : 0;
+    }
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return distance[size_t(a)] < distance[size_t(b)]; });
+  const float query_scale = peak > 0 ? peak / 127.0f : 1.0f;
+  int64_t centre_energy = 0;
+  for (int32_t c : v.centre8) centre_energy += int64_t(c) * c;
+  const double sphere_k = 1.0 - (v.centre_scale * v.centre_scale) * double(centre_energy);
+  const int64_t keep = std::min<int64_t>(k, t.rows);
+  const int64_t kept = std::min<int64_t>(t.rows, std::max<int64_t>(keep, candidates));
+  std::vector<std::pair<double, int64_t>> keyed;
+  for (int64_t i = 0; i < kept; ++i) {
+    const int64_t r = order[size_t(i)];
+    int64_t dot = 0, along = 0, energy = 0;
+    for (size_t d = 0; d < t.dim; ++d) {
+      const int value = value8_of(v, r, d);
+      dot += value * int64_t(std::nearbyint(query[d] / query_scale));
+      along += value * int64_t(v.centre8[d]);
+      energy += int64_t(value) * value;
+    }
+    const double a = v.centre_scale * double(along);
+    const double scale = energy > 0 ? (std::sqrt(a * a + double(energy) * sphere_k) - a) / double(energy) : 0.0;
+    keyed.push_back({double(dot) * scale, r});
+  }
+  std::stable_sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  std::vector<malm::Hit> hits;
+  for (int64_t i = 0; i < keep; ++i) hits.push_back({keyed[size_t(i)].second, float(keyed[size_t(i)].first) * query_scale + float(offset)});
+  return hits;
+}
+
+inline bool same_hits(const std::vector<malm::Hit>& got, const std::vector<malm::Hit>& want) {
+  bool same = got.size() == want.size();
+  for (size_t i = 0; same && i < got.size(); ++i) {
+    same = got[i].row == want[i].row &&
+           std::fabs(got[i].score - want[i].score) <= 1e-6f * std::fabs(want[i].score) + 1e-30f;
+  }
+  return same;
+}
+
+// Version 3 tables with query_bits 1..4 (the block scans at 128 dims, the portable and popcount
+// scans at the others), ties and copies included, and the full pass forced by a crowded sample.
+inline int check_weighted() {
+  int failures = 0;
+  std::mt19937_64 rng(11);
+  struct Case { int64_t rows; size_t dim; int k; int64_t candidates; bool crowd; };
+  const Case cases[] = {
+      {20000, 128, 10, 200, false}, {20000, 128, 300, 60, false}, {20000, 128, 10, 300, true},
+      {20000, 64, 10, 200, false},  {17000, 200, 12, 100, false}, {1003, 128, 1003, 10, false},
+  };
+  for (const Case& c : cases) {
+    SyntheticV3 v = make_table_v3(c.rows, c.dim, uint32_t(3 * c.rows + c.dim));
+    if (c.crowd) crowd_the_sample(v.t, 5);
+    for (int bits = 1; bits <= 4; ++bits) {
+      malm::CentreCodes implied{v.centre8, v.centre_scale, bits};
+      malm::TwoStageTable table(v.t.codes.data(), v.t.values.data(), nullptr, v.centre, v.t.rows, c.candidates,
+                                implied);
+      for (int q = 0; q < 6; ++q) {
+        const std::vector<float> query =
+            query_near(v.t, q < 2 ? 5 * q : int64_t(rng() % uint64_t(v.t.rows)), q % 3 * 9, rng);
+        if (!same_hits(table.search(query.data(), c.dim, c.k), reference_search_v3(v, query, c.k, c.candidates, bits))) {
+          std::fprintf(stderr, "two-stage v3 reference: rows %lld dim %zu k %d candidates %lld bits %d query %d differ\n",
+                       (long long)c.rows, c.dim, c.k, (long long)c.candidates, bits, q);
+          ++failures;
+        }
+      }
+    }
+  }
+  return failures;
+}
+
 // Returns the number of mismatching searches (printed to stderr).
 inline int check_all() {
   int failures = 0;
@@ -152,19 +293,14 @@ inline int check_all() {
       const std::vector<float> query = query_near(t, q < 4 ? 5 * q : int64_t(rng() % uint64_t(t.rows)), q % 4 * 9, rng);
       const std::vector<malm::Hit> got = table.search(query.data(), c.dim, c.k);
       const std::vector<malm::Hit> want = reference_search(t, query, c.k, c.candidates);
-      bool same = got.size() == want.size();
-      for (size_t i = 0; same && i < got.size(); ++i) {
-        same = got[i].row == want[i].row &&
-               std::fabs(got[i].score - want[i].score) <= 1e-6f * std::fabs(want[i].score) + 1e-30f;
-      }
-      if (!same) {
+      if (!same_hits(got, want)) {
         std::fprintf(stderr, "two-stage reference: rows %lld dim %zu k %d candidates %lld query %d differ\n",
                      (long long)c.rows, c.dim, c.k, (long long)c.candidates, q);
         ++failures;
       }
     }
   }
-  return failures;
+  return failures + check_weighted();
 }
 
 }  // namespace twostage_reference
