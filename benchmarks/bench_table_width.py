@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -37,7 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from bench_twostage import exact_top, minilm, recall, teacher_set, tiled  # noqa: E402
+from bench_twostage import exact_top, finish, minilm, recall, teacher_set, tiled  # noqa: E402
 
 from malm_edge.converters.projection import fit_projection  # noqa: E402
 from malm_edge.edge.table import read_table  # noqa: E402
@@ -114,10 +113,7 @@ def main() -> None:
         results += width_rows(name, matrix, queries, args, work)
         if args.tile:
             results += width_rows(f"{name}_tiled", tiled(matrix, args.tile), queries, args, work)
-    meta["load_after"] = os.getloadavg()
-    print(json.dumps(meta))
-    if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    finish(meta, results, args.json)
 
 
 if __name__ == "__main__":

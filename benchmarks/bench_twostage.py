@@ -417,10 +417,15 @@ def main() -> None:
         results += bench_set("synthetic", *synthetic(rows, args.queries), args, work)
     for rows in args.pwa:
         results += bench_set("synthetic_pwa", *synthetic(rows, args.queries), args, work, pwa=True)
+    finish(meta, results, args.json)
+
+
+def finish(meta: dict, results: list[dict], path: Path | None) -> None:
+    """Print the run's load and machine, and write every row to `path` (JSON) when given."""
     meta["load_after"] = os.getloadavg()
     print(json.dumps(meta))
-    if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    if path:
+        path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
